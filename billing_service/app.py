@@ -1,0 +1,70 @@
+"""The application factory: routes, middleware, exception handlers and the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from billing_service import problems
+from billing_service.config import ConfigurationError, Settings, load_settings
+from billing_service.db.migrations import discover_migrations
+from billing_service.db.pool import create_pool
+from billing_service.logs import configure_logging
+from billing_service.metrics import Metrics
+from billing_service.middleware import (
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    route_template_lookup,
+)
+from billing_service.resources import migrations_dir
+from billing_service.routes import api_keys, health
+from billing_service.state import AppState
+
+logger = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the ASGI app; connections are opened by the lifespan, not here."""
+    if settings.database_url is None:
+        raise ConfigurationError("BILLING_DATABASE_URL: required to serve the API")
+    database_url = settings.database_url.get_secret_value()
+    metrics = Metrics()
+    migrations = discover_migrations(migrations_dir())
+    routes = [*health.routes, *api_keys.routes]
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[AppState]:
+        pool = await create_pool(
+            database_url,
+            min_size=settings.database_pool_min,
+            max_size=settings.database_pool_max,
+        )
+        metrics.watch_pool(pool)
+        logger.info("app.started", env=settings.env.value, stripe=settings.stripe_secret_key is not None)
+        try:
+            yield AppState(settings=settings, pool=pool, metrics=metrics, migrations=migrations)
+        finally:
+            await pool.close()
+            logger.info("app.stopped")
+
+    route_of = route_template_lookup({route.endpoint: route.path for route in routes})
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(RequestContextMiddleware, metrics=metrics, route_of=route_of),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
+        exception_handlers=problems.exception_handlers(),
+        lifespan=lifespan,
+    )
+
+
+def app_from_environment() -> Starlette:
+    """Uvicorn's factory for each worker process: settings from the environment, logs set up."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.effective_log_format)
+    return create_app(settings)

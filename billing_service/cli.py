@@ -1,0 +1,220 @@
+"""The `billing-service` command: serve, dev, migrate and API key management."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+
+import asyncpg
+import structlog
+import uvicorn
+from pydantic import SecretStr
+
+from billing_service import __version__
+from billing_service.config import ConfigurationError, Settings, load_settings
+from billing_service.db.migrations import MigrationError, apply_migrations, discover_migrations
+from billing_service.db.pool import create_pool
+from billing_service.embedded_db import start_embedded_postgres
+from billing_service.errors import BillingError
+from billing_service.logs import configure_logging
+from billing_service.resources import migrations_dir
+from billing_service.services import api_keys
+from billing_service.services.api_keys import Scope
+
+logger = structlog.get_logger("billing_service.cli")
+
+
+def with_database(settings: Settings) -> Settings:
+    """Settings with a database URL: the configured one, else an embedded server outside production."""
+    if settings.database_url is not None:
+        return settings
+    if settings.is_production:
+        raise ConfigurationError("BILLING_DATABASE_URL: required when BILLING_ENV=production")
+    url = start_embedded_postgres(settings.data_dir)
+    return settings.model_copy(update={"database_url": SecretStr(url)})
+
+
+async def migrate(settings: Settings) -> list[str]:
+    assert settings.database_url is not None
+    migrations = discover_migrations(migrations_dir())
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        applied = await apply_migrations(conn, migrations)
+    finally:
+        await conn.close()
+    return [f"{m.version:04d}_{m.name}" for m in applied]
+
+
+async def _with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitable[int]]) -> int:
+    assert settings.database_url is not None
+    pool = await create_pool(settings.database_url.get_secret_value(), min_size=1, max_size=2)
+    try:
+        return await work(pool)
+    finally:
+        await pool.close()
+
+
+def serve(settings: Settings) -> None:
+    """Run uvicorn; each worker builds its app from the environment, so pass settings through it."""
+    assert settings.database_url is not None
+    os.environ["BILLING_DATABASE_URL"] = settings.database_url.get_secret_value()
+    logger.info("server.starting", host=settings.host, port=settings.port, workers=settings.workers)
+    uvicorn.run(
+        "billing_service.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    serve(with_database(settings))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    """Embedded database, migrations, a first admin key, then serve: the zero-setup path."""
+    settings = with_database(settings)
+    applied = asyncio.run(migrate(settings))
+    logger.info("migrations.applied", versions=applied)
+
+    async def bootstrap(pool: asyncpg.Pool) -> int:
+        issued = await api_keys.ensure_bootstrap_admin_key(pool)
+        if issued is not None:
+            print(  # noqa: T201 - shown once, on purpose
+                f"\nAdmin API key (shown once, store it now):\n\n    {issued.plaintext}\n",
+                flush=True,
+            )
+        return 0
+
+    asyncio.run(_with_pool(settings, bootstrap))
+    serve(settings)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    applied = asyncio.run(migrate(with_database(settings)))
+    print("applied: " + ", ".join(applied) if applied else "schema is up to date")  # noqa: T201
+    return 0
+
+
+def _parse_expiry(value: str) -> datetime:
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a UTC offset, e.g. 2027-01-01T00:00:00Z")
+    return moment
+
+
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    async def create(pool: asyncpg.Pool) -> int:
+        issued = await api_keys.create_key(
+            pool, name=args.name, scopes=[Scope(s) for s in args.scope], expires_at=args.expires_at
+        )
+        print(f"id: {issued.key.id}\nscopes: {','.join(sorted(issued.key.scopes))}")  # noqa: T201
+        print(f"key (shown once): {issued.plaintext}")  # noqa: T201
+        return 0
+
+    return asyncio.run(_with_pool(with_database(settings), create))
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def show(pool: asyncpg.Pool) -> int:
+        print(f"{'id':36}  {'prefix':12}  {'status':8}  {'scopes':20}  {'last used':25}  name")  # noqa: T201
+        now = datetime.now().astimezone()
+        for key in await api_keys.list_keys(pool):
+            status = "active"
+            if key.revoked_at is not None:
+                status = "revoked"
+            elif key.expires_at is not None and key.expires_at <= now:
+                status = "expired"
+            last_used = key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never"
+            scopes = ",".join(sorted(key.scopes))
+            print(f"{key.id!s:36}  {key.prefix:12}  {status:8}  {scopes:20}  {last_used:25}  {key.name}")  # noqa: T201
+        return 0
+
+    return asyncio.run(_with_pool(with_database(settings), show))
+
+
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async def revoke(pool: asyncpg.Pool) -> int:
+        key = await api_keys.revoke_key(pool, args.id)
+        print(f"revoked {key.id} ({key.name})")  # noqa: T201
+        return 0
+
+    return asyncio.run(_with_pool(with_database(settings), revoke))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="billing-service", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="run the HTTP API")
+    serve_parser.add_argument("--host", help="bind address (BILLING_HOST)")
+    serve_parser.add_argument("--port", type=int, help="port (BILLING_PORT)")
+    serve_parser.add_argument("--workers", type=int, help="worker processes (BILLING_WORKERS)")
+    serve_parser.set_defaults(handler=cmd_serve)
+
+    dev_parser = commands.add_parser("dev", help="migrate, create a first admin key, serve")
+    dev_parser.add_argument("--host", help="bind address (BILLING_HOST)")
+    dev_parser.add_argument("--port", type=int, help="port (BILLING_PORT)")
+    dev_parser.set_defaults(handler=cmd_dev)
+
+    commands.add_parser("migrate", help="apply pending schema migrations").set_defaults(
+        handler=cmd_migrate
+    )
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="mint a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument(
+        "--scope", action="append", required=True, choices=[s.value for s in Scope],
+        help="repeat for several scopes",
+    )
+    create.add_argument("--expires-at", type=_parse_expiry, help="ISO 8601 time with offset")
+    create.set_defaults(handler=cmd_keys_create)
+    keys.add_parser("list", help="list keys (never their secrets)").set_defaults(
+        handler=cmd_keys_list
+    )
+    revoke = keys.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id", type=uuid.UUID)
+    revoke.set_defaults(handler=cmd_keys_revoke)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        name: value
+        for name in ("host", "port", "workers")
+        if (value := getattr(args, name, None)) is not None
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(**_overrides(args))
+        configure_logging(settings.log_level, settings.effective_log_format, stream=sys.stderr)
+        handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+        return handler(args, settings)
+    except ConfigurationError as exc:
+        for line in str(exc).splitlines():
+            print(f"billing-service: configuration error: {line}", file=sys.stderr)  # noqa: T201
+        return 2
+    except (MigrationError, BillingError) as exc:
+        print(f"billing-service: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"billing-service: database error: {exc}", file=sys.stderr)  # noqa: T201
+        return 1

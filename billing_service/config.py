@@ -1,0 +1,130 @@
+"""Settings: every knob the service has, read from `BILLING_*` environment variables.
+
+Settings are built once at start-up and passed in; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+def _split_csv(value: object) -> object:
+    """Accept `a,b,c` in the environment for list settings (and a real list in code)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The service's configuration; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore", frozen=True)
+
+    env: Environment = Environment.DEVELOPMENT
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+
+    database_url: SecretStr | None = None
+    database_pool_min: int = Field(default=2, ge=0)
+    database_pool_max: int = Field(default=10, ge=1)
+    data_dir: Path = Path(".data")
+
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    stripe_api_version: str | None = None
+    stripe_api_base: HttpUrl = HttpUrl("https://api.stripe.com")
+
+    allowed_redirect_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    @field_validator("stripe_webhook_secrets", "allowed_redirect_hosts", mode="before")
+    @classmethod
+    def _lists_from_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("allowed_redirect_hosts")
+    @classmethod
+    def _hosts_are_lowercase(cls, hosts: list[str]) -> list[str]:
+        return [host.lower() for host in hosts]
+
+    @field_validator("database_pool_max")
+    @classmethod
+    def _pool_bounds(cls, maximum: int, info: ValidationInfo) -> int:
+        minimum = info.data.get("database_pool_min", 0)
+        if minimum > maximum:
+            raise ValueError(f"must be at least BILLING_DATABASE_POOL_MIN ({minimum})")
+        return maximum
+
+    @field_validator("stripe_secret_key")
+    @classmethod
+    def _stripe_key_matches_environment(
+        cls, secret: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        """Refuse a test key in production and a live key anywhere else."""
+        if secret is None:
+            return None
+        key = secret.get_secret_value()
+        if not key.startswith(LIVE_KEY_PREFIXES + TEST_KEY_PREFIXES):
+            raise ValueError("must start with sk_live_, sk_test_, rk_live_ or rk_test_")
+        env = info.data.get("env", Environment.DEVELOPMENT)
+        is_live = key.startswith(LIVE_KEY_PREFIXES)
+        if env is Environment.PRODUCTION and not is_live:
+            raise ValueError("a test-mode key is refused when BILLING_ENV=production")
+        if env is not Environment.PRODUCTION and is_live:
+            raise ValueError(f"a live-mode key is refused when BILLING_ENV={env.value}")
+        return secret
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Environment.PRODUCTION
+
+    @property
+    def stripe_livemode(self) -> bool:
+        """Which Stripe mode events and keys must belong to."""
+        return self.is_production
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.is_production else "console"
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or invalid; the message is one line per problem, naming the variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into named one-liners."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigurationError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in error["loc"])
+        name = f"BILLING_{field.upper()}" if field else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "\n".join(lines)

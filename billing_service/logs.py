@@ -1,0 +1,100 @@
+"""structlog set-up: JSON in production, console in development, secrets redacted everywhere.
+
+Our own loggers and the standard-library ones (uvicorn, asyncpg) share one processor chain, so the
+redaction applies to every line the process writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.types import EventDict, Processor, WrappedLogger
+
+REDACTED = "[REDACTED]"
+
+_SECRET_KEY_NAMES = re.compile(
+    r"authorization|api[_-]?key|secret|password|passwd|token|signature|cookie|credential",
+    re.IGNORECASE,
+)
+_SECRET_VALUES = re.compile(
+    r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]+"  # Stripe API keys
+    r"|whsec_[A-Za-z0-9+/=]+"  # Stripe webhook signing secrets
+    r"|bsk_[A-Za-z0-9_-]+"  # our API keys
+    r"|(?i:bearer)\s+[^\s\"',]+"  # any bearer credential
+    r"|postgres(?:ql)?://[^\s\"']*:[^\s\"'@]*@",  # database URLs with a password
+)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SECRET_VALUES.sub(REDACTED, value)
+    if isinstance(value, Mapping):
+        return {key: _redact_item(str(key), item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    return value
+
+
+def _redact_item(key: str, value: Any) -> Any:
+    if _SECRET_KEY_NAMES.search(key) and value is not None:
+        return REDACTED
+    return _redact_value(value)
+
+
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Mask values under secret-looking keys and secret-looking strings anywhere in a line."""
+    return {key: _redact_item(key, value) for key, value in event_dict.items()}
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+    ]
+
+
+def configure_logging(
+    level: str = "info", log_format: str = "console", stream: TextIO | None = None
+) -> None:
+    """Route structlog and standard logging through one chain writing to `stream` (stdout)."""
+    renderer: Processor
+    if log_format == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+
+    numeric_level = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_shared_processors(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(),
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers[:] = []
+        uvicorn_logger.propagate = True
+    # One summary line per request comes from our middleware; uvicorn's own would repeat it.
+    logging.getLogger("uvicorn.access").disabled = True

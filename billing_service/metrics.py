@@ -1,0 +1,63 @@
+"""Prometheus metrics: requests by route and status, latency, and database pool use.
+
+Each app owns its registry, so several apps in one process (tests) never share counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class PoolCollector(Collector):
+    """Reads the asyncpg pool's size at scrape time instead of tracking it on every acquire."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        size = self._pool.get_size()
+        idle = self._pool.get_idle_size()
+        yield GaugeMetricFamily("billing_db_pool_size", "Open connections in the pool.", size)
+        yield GaugeMetricFamily("billing_db_pool_in_use", "Connections checked out.", size - idle)
+        yield GaugeMetricFamily(
+            "billing_db_pool_max", "Upper bound of the pool.", self._pool.get_max_size()
+        )
+
+
+class Metrics:
+    """The app's registry and the instruments the HTTP middleware feeds."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "billing_http_requests",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "billing_http_request_duration_seconds",
+            "HTTP request latency by method and route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def watch_pool(self, pool: asyncpg.Pool) -> None:
+        self.registry.register(PoolCollector(pool))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

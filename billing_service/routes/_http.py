@@ -1,0 +1,49 @@
+"""JSON in and out for routes: strict body parsing into pydantic models, fast JSON responses."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from billing_service.errors import (
+    FieldError,
+    MalformedRequest,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class JSONResponse(Response):
+    """orjson renders datetimes, UUIDs and dataclasses natively, and faster than json."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    return [
+        FieldError(".".join(str(part) for part in error["loc"]) or "body", error["msg"])
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+async def parse_json(request: Request, model: type[ModelT]) -> ModelT:
+    """Parse the body as `model`: 415 if not JSON, 400 if unparsable, 422 listing bad fields."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("Send the request body as application/json.")
+    body = await request.body()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            raise MalformedRequest("The request body is not valid JSON.") from None
+        raise ValidationFailed(field_errors(exc)) from None

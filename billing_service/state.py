@@ -1,0 +1,23 @@
+"""What the lifespan sets up once and every request reads: typed access to the app state."""
+
+from __future__ import annotations
+
+from typing import TypedDict, cast
+
+import asyncpg
+from starlette.requests import Request
+
+from billing_service.config import Settings
+from billing_service.db.migrations import Migration
+from billing_service.metrics import Metrics
+
+
+class AppState(TypedDict):
+    settings: Settings
+    pool: asyncpg.Pool
+    metrics: Metrics
+    migrations: list[Migration]
+
+
+def app_state(request: Request) -> AppState:
+    return cast(AppState, request.scope["state"])

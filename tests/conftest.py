@@ -1,0 +1,154 @@
+"""Shared fixtures: a real PostgreSQL with the real migrations, the real app, a strict fake Stripe.
+
+The database server is `BILLING_TEST_DATABASE_URL` if set, else the one on 127.0.0.1:5432 if it
+answers, else an embedded PostgreSQL in a temporary folder. Each session gets a fresh database.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import respx
+from asgi_lifespan import LifespanManager
+from pydantic import SecretStr
+
+from billing_service.app import create_app
+from billing_service.config import Environment, Settings
+from billing_service.db.migrations import apply_migrations, discover_migrations
+from billing_service.db.pool import create_pool
+from billing_service.embedded_db import start_embedded_postgres
+from billing_service.logs import configure_logging
+from billing_service.resources import migrations_dir
+from billing_service.services import api_keys
+from billing_service.services.api_keys import Scope
+from tests.support import ADMIN_DATABASE, with_database
+
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+STRIPE_TEST_BASE = "http://stripe.test"
+
+
+async def _answers(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+async def server_url() -> AsyncIterator[str]:
+    """A URL of a PostgreSQL server the tests may create databases on."""
+    configured = os.environ.get("BILLING_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+    elif await _answers(LOCAL_SERVER):
+        yield LOCAL_SERVER
+    else:
+        with tempfile.TemporaryDirectory(prefix="billing-test-pg-") as folder:
+            yield start_embedded_postgres(Path(folder))
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    """A fresh database for this session, migrated with the real migration files."""
+    name = f"billing_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(with_database(server_url, ADMIN_DATABASE))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(server_url, name)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            await apply_migrations(conn, discover_migrations(migrations_dir()))
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, min_size=1, max_size=10)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(autouse=True)
+async def clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Every test starts with empty tables (the migration ledger excepted)."""
+    if "database_url" not in request.fixturenames:
+        yield
+        return
+    yield
+    pool: asyncpg.Pool = request.getfixturevalue("pool")
+    tables = await pool.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+        "AND tablename <> 'schema_migrations'"
+    )
+    if tables:
+        names = ", ".join(f'"{row["tablename"]}"' for row in tables)
+        await pool.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        env=Environment.TEST,
+        database_url=SecretStr(database_url),
+        database_pool_min=1,
+        database_pool_max=5,
+        stripe_api_base=STRIPE_TEST_BASE,  # type: ignore[arg-type]
+        max_body_bytes=16_384,
+        log_format="json",
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app, lifespan run, spoken to in-process over ASGI."""
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as client:
+            yield client
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    """Everything the process logs during the test, rendered as in production (JSON lines)."""
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream=stream)
+    yield stream
+    configure_logging("info", "console")
+
+
+@pytest.fixture
+def stripe_mock() -> Iterator[respx.MockRouter]:
+    """Fake Stripe at the configured API base; any call without a matching route fails the test."""
+    with respx.mock(base_url=STRIPE_TEST_BASE, assert_all_mocked=True, assert_all_called=False) as mock:
+        yield mock
+
+
+async def issue_key(pool: asyncpg.Pool, *scopes: Scope) -> str:
+    issued = await api_keys.create_key(pool, name="test", scopes=list(scopes))
+    return issued.plaintext
+
+
+@pytest.fixture
+async def admin_key(pool: asyncpg.Pool) -> str:
+    return await issue_key(pool, Scope.ADMIN)
+
+
+@pytest.fixture
+async def billing_key(pool: asyncpg.Pool) -> str:
+    return await issue_key(pool, Scope.BILLING)
