@@ -44,7 +44,9 @@ def create_app(settings: Settings) -> Starlette:
             max_size=settings.database_pool_max,
         )
         metrics.watch_pool(pool)
-        logger.info("app.started", env=settings.env.value, stripe=settings.stripe_secret_key is not None)
+        logger.info(
+            "app.started", env=settings.env.value, stripe=settings.stripe_secret_key is not None
+        )
         try:
             yield AppState(settings=settings, pool=pool, metrics=metrics, migrations=migrations)
         finally:

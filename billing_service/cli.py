@@ -30,7 +30,7 @@ logger = structlog.get_logger("billing_service.cli")
 
 
 def with_database(settings: Settings) -> Settings:
-    """Settings with a database URL: the configured one, else an embedded server outside production."""
+    """Settings with a database URL: the configured one, else (not in production) embedded."""
     if settings.database_url is not None:
         return settings
     if settings.is_production:
@@ -90,7 +90,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     async def bootstrap(pool: asyncpg.Pool) -> int:
         issued = await api_keys.ensure_bootstrap_admin_key(pool)
         if issued is not None:
-            print(  # noqa: T201 - shown once, on purpose
+            print(
                 f"\nAdmin API key (shown once, store it now):\n\n    {issued.plaintext}\n",
                 flush=True,
             )
@@ -103,7 +103,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     applied = asyncio.run(migrate(with_database(settings)))
-    print("applied: " + ", ".join(applied) if applied else "schema is up to date")  # noqa: T201
+    print("applied: " + ", ".join(applied) if applied else "schema is up to date")
     return 0
 
 
@@ -119,8 +119,8 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         issued = await api_keys.create_key(
             pool, name=args.name, scopes=[Scope(s) for s in args.scope], expires_at=args.expires_at
         )
-        print(f"id: {issued.key.id}\nscopes: {','.join(sorted(issued.key.scopes))}")  # noqa: T201
-        print(f"key (shown once): {issued.plaintext}")  # noqa: T201
+        print(f"id: {issued.key.id}\nscopes: {','.join(sorted(issued.key.scopes))}")
+        print(f"key (shown once): {issued.plaintext}")
         return 0
 
     return asyncio.run(_with_pool(with_database(settings), create))
@@ -128,7 +128,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     async def show(pool: asyncpg.Pool) -> int:
-        print(f"{'id':36}  {'prefix':12}  {'status':8}  {'scopes':20}  {'last used':25}  name")  # noqa: T201
+        print(f"{'id':36}  {'prefix':12}  {'status':8}  {'scopes':20}  {'last used':25}  name")
         now = datetime.now().astimezone()
         for key in await api_keys.list_keys(pool):
             status = "active"
@@ -136,9 +136,15 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
                 status = "revoked"
             elif key.expires_at is not None and key.expires_at <= now:
                 status = "expired"
-            last_used = key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never"
+            last_used = (
+                key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never"
+            )
             scopes = ",".join(sorted(key.scopes))
-            print(f"{key.id!s:36}  {key.prefix:12}  {status:8}  {scopes:20}  {last_used:25}  {key.name}")  # noqa: T201
+            columns = (str(key.id), key.prefix, status, scopes, last_used)
+            print(
+                f"{columns[0]:36}  {columns[1]:12}  {columns[2]:8}  {columns[3]:20}  "
+                f"{columns[4]:25}  {key.name}"
+            )
         return 0
 
     return asyncio.run(_with_pool(with_database(settings), show))
@@ -147,7 +153,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     async def revoke(pool: asyncpg.Pool) -> int:
         key = await api_keys.revoke_key(pool, args.id)
-        print(f"revoked {key.id} ({key.name})")  # noqa: T201
+        print(f"revoked {key.id} ({key.name})")
         return 0
 
     return asyncio.run(_with_pool(with_database(settings), revoke))
@@ -179,7 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="mint a key and print it once")
     create.add_argument("--name", required=True)
     create.add_argument(
-        "--scope", action="append", required=True, choices=[s.value for s in Scope],
+        "--scope",
+        action="append",
+        required=True,
+        choices=[s.value for s in Scope],
         help="repeat for several scopes",
     )
     create.add_argument("--expires-at", type=_parse_expiry, help="ISO 8601 time with offset")
@@ -210,11 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, settings)
     except ConfigurationError as exc:
         for line in str(exc).splitlines():
-            print(f"billing-service: configuration error: {line}", file=sys.stderr)  # noqa: T201
+            print(f"billing-service: configuration error: {line}", file=sys.stderr)
         return 2
     except (MigrationError, BillingError) as exc:
-        print(f"billing-service: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"billing-service: {exc}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError) as exc:
-        print(f"billing-service: database error: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"billing-service: database error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request id, the one summary log line and metrics per request, body limit."""
+"""Pure ASGI middleware: request id, one summary log line and metrics per request, body limit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from billing_service.errors import PayloadTooLarge
+from billing_service.errors import BillingError, PayloadTooLarge
 from billing_service.metrics import Metrics
 from billing_service.problems import problem_response
 
@@ -32,9 +32,7 @@ def request_id_from(headers: Headers) -> str:
 class RequestContextMiddleware:
     """Tags each request with an id, echoes it, and logs and measures the request once."""
 
-    def __init__(
-        self, app: ASGIApp, metrics: Metrics, route_of: Callable[[Scope], str]
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, route_of: Callable[[Scope], str]) -> None:
         self.app = app
         self.metrics = metrics
         self.route_of = route_of
@@ -49,7 +47,7 @@ class RequestContextMiddleware:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
-        status = 500
+        status: int | None = None  # set once the response has started
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
@@ -60,16 +58,27 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_request_id)
+        except Exception:
+            # The last line of defence: log the failure, tell the caller nothing internal.
+            logger.exception("http.unhandled_error", path=scope["path"])
+            if status is None:
+                response = problem_response(
+                    BillingError("An unexpected error occurred; it has been logged."),
+                    instance=scope["path"],
+                    request_id=request_id,
+                )
+                await response(scope, receive, send_with_request_id)
         finally:
             elapsed = time.perf_counter() - started
             route = self.route_of(scope)
-            self.metrics.observe_request(scope["method"], route, status, elapsed)
+            final_status = 500 if status is None else status
+            self.metrics.observe_request(scope["method"], route, final_status, elapsed)
             logger.info(
                 "http.request",
                 method=scope["method"],
                 path=scope["path"],
                 route=route,
-                status=status,
+                status=final_status,
                 duration_ms=round(elapsed * 1000, 2),
             )
             structlog.contextvars.clear_contextvars()

@@ -1,13 +1,13 @@
 """RFC 9457 problem+json rendering and the exception handlers that use it.
 
 One handler on `BillingError` covers the whole family by MRO lookup; Starlette's own HTTP
-exceptions and unexpected errors are translated so that no response is ever HTML or a traceback.
+exceptions are translated too, and `RequestContextMiddleware` turns anything unexpected into a
+bare 500 problem, so no response is ever HTML or a traceback.
 """
 
 from __future__ import annotations
 
 import orjson
-import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,8 +17,6 @@ from billing_service import errors
 from billing_service.errors import BillingError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-logger = structlog.get_logger(__name__)
 
 _HTTP_STATUS_ERRORS: dict[int, type[BillingError]] = {
     400: errors.MalformedRequest,
@@ -80,19 +78,8 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return problem_response(error, instance=request.url.path, request_id=_request_id(request))
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    """The 500 handler: logs the failure, says nothing internal to the caller."""
-    logger.error("http.unhandled_error", path=request.url.path, exc_info=exc)
-    return problem_response(
-        BillingError("An unexpected error occurred; it has been logged."),
-        instance=request.url.path,
-        request_id=_request_id(request),
-    )
-
-
 def exception_handlers() -> dict[type[Exception] | int, ExceptionHandler]:
     return {
         BillingError: handle_billing_error,
         HTTPException: handle_http_exception,
-        Exception: handle_unexpected,
     }

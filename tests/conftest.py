@@ -11,6 +11,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -113,14 +114,22 @@ def settings(database_url: str) -> Settings:
     )
 
 
-@pytest.fixture
-async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+@asynccontextmanager
+async def app_client(
+    settings: Settings, *, raise_app_exceptions: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
     """The real app, lifespan run, spoken to in-process over ASGI."""
     app = create_app(settings)
     async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as client:
             yield client
+
+
+@pytest.fixture
+async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(settings) as client:
+        yield client
 
 
 @pytest.fixture
@@ -135,7 +144,9 @@ def captured_logs() -> Iterator[io.StringIO]:
 @pytest.fixture
 def stripe_mock() -> Iterator[respx.MockRouter]:
     """Fake Stripe at the configured API base; any call without a matching route fails the test."""
-    with respx.mock(base_url=STRIPE_TEST_BASE, assert_all_mocked=True, assert_all_called=False) as mock:
+    with respx.mock(
+        base_url=STRIPE_TEST_BASE, assert_all_mocked=True, assert_all_called=False
+    ) as mock:
         yield mock
 
 

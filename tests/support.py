@@ -1,4 +1,4 @@
-"""Helpers the tests share: database URLs, and webhook signatures made exactly as Stripe makes them."""
+"""Helpers the tests share: database URLs, and webhook signatures made as Stripe makes them."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def with_database(url: str, database: str) -> str:
 def stripe_signature_header(
     payload: bytes, secret: str, *, timestamp: int | None = None, scheme: str = "v1"
 ) -> str:
-    """A `Stripe-Signature` value: HMAC-SHA256 over `{timestamp}.{payload}` with the signing secret."""
+    """A `Stripe-Signature` value: HMAC-SHA256 of `{timestamp}.{payload}` under the secret."""
     signed_at = int(time.time()) if timestamp is None else timestamp
     signed = f"{signed_at}.".encode() + payload
     digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()

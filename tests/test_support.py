@@ -1,4 +1,4 @@
-"""The test helpers themselves: Stripe-compatible signatures and a fake Stripe that refuses surprises."""
+"""The test helpers: Stripe-compatible signatures and a fake Stripe that refuses surprises."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 import respx
-from respx.models import AllMockedAssertionError
 import stripe
+from respx.models import AllMockedAssertionError
 
 from tests.conftest import STRIPE_TEST_BASE
 from tests.support import stripe_signature_header, with_database

@@ -68,9 +68,7 @@ async def insert_api_key(
     return _from_row(row)
 
 
-async def select_usable_key_touching_last_used(
-    conn: Executor, key_hash: bytes
-) -> ApiKey | None:
+async def select_usable_key_touching_last_used(conn: Executor, key_hash: bytes) -> ApiKey | None:
     """The unrevoked, unexpired key with this hash, refreshing `last_used_at` in the same trip."""
     row = await conn.fetchrow(
         f"""

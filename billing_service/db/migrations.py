@@ -1,8 +1,8 @@
-"""Forward-only schema migrations: numbered SQL files applied in order, once, by one replica at a time.
+"""Forward-only schema migrations: numbered SQL files applied in order, once, one replica at a time.
 
-Each file runs in its own transaction under a session advisory lock, so replicas that start together
-queue up and the later ones find nothing left to do. Applied files are checksummed: editing one after
-it ran is reported instead of silently diverging.
+Each file runs in its own transaction under a session advisory lock, so replicas that start
+together queue up and the later ones find nothing left to do. Applied files are checksummed:
+editing one after it ran is reported instead of silently diverging.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+
+from billing_service.db.pool import Connection
 
 # pg_advisory_lock key: "billmigr" as a signed 64-bit integer; shared by every replica.
 MIGRATION_LOCK_KEY = int.from_bytes(b"billmigr", "big", signed=True)
@@ -58,7 +60,7 @@ def discover_migrations(directory: Path) -> list[Migration]:
     return [migrations[version] for version in sorted(migrations)]
 
 
-async def applied_versions(conn: asyncpg.Connection) -> dict[int, str]:
+async def applied_versions(conn: Connection) -> dict[int, str]:
     """Version → checksum of what the database has; empty before the first migration."""
     try:
         rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
@@ -78,7 +80,7 @@ def pending_migrations(migrations: list[Migration], applied: dict[int, str]) -> 
     return [m for m in migrations if m.version not in applied]
 
 
-async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]) -> list[Migration]:
+async def apply_migrations(conn: Connection, migrations: list[Migration]) -> list[Migration]:
     """Apply what is pending and return it; safe to call from several replicas at once."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:

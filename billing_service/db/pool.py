@@ -6,9 +6,12 @@ from typing import TypeAlias
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
+# A single connection, whether opened directly or borrowed from the pool.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 # What the table modules accept: a pool for one-off statements, a connection inside a transaction.
-Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
+Executor: TypeAlias = Connection | asyncpg.Pool
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

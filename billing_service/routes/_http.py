@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, TypeVar
 
 import orjson
@@ -19,13 +20,20 @@ from billing_service.errors import (
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+def _encode_other(value: object) -> str:
+    """orjson only knows the exact `uuid.UUID`; asyncpg returns its own subclass."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 class JSONResponse(Response):
-    """orjson renders datetimes, UUIDs and dataclasses natively, and faster than json."""
+    """orjson renders datetimes and dataclasses natively, and faster than json."""
 
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, default=_encode_other)
 
 
 def field_errors(exc: ValidationError) -> list[FieldError]:

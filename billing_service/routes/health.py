@@ -39,7 +39,9 @@ async def readyz(request: Request) -> Response:
         raise DatabaseUnavailable(str(exc)) from None
     if pending:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
-        raise DatabaseUnavailable(f"Migrations not applied: {names}. Run `billing-service migrate`.")
+        raise DatabaseUnavailable(
+            f"Migrations not applied: {names}. Run `billing-service migrate`."
+        )
     return JSONResponse({"status": "ready"})
 
 

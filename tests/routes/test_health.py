@@ -28,6 +28,7 @@ async def test_readyz_is_503_when_a_migration_is_missing(
     """A schema behind the code is not ready, and the problem says which migration is missing."""
     version = await pool.fetchval("SELECT max(version) FROM schema_migrations")
     row = await pool.fetchrow("SELECT * FROM schema_migrations WHERE version = $1", version)
+    assert row is not None
     await pool.execute("DELETE FROM schema_migrations WHERE version = $1", version)
     try:
         response = await client.get("/readyz")
@@ -35,7 +36,10 @@ async def test_readyz_is_503_when_a_migration_is_missing(
         await pool.execute(
             "INSERT INTO schema_migrations (version, name, checksum, applied_at) "
             "VALUES ($1, $2, $3, $4)",
-            row["version"], row["name"], row["checksum"], row["applied_at"],
+            row["version"],
+            row["name"],
+            row["checksum"],
+            row["applied_at"],
         )
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"

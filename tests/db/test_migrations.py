@@ -1,0 +1,165 @@
+"""Schema migrations: ordered, transactional, checksummed, and safe when replicas race."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from billing_service.db.migrations import (
+    Migration,
+    MigrationError,
+    apply_migrations,
+    discover_migrations,
+)
+from billing_service.resources import migrations_dir
+from tests.support import ADMIN_DATABASE, with_database
+
+
+@pytest.fixture
+async def empty_database(server_url: str) -> AsyncIterator[str]:
+    """A brand-new database with no schema at all."""
+    name = f"billing_mig_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(with_database(server_url, ADMIN_DATABASE))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(server_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _ledger(url: str) -> list[int]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")]
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_runs_apply_each_migration_once(empty_database: str) -> None:
+    """Two connections migrating at the same moment: one applies everything, the other nothing."""
+    migrations = discover_migrations(migrations_dir())
+    connections = [await asyncpg.connect(empty_database) for _ in range(2)]
+    try:
+        results = await asyncio.gather(*(apply_migrations(c, migrations) for c in connections))
+    finally:
+        for conn in connections:
+            await conn.close()
+    assert sorted(len(applied) for applied in results) == [0, len(migrations)]
+    assert sorted(await _ledger(empty_database)) == [m.version for m in migrations]
+
+
+async def test_concurrent_migrate_commands_in_separate_processes_apply_once(
+    empty_database: str,
+) -> None:
+    """Two `billing-service migrate` processes (replicas starting) both succeed, applying once."""
+    env = os.environ | {"BILLING_DATABASE_URL": empty_database, "BILLING_ENV": "test"}
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "billing_service",
+            "migrate",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = await asyncio.gather(*(p.communicate() for p in processes))
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    said = sorted(out.decode().strip() for out, _err in outputs)
+    assert said[0].startswith("applied: 0001_")
+    assert said[1] == "schema is up to date"
+    migrations = discover_migrations(migrations_dir())
+    assert sorted(await _ledger(empty_database)) == [m.version for m in migrations]
+
+
+async def test_second_run_is_a_no_op(empty_database: str) -> None:
+    """Re-running migrations changes nothing."""
+    migrations = discover_migrations(migrations_dir())
+    conn = await asyncpg.connect(empty_database)
+    try:
+        assert len(await apply_migrations(conn, migrations)) == len(migrations)
+        assert await apply_migrations(conn, migrations) == []
+    finally:
+        await conn.close()
+
+
+async def test_failing_migration_rolls_back_alone(empty_database: str, tmp_path: Path) -> None:
+    """A broken file leaves no partial change; earlier files stay applied; the lock is released."""
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE first_table (id int);")
+    (tmp_path / "0002_broken.sql").write_text("CREATE TABLE half_done (id int);\nTHIS IS NOT SQL;")
+    migrations = discover_migrations(tmp_path)
+    conn = await asyncpg.connect(empty_database)
+    try:
+        with pytest.raises(asyncpg.PostgresSyntaxError):
+            await apply_migrations(conn, migrations)
+        assert await conn.fetchval("SELECT to_regclass('first_table') IS NOT NULL")
+        assert await conn.fetchval("SELECT to_regclass('half_done') IS NULL")
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            == 0
+        )
+    finally:
+        await conn.close()
+    assert await _ledger(empty_database) == [1]
+
+
+async def test_editing_an_applied_migration_is_refused(empty_database: str) -> None:
+    """A changed checksum for an applied version is an error, not a silent divergence."""
+    conn = await asyncpg.connect(empty_database)
+    try:
+        await apply_migrations(conn, [Migration(1, "first", "CREATE TABLE t (id int);")])
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await apply_migrations(conn, [Migration(1, "first", "CREATE TABLE t (id bigint);")])
+    finally:
+        await conn.close()
+
+
+def test_misnamed_or_duplicate_files_are_refused(tmp_path: Path) -> None:
+    """Only NNNN_snake_case.sql files, each version once."""
+    (tmp_path / "1_bad.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match=r"1_bad\.sql"):
+        discover_migrations(tmp_path)
+    (tmp_path / "1_bad.sql").unlink()
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "0001_b.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="used twice"):
+        discover_migrations(tmp_path)
+
+
+async def test_every_table_carries_created_and_updated_at(pool: asyncpg.Pool) -> None:
+    """Each of our tables has timestamptz created_at and updated_at, kept by a trigger."""
+    tables = await pool.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+        "AND tablename <> 'schema_migrations'"
+    )
+    assert tables
+    for row in tables:
+        columns = {
+            column["column_name"]: column["data_type"]
+            for column in await pool.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = $1",
+                row["tablename"],
+            )
+        }
+        assert columns.get("created_at") == "timestamp with time zone", row["tablename"]
+        assert columns.get("updated_at") == "timestamp with time zone", row["tablename"]
+        trigger = await pool.fetchval(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::regclass "
+            "AND tgname LIKE '%set_updated_at'",
+            row["tablename"],
+        )
+        assert trigger == 1, row["tablename"]

@@ -1,0 +1,103 @@
+"""Settings: environment parsing, and refusing to start on a bad or mismatched configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from billing_service.cli import main
+from billing_service.config import ConfigurationError, Environment, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("BILLING_"):
+            monkeypatch.delenv(name)
+
+
+def test_lists_are_read_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several webhook secrets (rotation) and redirect hosts come as comma-separated values."""
+    monkeypatch.setenv("BILLING_STRIPE_WEBHOOK_SECRETS", "whsec_new, whsec_old")
+    monkeypatch.setenv("BILLING_ALLOWED_REDIRECT_HOSTS", "App.example.com,example.org")
+    settings = load_settings()
+    assert [s.get_secret_value() for s in settings.stripe_webhook_secrets] == [
+        "whsec_new",
+        "whsec_old",
+    ]
+    assert settings.allowed_redirect_hosts == ["app.example.com", "example.org"]
+
+
+def test_defaults_need_no_environment() -> None:
+    """With nothing set, the service is in development with console logs and no Stripe."""
+    settings = load_settings()
+    assert settings.env is Environment.DEVELOPMENT
+    assert settings.effective_log_format == "console"
+    assert settings.stripe_secret_key is None
+    assert str(settings.stripe_api_base) == "https://api.stripe.com/"
+
+
+def test_production_refuses_a_test_mode_stripe_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BILLING_ENV=production with sk_test_ fails, naming the variable."""
+    monkeypatch.setenv("BILLING_ENV", "production")
+    monkeypatch.setenv("BILLING_STRIPE_SECRET_KEY", "sk_test_abc")
+    with pytest.raises(ConfigurationError, match=r"^BILLING_STRIPE_SECRET_KEY: .*test-mode"):
+        load_settings()
+
+
+def test_development_refuses_a_live_stripe_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live key outside production fails, naming the variable."""
+    monkeypatch.setenv("BILLING_STRIPE_SECRET_KEY", "sk_live_abc")
+    with pytest.raises(ConfigurationError, match=r"^BILLING_STRIPE_SECRET_KEY: .*live-mode"):
+        load_settings()
+
+
+def test_production_accepts_a_live_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live keys and restricted live keys are fine in production."""
+    monkeypatch.setenv("BILLING_ENV", "production")
+    for key in ("sk_live_abc", "rk_live_abc"):
+        monkeypatch.setenv("BILLING_STRIPE_SECRET_KEY", key)
+        assert load_settings().stripe_livemode is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BILLING_PORT", "eighty"),
+        ("BILLING_ENV", "staging"),
+        ("BILLING_LOG_LEVEL", "loud"),
+        ("BILLING_STRIPE_API_BASE", "not a url"),
+        ("BILLING_MAX_BODY_BYTES", "10"),
+    ],
+)
+def test_invalid_setting_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """Each invalid value is reported on one line that starts with the variable's name."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    [line] = str(raised.value).splitlines()
+    assert line.startswith(f"{name}: ")
+
+
+def test_cli_fails_with_one_line_per_bad_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command exits 2 and prints one clear line naming the setting, no traceback."""
+    monkeypatch.setenv("BILLING_PORT", "0")
+    assert main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("billing-service: configuration error: BILLING_PORT: ")
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_cli_in_production_requires_a_database_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Production never falls back to an embedded database."""
+    monkeypatch.setenv("BILLING_ENV", "production")
+    assert main(["migrate"]) == 2
+    assert "BILLING_DATABASE_URL: required when BILLING_ENV=production" in capsys.readouterr().err
