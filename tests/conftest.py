@@ -85,12 +85,10 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(autouse=True)
-async def clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """Every test starts with empty tables (the migration ledger excepted)."""
+async def clean_tables(request: pytest.FixtureRequest) -> None:
+    """Every test that touches the database starts with empty tables (the migration ledger kept)."""
     if "database_url" not in request.fixturenames:
-        yield
         return
-    yield
     pool: asyncpg.Pool = request.getfixturevalue("pool")
     tables = await pool.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
