@@ -36,7 +36,7 @@ async def authenticated_key(request: Request) -> ApiKey:
     key = None if token is None else await api_keys.authenticate(app_state(request)["pool"], token)
     if key is None:
         raise Unauthenticated(_UNAUTHENTICATED_DETAIL)
-    structlog.contextvars.bind_contextvars(api_key_id=str(key.id))
+    structlog.contextvars.bind_contextvars(key_id=str(key.id))
     return key
 
 

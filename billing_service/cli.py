@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -59,10 +60,17 @@ async def _with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitabl
         await pool.close()
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve(settings: Settings) -> None:
     """Run uvicorn; each worker builds its app from the environment, so pass settings through it."""
     assert settings.database_url is not None
     os.environ["BILLING_DATABASE_URL"] = settings.database_url.get_secret_value()
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through Python instead lets
+    # atexit hooks run, which is how an embedded PostgreSQL gets stopped.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logger.info("server.starting", host=settings.host, port=settings.port, workers=settings.workers)
     uvicorn.run(
         "billing_service.app:app_from_environment",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import asyncpg
 import httpx
 import orjson
 import structlog
@@ -16,7 +17,7 @@ def _lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 
 async def test_api_keys_sent_in_headers_never_reach_the_logs(
-    captured_logs: io.StringIO, client: httpx.AsyncClient, admin_key: str
+    captured_logs: io.StringIO, client: httpx.AsyncClient, admin_key: str, pool: asyncpg.Pool
 ) -> None:
     """Valid and invalid keys in Authorization, and keys minted in a response, are not logged."""
     await client.get("/v1/api-keys", headers={"Authorization": f"Bearer {admin_key}"})
@@ -32,6 +33,9 @@ async def test_api_keys_sent_in_headers_never_reach_the_logs(
     output = captured_logs.getvalue()
     requests = [line for line in _lines(captured_logs) if line["event"] == "http.request"]
     assert [line["status"] for line in requests] == [200, 401, 201]
+    admin_id = await pool.fetchval("SELECT id::text FROM api_keys WHERE name = 'test'")
+    assert requests[0]["key_id"] == admin_id  # who called is logged by id, never by secret
+    assert "key_id" not in requests[1]
     for secret in (admin_key, bogus, minted, admin_key[4:20]):
         assert secret not in output
 
