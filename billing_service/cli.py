@@ -8,7 +8,8 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 import asyncpg
@@ -20,7 +21,7 @@ from billing_service import __version__
 from billing_service.config import ConfigurationError, Settings, load_settings
 from billing_service.db.migrations import MigrationError, apply_migrations, discover_migrations
 from billing_service.db.pool import create_pool
-from billing_service.embedded_db import start_embedded_postgres
+from billing_service.embedded_db import embedded_postgres
 from billing_service.errors import BillingError
 from billing_service.logs import configure_logging
 from billing_service.resources import migrations_dir
@@ -30,14 +31,16 @@ from billing_service.services.api_keys import Scope
 logger = structlog.get_logger("billing_service.cli")
 
 
-def with_database(settings: Settings) -> Settings:
+@contextmanager
+def with_database(settings: Settings) -> Iterator[Settings]:
     """Settings with a database URL: the configured one, else (not in production) embedded."""
     if settings.database_url is not None:
-        return settings
+        yield settings
+        return
     if settings.is_production:
         raise ConfigurationError("BILLING_DATABASE_URL: required when BILLING_ENV=production")
-    url = start_embedded_postgres(settings.data_dir)
-    return settings.model_copy(update={"database_url": SecretStr(url)})
+    with embedded_postgres(settings.data_dir) as url:
+        yield settings.model_copy(update={"database_url": SecretStr(url)})
 
 
 async def migrate(settings: Settings) -> list[str]:
@@ -85,32 +88,33 @@ def serve(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    serve(with_database(settings))
+    with with_database(settings) as ready:
+        serve(ready)
     return 0
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     """Embedded database, migrations, a first admin key, then serve: the zero-setup path."""
-    settings = with_database(settings)
-    applied = asyncio.run(migrate(settings))
-    logger.info("migrations.applied", versions=applied)
+    with with_database(settings) as ready:
+        applied = asyncio.run(migrate(ready))
+        logger.info("migrations.applied", versions=applied)
+        asyncio.run(_with_pool(ready, _print_bootstrap_admin_key))
+        serve(ready)
+    return 0
 
-    async def bootstrap(pool: asyncpg.Pool) -> int:
-        issued = await api_keys.ensure_bootstrap_admin_key(pool)
-        if issued is not None:
-            print(
-                f"\nAdmin API key (shown once, store it now):\n\n    {issued.plaintext}\n",
-                flush=True,
-            )
-        return 0
 
-    asyncio.run(_with_pool(settings, bootstrap))
-    serve(settings)
+async def _print_bootstrap_admin_key(pool: asyncpg.Pool) -> int:
+    issued = await api_keys.ensure_bootstrap_admin_key(pool)
+    if issued is not None:
+        print(
+            f"\nAdmin API key (shown once, store it now):\n\n    {issued.plaintext}\n", flush=True
+        )
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    applied = asyncio.run(migrate(with_database(settings)))
+    with with_database(settings) as ready:
+        applied = asyncio.run(migrate(ready))
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
     return 0
 
@@ -131,7 +135,8 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         print(f"key (shown once): {issued.plaintext}")
         return 0
 
-    return asyncio.run(_with_pool(with_database(settings), create))
+    with with_database(settings) as ready:
+        return asyncio.run(_with_pool(ready, create))
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -155,7 +160,8 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
             )
         return 0
 
-    return asyncio.run(_with_pool(with_database(settings), show))
+    with with_database(settings) as ready:
+        return asyncio.run(_with_pool(ready, show))
 
 
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
@@ -164,7 +170,8 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         print(f"revoked {key.id} ({key.name})")
         return 0
 
-    return asyncio.run(_with_pool(with_database(settings), revoke))
+    with with_database(settings) as ready:
+        return asyncio.run(_with_pool(ready, revoke))
 
 
 def build_parser() -> argparse.ArgumentParser:

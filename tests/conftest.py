@@ -25,7 +25,7 @@ from billing_service.app import create_app
 from billing_service.config import Environment, Settings
 from billing_service.db.migrations import apply_migrations, discover_migrations
 from billing_service.db.pool import create_pool
-from billing_service.embedded_db import start_embedded_postgres
+from billing_service.embedded_db import embedded_postgres
 from billing_service.logs import configure_logging
 from billing_service.resources import migrations_dir
 from billing_service.services import api_keys
@@ -54,8 +54,11 @@ async def server_url() -> AsyncIterator[str]:
     elif await _answers(LOCAL_SERVER):
         yield LOCAL_SERVER
     else:
-        with tempfile.TemporaryDirectory(prefix="billing-test-pg-") as folder:
-            yield start_embedded_postgres(Path(folder))
+        with (
+            tempfile.TemporaryDirectory(prefix="billing-test-pg-") as folder,
+            embedded_postgres(Path(folder)) as url,
+        ):
+            yield url
 
 
 @pytest.fixture(scope="session")
