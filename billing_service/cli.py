@@ -201,10 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument(
         "--scope",
-        action="append",
+        action="extend",
+        nargs="+",
         required=True,
         choices=[s.value for s in Scope],
-        help="repeat for several scopes",
+        help="one or more of admin, billing, usage",
     )
     create.add_argument("--expires-at", type=_parse_expiry, help="ISO 8601 time with offset")
     create.set_defaults(handler=cmd_keys_create)

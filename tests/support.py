@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import sys
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 ADMIN_DATABASE = "postgres"
@@ -24,3 +27,21 @@ def stripe_signature_header(
     signed = f"{signed_at}.".encode() + payload
     digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     return f"t={signed_at},{scheme}={digest}"
+
+
+@dataclass(frozen=True)
+class CommandRun:
+    code: int
+    out: str
+    err: str
+
+
+async def billing_service(env: dict[str, str], *args: str) -> CommandRun:
+    """Run the `billing-service` command as a separate process, as an operator would."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "billing_service", *args,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return CommandRun(process.returncode, out.decode(), err.decode())

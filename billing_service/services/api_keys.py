@@ -10,7 +10,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import asyncpg
@@ -64,6 +64,8 @@ async def create_key(
         errors.append(FieldError("scopes", "must name at least one scope"))
     if expires_at is not None and expires_at.tzinfo is None:
         errors.append(FieldError("expires_at", "must include a UTC offset"))
+    elif expires_at is not None and expires_at <= datetime.now(UTC):
+        errors.append(FieldError("expires_at", "must be in the future"))
     if errors:
         raise ValidationFailed(errors)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from billing_service.db.migrations import (
     discover_migrations,
 )
 from billing_service.resources import migrations_dir
-from tests.support import ADMIN_DATABASE, with_database
+from tests.support import ADMIN_DATABASE, billing_service, with_database
 
 
 @pytest.fixture
@@ -61,21 +60,9 @@ async def test_concurrent_migrate_commands_in_separate_processes_apply_once(
 ) -> None:
     """Two `billing-service migrate` processes (replicas starting) both succeed, applying once."""
     env = os.environ | {"BILLING_DATABASE_URL": empty_database, "BILLING_ENV": "test"}
-    processes = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "billing_service",
-            "migrate",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        for _ in range(2)
-    ]
-    outputs = await asyncio.gather(*(p.communicate() for p in processes))
-    assert [p.returncode for p in processes] == [0, 0], outputs
-    said = sorted(out.decode().strip() for out, _err in outputs)
+    runs = await asyncio.gather(billing_service(env, "migrate"), billing_service(env, "migrate"))
+    assert [run.code for run in runs] == [0, 0], runs
+    said = sorted(run.out.strip() for run in runs)
     assert said[0].startswith("applied: 0001_")
     assert said[1] == "schema is up to date"
     migrations = discover_migrations(migrations_dir())
