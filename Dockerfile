@@ -2,7 +2,7 @@
 # `docker run --rm -e BILLING_DATABASE_URL=... IMAGE billing-service migrate`.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md openapi.yaml ./
+COPY pyproject.toml README.md openapi.yaml catalog.example.yaml ./
 COPY billing_service ./billing_service
 COPY db ./db
 RUN pip install --no-cache-dir --prefix=/install .

@@ -21,8 +21,9 @@ from billing_service.middleware import (
     route_template_lookup,
 )
 from billing_service.resources import migrations_dir
-from billing_service.routes import api_keys, health
+from billing_service.routes import api_keys, catalog, health
 from billing_service.state import AppState
+from billing_service.stripe_gateway import StripeGateway
 
 logger = structlog.get_logger(__name__)
 
@@ -34,7 +35,7 @@ def create_app(settings: Settings) -> Starlette:
     database_url = settings.database_url.get_secret_value()
     metrics = Metrics()
     migrations = discover_migrations(migrations_dir())
-    routes = [*health.routes, *api_keys.routes]
+    routes = [*health.routes, *api_keys.routes, *catalog.routes]
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[AppState]:
@@ -44,12 +45,15 @@ def create_app(settings: Settings) -> Starlette:
             max_size=settings.database_pool_max,
         )
         metrics.watch_pool(pool)
-        logger.info(
-            "app.started", env=settings.env.value, stripe=settings.stripe_secret_key is not None
-        )
+        stripe = StripeGateway.from_settings(settings)
+        logger.info("app.started", env=settings.env.value, stripe=stripe is not None)
         try:
-            yield AppState(settings=settings, pool=pool, metrics=metrics, migrations=migrations)
+            yield AppState(
+                settings=settings, pool=pool, metrics=metrics, migrations=migrations, stripe=stripe
+            )
         finally:
+            if stripe is not None:
+                await stripe.close()
             await pool.close()
             logger.info("app.stopped")
 

@@ -1,4 +1,4 @@
-"""The `billing-service` command: serve, dev, migrate and API key management."""
+"""The `billing-service` command: serve, dev, migrate, API keys and the plan catalog."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 import structlog
@@ -18,15 +19,17 @@ import uvicorn
 from pydantic import SecretStr
 
 from billing_service import __version__
+from billing_service.catalog_spec import CatalogSpec, dump_catalog_yaml, load_catalog_yaml
 from billing_service.config import ConfigurationError, Settings, load_settings
 from billing_service.db.migrations import MigrationError, apply_migrations, discover_migrations
 from billing_service.db.pool import create_pool
 from billing_service.embedded_db import embedded_postgres
-from billing_service.errors import BillingError
+from billing_service.errors import BillingError, ValidationFailed
 from billing_service.logs import configure_logging
-from billing_service.resources import migrations_dir
-from billing_service.services import api_keys
+from billing_service.resources import example_catalog_path, migrations_dir
+from billing_service.services import api_keys, catalog, catalog_sync
 from billing_service.services.api_keys import Scope
+from billing_service.stripe_gateway import StripeGateway, require_stripe
 
 logger = structlog.get_logger("billing_service.cli")
 
@@ -94,13 +97,35 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    """Embedded database, migrations, a first admin key, then serve: the zero-setup path."""
+    """Embedded database, migrations, a first admin key, the example catalog, then serve."""
     with with_database(settings) as ready:
         applied = asyncio.run(migrate(ready))
         logger.info("migrations.applied", versions=applied)
         asyncio.run(_with_pool(ready, _print_bootstrap_admin_key))
+        asyncio.run(_with_pool(ready, lambda pool: _load_example_catalog(pool, ready)))
         serve(ready)
     return 0
+
+
+async def _load_example_catalog(pool: asyncpg.Pool, settings: Settings) -> int:
+    """On an empty catalog, load `catalog.example.yaml` so there is something to try."""
+    if not await catalog.catalog_is_empty(pool):
+        return 0
+    spec = load_catalog_yaml(example_catalog_path().read_text(encoding="utf-8"))
+    result = await _apply(pool, settings, spec, dry_run=False)
+    logger.info("catalog.example_loaded", changes=len(result.changes))
+    return 0
+
+
+async def _apply(
+    pool: asyncpg.Pool, settings: Settings, spec: CatalogSpec, *, dry_run: bool
+) -> catalog.ApplyResult:
+    gateway = StripeGateway.from_settings(settings)
+    try:
+        return await catalog.apply_and_sync(pool, gateway, lambda _current: spec, dry_run=dry_run)
+    finally:
+        if gateway is not None:
+            await gateway.close()
 
 
 async def _print_bootstrap_admin_key(pool: asyncpg.Pool) -> int:
@@ -174,6 +199,76 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_with_pool(ready, revoke))
 
 
+def _print_apply_result(result: catalog.ApplyResult, *, stripe_configured: bool) -> None:
+    heading = "Would change" if result.dry_run else "Changed"
+    print(f"{heading} in the catalog:" if result.changes else "The catalog is up to date.")
+    for change in result.changes:
+        print(f"  {change}")
+    if result.drift:
+        print("Drift found in Stripe (the catalog will be restored there):")
+        for drift in result.drift:
+            print(f"  ! {drift.description} ({drift.event_type}, {drift.stripe_object_id})")
+    for done in result.stripe_synced:
+        print(f"  stripe: {done}")
+    if result.stripe_pending:
+        waiting = "would send" if result.dry_run or stripe_configured else "pending; no Stripe key"
+        print(f"Stripe ({waiting}):")
+        for pending in result.stripe_pending:
+            print(f"  {pending}")
+
+
+def cmd_catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"billing-service: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        spec = load_catalog_yaml(text)
+    except ValidationFailed as exc:
+        for error in exc.errors:
+            print(f"{args.file}: {error.field}: {error.message}", file=sys.stderr)
+        return 1
+
+    async def apply(pool: asyncpg.Pool) -> int:
+        result = await _apply(pool, settings, spec, dry_run=args.dry_run)
+        _print_apply_result(result, stripe_configured=settings.stripe_secret_key is not None)
+        return 0
+
+    with with_database(settings) as ready:
+        return asyncio.run(_with_pool(ready, apply))
+
+
+def cmd_catalog_export(args: argparse.Namespace, settings: Settings) -> int:
+    async def export(pool: asyncpg.Pool) -> int:
+        text = dump_catalog_yaml(await catalog.current_catalog(pool))
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            args.output.write_text(text, encoding="utf-8")
+        return 0
+
+    with with_database(settings) as ready:
+        return asyncio.run(_with_pool(ready, export))
+
+
+def cmd_catalog_sync(args: argparse.Namespace, settings: Settings) -> int:
+    async def sync(pool: asyncpg.Pool) -> int:
+        gateway = require_stripe(StripeGateway.from_settings(settings))
+        try:
+            report = await catalog_sync.sync_catalog(pool, gateway)
+        finally:
+            await gateway.close()
+        for done in report.done:
+            print(f"stripe: {done}")
+        if not report.done:
+            print("Stripe is up to date.")
+        return 0
+
+    with with_database(settings) as ready:
+        return asyncio.run(_with_pool(ready, sync))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="billing-service", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -215,6 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id", type=uuid.UUID)
     revoke.set_defaults(handler=cmd_keys_revoke)
+
+    catalog_commands = commands.add_parser(
+        "catalog", help="manage the plan catalog"
+    ).add_subparsers(dest="catalog_command", required=True)
+    apply_parser = catalog_commands.add_parser("apply", help="make the catalog match a YAML file")
+    apply_parser.add_argument("file", type=Path)
+    apply_parser.add_argument("--dry-run", action="store_true", help="show changes, apply none")
+    apply_parser.set_defaults(handler=cmd_catalog_apply)
+    export_parser = catalog_commands.add_parser("export", help="write the catalog as YAML")
+    export_parser.add_argument("--output", "-o", type=Path, help="file to write (default: stdout)")
+    export_parser.set_defaults(handler=cmd_catalog_export)
+    catalog_commands.add_parser("sync", help="push pending catalog changes to Stripe").set_defaults(
+        handler=cmd_catalog_sync
+    )
     return parser
 
 

@@ -13,9 +13,11 @@ the stable problem `type` slug that `problems.py` renders as RFC 9457 problem+js
     ├── PayloadTooLarge               413 payload-too-large
     ├── UnsupportedMediaType          415 unsupported-media-type
     ├── ValidationFailed              422 validation-failed
+    ├── StripeRequestFailed           502 stripe-request-failed
     └── ServiceUnavailable            503 service-unavailable
         ├── DatabaseUnavailable       503 database-unavailable
-        └── StripeNotConfigured       503 stripe-not-configured
+        ├── StripeNotConfigured       503 stripe-not-configured
+        └── StripeUnavailable         503 stripe-unavailable
 """
 
 from __future__ import annotations
@@ -129,6 +131,12 @@ class ValidationFailed(BillingError):
         return {"errors": [{"field": e.field, "message": e.message} for e in self.errors]}
 
 
+class StripeRequestFailed(BillingError):
+    """Stripe refused a request we made; `detail` carries Stripe's reason."""
+
+    status, slug, title = 502, "stripe-request-failed", "Stripe request failed"
+
+
 class ServiceUnavailable(BillingError):
     """A dependency the request needs is down or not configured."""
 
@@ -152,3 +160,9 @@ class StripeNotConfigured(ServiceUnavailable):
     """The route needs Stripe but no `BILLING_STRIPE_SECRET_KEY` is set."""
 
     slug, title = "stripe-not-configured", "Stripe is not configured"
+
+
+class StripeUnavailable(ServiceUnavailable):
+    """Stripe did not answer, rate-limited us or failed on its side, after our bounded retries."""
+
+    slug, title = "stripe-unavailable", "Stripe is unavailable"

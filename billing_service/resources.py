@@ -1,4 +1,4 @@
-"""Files shipped beside the code: the SQL migrations and the OpenAPI contract.
+"""Files shipped beside the code: SQL migrations, the OpenAPI contract, the example catalog.
 
 An installed wheel carries them under `_bundled/`; a source checkout reads them from the repo root.
 """
@@ -22,3 +22,7 @@ def migrations_dir() -> Path:
 
 def openapi_path() -> Path:
     return _locate("openapi.yaml", "openapi.yaml")
+
+
+def example_catalog_path() -> Path:
+    return _locate("catalog.example.yaml", "catalog.example.yaml")

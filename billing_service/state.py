@@ -10,6 +10,7 @@ from starlette.requests import Request
 from billing_service.config import Settings
 from billing_service.db.migrations import Migration
 from billing_service.metrics import Metrics
+from billing_service.stripe_gateway import StripeGateway
 
 
 class AppState(TypedDict):
@@ -17,6 +18,7 @@ class AppState(TypedDict):
     pool: asyncpg.Pool
     metrics: Metrics
     migrations: list[Migration]
+    stripe: StripeGateway | None
 
 
 def app_state(request: Request) -> AppState:

@@ -1,0 +1,195 @@
+"""The declarative catalog: the YAML file's schema, its cross-checks, and parsing with field paths.
+
+The same models describe `catalog.yaml`, the bodies of `PUT /v1/plans/{key}` and
+`PUT /v1/features/{key}`, and what `catalog export` writes. The whole catalog is always
+validated together, so a plan can never refer to a feature that does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from billing_service.errors import FieldError, ValidationFailed
+
+Key = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+Reset = Literal["hour", "day", "week", "month", "year", "billing_period", "never"]
+Overage = Literal["deny", "allow"]
+FeatureKind = Literal["boolean", "metered"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    kind: FeatureKind
+    unit: str | None = Field(default=None, min_length=1, max_length=50)
+
+
+class MeteredLimit(_Strict):
+    """A metered feature's allowance in a plan. `limit: null` means unlimited."""
+
+    enabled: bool = True
+    limit: int | None = Field(default=None, ge=0)
+    soft_limit: int | None = Field(default=None, ge=0)
+    reset: Reset = "month"
+    overage: Overage = "deny"
+
+
+class PriceSpec(_Strict):
+    amount: int = Field(ge=0, description="In the currency's minor units (cents).")
+    currency: Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
+    type: Literal["recurring", "one_time"] = "recurring"
+    interval: Literal["month", "year"] | None = None
+    grants: dict[Key, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _lowercase_currency(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class PlanSpec(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=2000)
+    default: bool = False
+    trial_days: int = Field(default=0, ge=0, le=730)
+    display_order: int = 0
+    features: dict[Key, StrictBool | MeteredLimit] = Field(default_factory=dict)
+    prices: dict[Key, PriceSpec] = Field(default_factory=dict)
+
+
+class CatalogSpec(_Strict):
+    features: dict[Key, FeatureSpec] = Field(default_factory=dict)
+    plans: dict[Key, PlanSpec] = Field(default_factory=dict)
+
+
+def cross_check(catalog: CatalogSpec) -> list[FieldError]:
+    """The rules one model cannot see alone: references, kinds, the default plan, unique keys."""
+    errors: list[FieldError] = []
+    defaults = [key for key, plan in catalog.plans.items() if plan.default]
+    if catalog.plans and len(defaults) != 1:
+        found = ", ".join(defaults) or "none"
+        errors.append(FieldError("plans", f"exactly one plan must have default: true ({found})"))
+    owner_of_lookup_key: dict[str, str] = {}
+    for plan_key, plan in catalog.plans.items():
+        errors += _check_allowances(catalog, plan_key, plan)
+        for lookup_key, price in plan.prices.items():
+            path = f"plans.{plan_key}.prices.{lookup_key}"
+            if lookup_key in owner_of_lookup_key:
+                other = owner_of_lookup_key[lookup_key]
+                errors.append(FieldError(path, f"lookup key already used by plan '{other}'"))
+            owner_of_lookup_key[lookup_key] = plan_key
+            errors += _check_price(catalog, path, price)
+    return errors
+
+
+def _check_allowances(catalog: CatalogSpec, plan_key: str, plan: PlanSpec) -> list[FieldError]:
+    errors = []
+    for feature_key, allowance in plan.features.items():
+        path = f"plans.{plan_key}.features.{feature_key}"
+        feature = catalog.features.get(feature_key)
+        if feature is None:
+            errors.append(FieldError(path, f"unknown feature '{feature_key}'"))
+        elif feature.kind == "boolean" and not isinstance(allowance, bool):
+            errors.append(FieldError(path, "a boolean feature takes true or false"))
+        elif isinstance(allowance, MeteredLimit) and _soft_above_hard(allowance):
+            errors.append(FieldError(f"{path}.soft_limit", "must not exceed limit"))
+    return errors
+
+
+def _check_price(catalog: CatalogSpec, path: str, price: PriceSpec) -> list[FieldError]:
+    errors = []
+    if price.type == "recurring" and price.interval is None:
+        errors.append(FieldError(f"{path}.interval", "required for a recurring price"))
+    if price.type == "one_time" and price.interval is not None:
+        errors.append(FieldError(f"{path}.interval", "only recurring prices have one"))
+    if price.grants and price.type != "one_time":
+        errors.append(FieldError(f"{path}.grants", "only one-time prices grant credits"))
+    for feature_key in price.grants:
+        feature = catalog.features.get(feature_key)
+        if feature is None or feature.kind != "metered":
+            errors.append(FieldError(f"{path}.grants.{feature_key}", "must name a metered feature"))
+    return errors
+
+
+def _soft_above_hard(allowance: MeteredLimit) -> bool:
+    return (
+        allowance.soft_limit is not None
+        and allowance.limit is not None
+        and allowance.soft_limit > allowance.limit
+    )
+
+
+def _field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+    errors = []
+    for error in exc.errors(include_url=False, include_input=False):
+        # Drop pydantic's union branch names ("bool", "MeteredLimit") from paths.
+        parts = [str(part) for part in error["loc"] if part not in {"bool", "MeteredLimit"}]
+        errors.append(
+            FieldError(".".join([p for p in [prefix, *parts] if p]) or "catalog", error["msg"])
+        )
+    return errors
+
+
+def validated(catalog: CatalogSpec) -> CatalogSpec:
+    errors = cross_check(catalog)
+    if errors:
+        raise ValidationFailed(errors, "The catalog is invalid.")
+    return catalog
+
+
+def parse_catalog(data: Any) -> CatalogSpec:
+    """Validate a loaded document as a whole catalog; every problem is reported with its path."""
+    try:
+        catalog = CatalogSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(_field_errors(exc), "The catalog is invalid.") from None
+    return validated(catalog)
+
+
+def load_catalog_yaml(text: str) -> CatalogSpec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValidationFailed([FieldError("catalog", f"not valid YAML{where}")]) from None
+    return parse_catalog({} if data is None else data)
+
+
+def _allowance_document(allowance: bool | MeteredLimit) -> object:
+    """Metered allowances always show their limit and reset; other defaults are left out."""
+    if isinstance(allowance, bool):
+        return allowance
+    document: dict[str, object] = {"limit": allowance.limit}
+    if allowance.soft_limit is not None:
+        document["soft_limit"] = allowance.soft_limit
+    document["reset"] = allowance.reset
+    if allowance.overage != "deny":
+        document["overage"] = allowance.overage
+    return document
+
+
+def dump_catalog_yaml(catalog: CatalogSpec) -> str:
+    """YAML that `load_catalog_yaml` reads back to the same catalog."""
+    document = catalog.model_dump(mode="json", exclude_defaults=True)
+    for key, plan in catalog.plans.items():
+        if plan.features:
+            document["plans"][key]["features"] = {
+                feature: _allowance_document(allowance)
+                for feature, allowance in plan.features.items()
+            }
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)

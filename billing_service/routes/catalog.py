@@ -1,0 +1,166 @@
+"""Catalog routes: plans for pricing pages, and admin edits that go through the same apply."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from billing_service.auth import requires
+from billing_service.catalog_spec import CatalogSpec, FeatureSpec, PlanSpec
+from billing_service.errors import FieldError, NotFound, ValidationFailed
+from billing_service.routes._http import JSONResponse, parse_json
+from billing_service.services import catalog, catalog_sync
+from billing_service.services.api_keys import Scope
+from billing_service.services.catalog import ApplyResult, PlanView
+from billing_service.state import app_state
+from billing_service.stripe_gateway import require_stripe
+
+KEY_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+
+
+def serialize_plan(view: PlanView) -> dict[str, object]:
+    plan = view.plan
+    return {
+        "key": plan.key,
+        "name": plan.name,
+        "description": plan.description,
+        "default": plan.is_default,
+        "active": plan.active,
+        "trial_days": plan.trial_days,
+        "display_order": plan.display_order,
+        "prices": [
+            {
+                "lookup_key": price.lookup_key,
+                "amount": price.amount,
+                "currency": price.currency,
+                "type": price.type,
+                "interval": price.recurring_interval,
+                "grants": grants,
+            }
+            for price, grants in view.prices
+        ],
+        "features": [
+            {
+                "feature": feature.key,
+                "name": feature.name,
+                "kind": feature.kind,
+                "unit": feature.unit,
+                "enabled": allowance.enabled,
+                "unlimited": allowance.enabled and allowance.limit is None,
+                "limit": allowance.limit,
+                "soft_limit": allowance.soft_limit,
+                "reset": allowance.reset,
+                "overage": allowance.overage,
+            }
+            for feature, allowance in view.features
+        ],
+    }
+
+
+def serialize_result(result: ApplyResult) -> dict[str, object]:
+    return {
+        "changes": result.changes,
+        "stripe": {"synced": result.stripe_synced, "pending": result.stripe_pending},
+    }
+
+
+def _path_key(request: Request) -> str:
+    key: str = request.path_params["key"]
+    if not catalog_key_is_valid(key):
+        raise ValidationFailed([FieldError("key", "must match " + KEY_PATTERN)])
+    return key
+
+
+def catalog_key_is_valid(key: str) -> bool:
+    return (
+        1 <= len(key) <= 63
+        and key[0].isascii()
+        and key[0].islower()
+        and all(c.isascii() and (c.islower() or c.isdigit() or c == "_") for c in key)
+    )
+
+
+def _relative_to(errors: list[FieldError], prefix: str) -> list[FieldError]:
+    """Report a body's errors relative to the body, not to the whole catalog."""
+    return [
+        FieldError(e.field.removeprefix(prefix) or "body", e.message)
+        if e.field.startswith(prefix)
+        else e
+        for e in errors
+    ]
+
+
+@requires(Scope.BILLING, Scope.USAGE)
+async def list_plans(request: Request) -> Response:
+    views = await catalog.plan_views(app_state(request)["pool"])
+    return JSONResponse({"data": [serialize_plan(view) for view in views]})
+
+
+@requires(Scope.BILLING, Scope.USAGE)
+async def get_plan(request: Request) -> Response:
+    key = request.path_params["key"]
+    views = await catalog.plan_views(app_state(request)["pool"], key=key)
+    if not views:
+        raise NotFound(f"No plan has key '{key}'.")
+    return JSONResponse(serialize_plan(views[0]))
+
+
+@requires(Scope.ADMIN)
+async def put_feature(request: Request) -> Response:
+    key = _path_key(request)
+    body = await parse_json(request, FeatureSpec)
+    state = app_state(request)
+    existed: list[bool] = []
+
+    def with_feature(current: CatalogSpec) -> CatalogSpec:
+        existed.append(key in current.features)
+        return current.model_copy(update={"features": current.features | {key: body}})
+
+    result = await catalog.apply_and_sync(state["pool"], state["stripe"], with_feature)
+    payload = {"key": key, **body.model_dump(), **serialize_result(result)}
+    return JSONResponse(payload, status_code=200 if existed[0] else 201)
+
+
+@requires(Scope.ADMIN)
+async def put_plan(request: Request) -> Response:
+    key = _path_key(request)
+    body = await parse_json(request, PlanSpec)
+    state = app_state(request)
+    existed: list[bool] = []
+
+    def with_plan(current: CatalogSpec) -> CatalogSpec:
+        existed.append(key in current.plans)
+        others = {
+            other_key: plan.model_copy(update={"default": False}) if body.default else plan
+            for other_key, plan in current.plans.items()
+            if other_key != key
+        }
+        return current.model_copy(update={"plans": others | {key: body}})
+
+    try:
+        result = await catalog.apply_and_sync(state["pool"], state["stripe"], with_plan)
+    except ValidationFailed as exc:
+        raise ValidationFailed(_relative_to(exc.errors, f"plans.{key}."), exc.detail) from None
+    [view] = await catalog.plan_views(state["pool"], key=key)
+    payload = serialize_plan(view) | serialize_result(result)
+    return JSONResponse(payload, status_code=200 if existed[0] else 201)
+
+
+@requires(Scope.ADMIN)
+async def sync_catalog(request: Request) -> Response:
+    state = app_state(request)
+    gateway = require_stripe(state["stripe"])
+    report = await catalog_sync.sync_catalog(state["pool"], gateway)
+    async with state["pool"].acquire() as conn:
+        pending = await catalog_sync.pending_work(conn)
+    return JSONResponse({"synced": report.done, "pending": pending})
+
+
+routes = [
+    Route("/v1/plans", list_plans, methods=["GET"]),
+    Route("/v1/plans/{key}", get_plan, methods=["GET"]),
+    Route("/v1/plans/{key}", put_plan, methods=["PUT"]),
+    Route("/v1/features/{key}", put_feature, methods=["PUT"]),
+    Route("/v1/catalog/sync", sync_catalog, methods=["POST"]),
+]

@@ -1,0 +1,421 @@
+"""The plan catalog: reconcile the database with a declarative spec, and read it back.
+
+`apply_catalog` runs in one transaction under a lock, so concurrent applies queue up instead of
+interleaving. It writes only what differs and describes each change; a dry run does the very same
+work and rolls it back, so what it prints is exactly what an apply would do. Stripe is brought up
+to date afterwards, outside the transaction (see `catalog_sync`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import asyncpg
+
+from billing_service.catalog_spec import (
+    CatalogSpec,
+    FeatureSpec,
+    MeteredLimit,
+    PlanSpec,
+    PriceSpec,
+    validated,
+)
+from billing_service.db import catalog_drift, plan_features, plans, prices
+from billing_service.db import features as features_db
+from billing_service.db.catalog_drift import Drift
+from billing_service.db.features import Feature
+from billing_service.db.plan_features import Allowance
+from billing_service.db.plans import Plan, PlanFields
+from billing_service.db.pool import Connection
+from billing_service.db.prices import Price
+from billing_service.services import catalog_sync
+from billing_service.stripe_gateway import StripeGateway
+
+_DISABLED = Allowance(enabled=False, limit=None, soft_limit=None, reset=None, overage="deny")
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogState:
+    """Every catalog row, including archived ones, as the database holds them."""
+
+    features: dict[str, Feature]
+    plans: dict[str, Plan]
+    prices: list[Price]
+    allowances: dict[uuid.UUID, dict[uuid.UUID, Allowance]]  # plan id → feature id → allowance
+    grants: dict[uuid.UUID, dict[uuid.UUID, int]]  # price id → feature id → units
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What an apply changed (or would change), and where Stripe stands afterwards."""
+
+    changes: list[str]
+    stripe_pending: list[str]
+    drift: list[Drift]
+    dry_run: bool
+    stripe_synced: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanView:
+    """A plan with its live prices (and their grants) and its feature allowances."""
+
+    plan: Plan
+    prices: list[tuple[Price, dict[str, int]]]
+    features: list[tuple[Feature, Allowance]]
+
+
+async def load_state(conn: Connection) -> CatalogState:
+    allowances: dict[uuid.UUID, dict[uuid.UUID, Allowance]] = {}
+    for row in await plan_features.select_plan_features(conn):
+        allowances.setdefault(row.plan_id, {})[row.feature_id] = row.allowance
+    grants: dict[uuid.UUID, dict[uuid.UUID, int]] = {}
+    for grant in await prices.select_grants(conn):
+        grants.setdefault(grant.price_id, {})[grant.feature_id] = grant.amount
+    return CatalogState(
+        features={f.key: f for f in await features_db.select_features(conn)},
+        plans={p.key: p for p in await plans.select_plans(conn)},
+        prices=await prices.select_prices(conn),
+        allowances=allowances,
+        grants=grants,
+    )
+
+
+def export_spec(state: CatalogState) -> CatalogSpec:
+    """The live catalog (archived rows left out) in the declarative form."""
+    feature_by_id = {f.id: f for f in state.features.values()}
+    live_prices: dict[uuid.UUID, dict[str, PriceSpec]] = {}
+    for price in state.prices:
+        if price.active:
+            live_prices.setdefault(price.plan_id, {})[price.lookup_key] = PriceSpec(
+                amount=price.amount,
+                currency=price.currency,
+                type=price.type,  # type: ignore[arg-type]
+                interval=price.recurring_interval,  # type: ignore[arg-type]
+                grants={
+                    feature_by_id[feature_id].key: units
+                    for feature_id, units in state.grants.get(price.id, {}).items()
+                },
+            )
+    return CatalogSpec(
+        features={
+            f.key: FeatureSpec(name=f.name, kind=f.kind, unit=f.unit)  # type: ignore[arg-type]
+            for f in state.features.values()
+            if f.active
+        },
+        plans={
+            plan.key: PlanSpec(
+                name=plan.name,
+                description=plan.description,
+                default=plan.is_default,
+                trial_days=plan.trial_days,
+                display_order=plan.display_order,
+                features={
+                    feature_by_id[feature_id].key: _allowance_spec(
+                        feature_by_id[feature_id].kind, allowance
+                    )
+                    for feature_id, allowance in state.allowances.get(plan.id, {}).items()
+                },
+                prices=live_prices.get(plan.id, {}),
+            )
+            for plan in state.plans.values()
+            if plan.active
+        },
+    )
+
+
+async def apply_catalog(
+    pool: asyncpg.Pool, build: Callable[[CatalogSpec], CatalogSpec], *, dry_run: bool = False
+) -> ApplyResult:
+    """Make the database match `build(current catalog)`; roll back instead when `dry_run`."""
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('billing.catalog'))")
+            state = await load_state(conn)
+            spec = validated(build(export_spec(state)))
+            changes = await _reconcile(conn, state, spec)
+            pending = await catalog_sync.pending_work(conn)
+            drift = await catalog_drift.select_open_drift(conn)
+        except BaseException:
+            await transaction.rollback()
+            raise
+        if dry_run:
+            await transaction.rollback()
+        else:
+            await transaction.commit()
+    return ApplyResult(changes=changes, stripe_pending=pending, drift=drift, dry_run=dry_run)
+
+
+async def apply_and_sync(
+    pool: asyncpg.Pool,
+    gateway: StripeGateway | None,
+    build: Callable[[CatalogSpec], CatalogSpec],
+    *,
+    dry_run: bool = False,
+) -> ApplyResult:
+    """Apply, then push to Stripe when it is configured; without Stripe the work stays pending.
+
+    Drift found before the apply has been reported in its result and is settled by the sync.
+    """
+    result = await apply_catalog(pool, build, dry_run=dry_run)
+    if dry_run or gateway is None:
+        return result
+    report = await catalog_sync.sync_catalog(pool, gateway)
+    async with pool.acquire() as conn:
+        await catalog_drift.resolve_all_drift(conn)
+        pending = await catalog_sync.pending_work(conn)
+    return replace(result, stripe_synced=report.done, stripe_pending=pending)
+
+
+async def plan_views(pool: asyncpg.Pool, *, key: str | None = None) -> list[PlanView]:
+    """Live plans in display order, or the one plan `key` (archived or not)."""
+    async with pool.acquire() as conn:
+        state = await load_state(conn)
+    feature_by_id = {f.id: f for f in state.features.values()}
+    views = []
+    for plan in state.plans.values():
+        if (key is None and not plan.active) or (key is not None and plan.key != key):
+            continue
+        live = [price for price in state.prices if price.active and price.plan_id == plan.id]
+        allowances = state.allowances.get(plan.id, {})
+        views.append(
+            PlanView(
+                plan=plan,
+                prices=[
+                    (
+                        price,
+                        {
+                            feature_by_id[feature_id].key: units
+                            for feature_id, units in state.grants.get(price.id, {}).items()
+                        },
+                    )
+                    for price in live
+                ],
+                features=sorted(
+                    ((feature_by_id[fid], allowance) for fid, allowance in allowances.items()),
+                    key=lambda pair: pair[0].key,
+                ),
+            )
+        )
+    return views
+
+
+async def current_catalog(pool: asyncpg.Pool) -> CatalogSpec:
+    async with pool.acquire() as conn:
+        return export_spec(await load_state(conn))
+
+
+async def catalog_is_empty(pool: asyncpg.Pool) -> bool:
+    return not await pool.fetchval("SELECT EXISTS (SELECT 1 FROM plans)")
+
+
+async def _reconcile(conn: Connection, state: CatalogState, spec: CatalogSpec) -> list[str]:
+    reconciler = _Reconciler(conn, state, spec)
+    await reconciler.features()
+    await reconciler.plans()
+    await reconciler.allowances()
+    await reconciler.prices()
+    return reconciler.changes
+
+
+def _differences(pairs: dict[str, tuple[object, object]]) -> str:
+    return ", ".join(
+        f"{name} {old!r} → {new!r}" for name, (old, new) in pairs.items() if old != new
+    )
+
+
+def allowance_from_spec(kind: str, value: bool | MeteredLimit) -> Allowance:
+    """One normal form per meaning, so equal allowances always compare equal."""
+    if isinstance(value, bool):
+        if not value:
+            return _DISABLED
+        reset = "month" if kind == "metered" else None
+        return Allowance(enabled=True, limit=None, soft_limit=None, reset=reset, overage="deny")
+    if not value.enabled:
+        return _DISABLED
+    return Allowance(
+        enabled=True,
+        limit=value.limit,
+        soft_limit=value.soft_limit,
+        reset=value.reset,
+        overage=value.overage,
+    )
+
+
+def _allowance_spec(kind: str, allowance: Allowance) -> bool | MeteredLimit:
+    if kind == "boolean" or not allowance.enabled:
+        return allowance.enabled
+    return MeteredLimit(
+        limit=allowance.limit,
+        soft_limit=allowance.soft_limit,
+        reset=allowance.reset,  # type: ignore[arg-type]
+        overage=allowance.overage,  # type: ignore[arg-type]
+    )
+
+
+def describe_allowance(allowance: Allowance | None) -> str:
+    if allowance is None:
+        return "absent"
+    if not allowance.enabled:
+        return "off"
+    if allowance.reset is None:
+        return "on"
+    amount = "unlimited" if allowance.limit is None else str(allowance.limit)
+    soft = "" if allowance.soft_limit is None else f" (soft {allowance.soft_limit})"
+    overage = ", overage allowed" if allowance.overage == "allow" else ""
+    return f"{amount}/{allowance.reset}{soft}{overage}"
+
+
+def describe_price(amount: int, currency: str, interval: str | None) -> str:
+    return f"{amount} {currency}" + (f"/{interval}" if interval else " once")
+
+
+class _Reconciler:
+    """Writes the difference between `state` and `spec`, describing each change it makes."""
+
+    def __init__(self, conn: Connection, state: CatalogState, spec: CatalogSpec) -> None:
+        self.conn, self.state, self.spec = conn, state, spec
+        self.changes: list[str] = []
+        self.feature_ids: dict[str, uuid.UUID] = {}
+        self.plan_ids: dict[str, uuid.UUID] = {}
+
+    async def features(self) -> None:
+        for key, wanted in self.spec.features.items():
+            current = self.state.features.get(key)
+            if current is None:
+                created = await features_db.insert_feature(
+                    self.conn, key=key, name=wanted.name, kind=wanted.kind, unit=wanted.unit
+                )
+                self.feature_ids[key] = created.id
+                self.changes.append(f"+ feature {key} ({wanted.kind})")
+                continue
+            self.feature_ids[key] = current.id
+            diff = _differences(
+                {
+                    "name": (current.name, wanted.name),
+                    "kind": (current.kind, wanted.kind),
+                    "unit": (current.unit, wanted.unit),
+                    "active": (current.active, True),
+                }
+            )
+            if diff:
+                await features_db.update_feature(
+                    self.conn, current.id, name=wanted.name, kind=wanted.kind, unit=wanted.unit,
+                    active=True,
+                )  # fmt: skip
+                self.changes.append(f"~ feature {key}: {diff}")
+        for key, current in self.state.features.items():
+            if key not in self.spec.features and current.active:
+                await features_db.update_feature(
+                    self.conn, current.id, name=current.name, kind=current.kind,
+                    unit=current.unit, active=False,
+                )  # fmt: skip
+                self.changes.append(f"- feature {key} (archived)")
+
+    async def plans(self) -> None:
+        wanted_default = next((k for k, plan in self.spec.plans.items() if plan.default), None)
+        if any(p.is_default and p.key != wanted_default for p in self.state.plans.values()):
+            await plans.clear_default_plan(self.conn)  # the deferred check sees the final state
+        for key, wanted in self.spec.plans.items():
+            fields = PlanFields(
+                name=wanted.name,
+                description=wanted.description,
+                is_default=wanted.default,
+                trial_days=wanted.trial_days,
+                display_order=wanted.display_order,
+            )
+            current = self.state.plans.get(key)
+            if current is None:
+                self.plan_ids[key] = (await plans.insert_plan(self.conn, key, fields)).id
+                self.changes.append(f"+ plan {key}" + (" (default)" if wanted.default else ""))
+                continue
+            self.plan_ids[key] = current.id
+            diff = _differences(
+                {
+                    "name": (current.name, fields.name),
+                    "description": (current.description, fields.description),
+                    "default": (current.is_default, fields.is_default),
+                    "trial_days": (current.trial_days, fields.trial_days),
+                    "display_order": (current.display_order, fields.display_order),
+                    "active": (current.active, True),
+                }
+            )
+            if diff:
+                await plans.update_plan(self.conn, current.id, fields, active=True)
+                self.changes.append(f"~ plan {key}: {diff}")
+        for key, current in self.state.plans.items():
+            if key not in self.spec.plans and current.active:
+                await plans.archive_plan(self.conn, current.id)
+                self.changes.append(f"- plan {key} (archived)")
+
+    async def allowances(self) -> None:
+        feature_key = {f.id: f.key for f in self.state.features.values()}
+        feature_key |= {feature_id: key for key, feature_id in self.feature_ids.items()}
+        for plan_key, wanted_plan in self.spec.plans.items():
+            plan_id = self.plan_ids[plan_key]
+            wanted = {
+                self.feature_ids[key]: allowance_from_spec(self.spec.features[key].kind, value)
+                for key, value in wanted_plan.features.items()
+            }
+            current = self.state.allowances.get(plan_id, {})
+            if wanted == current:
+                continue
+            await plan_features.replace_plan_features(self.conn, plan_id, wanted)
+            for feature_id in sorted(wanted.keys() | current.keys(), key=feature_key.__getitem__):
+                before, after = current.get(feature_id), wanted.get(feature_id)
+                if before != after:
+                    self.changes.append(
+                        f"~ plan {plan_key} feature {feature_key[feature_id]}: "
+                        f"{describe_allowance(before)} → {describe_allowance(after)}"
+                    )
+
+    async def prices(self) -> None:
+        """Stripe prices are immutable: new terms make a new price that takes the lookup key."""
+        live = {price.lookup_key: price for price in self.state.prices if price.active}
+        for plan_key, wanted_plan in self.spec.plans.items():
+            for lookup_key, wanted in wanted_plan.prices.items():
+                await self._price(plan_key, lookup_key, wanted, live.pop(lookup_key, None))
+        for lookup_key, leftover in live.items():
+            await prices.archive_price(self.conn, leftover.id)
+            self.changes.append(f"- price {lookup_key} (archived)")
+
+    async def _price(
+        self, plan_key: str, lookup_key: str, wanted: PriceSpec, current: Price | None
+    ) -> None:
+        plan_id = self.plan_ids[plan_key]
+        grants = {self.feature_ids[key]: units for key, units in wanted.grants.items()}
+        terms = (plan_id, wanted.amount, wanted.currency, wanted.type, wanted.interval)
+        if current is not None and terms == (
+            current.plan_id, current.amount, current.currency, current.type,
+            current.recurring_interval,
+        ):  # fmt: skip
+            if self.state.grants.get(current.id, {}) != grants:
+                await prices.replace_grants(self.conn, current.id, grants)
+                self.changes.append(f"~ price {lookup_key}: grants {dict(wanted.grants)}")
+            return
+        if current is not None:
+            await prices.archive_price(self.conn, current.id)
+        created = await prices.insert_price(
+            self.conn,
+            plan_id=plan_id,
+            lookup_key=lookup_key,
+            amount=wanted.amount,
+            currency=wanted.currency,
+            type=wanted.type,
+            recurring_interval=wanted.interval,
+        )
+        if grants:
+            await prices.replace_grants(self.conn, created.id, grants)
+        now = describe_price(wanted.amount, wanted.currency, wanted.interval)
+        if current is None:
+            self.changes.append(f"+ price {lookup_key}: {now} (plan {plan_key})")
+            return
+        before = describe_price(current.amount, current.currency, current.recurring_interval)
+        self.changes.append(
+            f"~ price {lookup_key}: {before} → {now} (plan {plan_key}; "
+            "a new Stripe price takes the lookup key, the old one is archived)"
+        )
