@@ -30,6 +30,8 @@ from billing_service.logs import configure_logging
 from billing_service.resources import migrations_dir
 from billing_service.services import api_keys
 from billing_service.services.api_keys import Scope
+from billing_service.stripe_gateway import StripeGateway
+from tests.stripe_fakes import FakeStripeCatalog
 from tests.support import ADMIN_DATABASE, with_database
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -149,6 +151,34 @@ def stripe_mock() -> Iterator[respx.MockRouter]:
         base_url=STRIPE_TEST_BASE, assert_all_mocked=True, assert_all_called=False
     ) as mock:
         yield mock
+
+
+@pytest.fixture
+def stripe_settings(settings: Settings) -> Settings:
+    """Settings with a (test-mode) Stripe key, pointed at the fake Stripe."""
+    return settings.model_copy(update={"stripe_secret_key": SecretStr("sk_test_fake")})
+
+
+@pytest.fixture
+async def gateway(stripe_settings: Settings) -> AsyncIterator[StripeGateway]:
+    gateway = StripeGateway.from_settings(stripe_settings)
+    assert gateway is not None
+    yield gateway
+    await gateway.close()
+
+
+@pytest.fixture
+def fake_stripe(stripe_mock: respx.MockRouter) -> FakeStripeCatalog:
+    return FakeStripeCatalog(stripe_mock)
+
+
+@pytest.fixture
+async def stripe_client(
+    stripe_settings: Settings, pool: asyncpg.Pool
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with Stripe configured (answered by the respx fake)."""
+    async with app_client(stripe_settings) as client:
+        yield client
 
 
 async def issue_key(pool: asyncpg.Pool, *scopes: Scope) -> str:
