@@ -82,6 +82,19 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+@pytest.fixture
+async def empty_database(server_url: str) -> AsyncIterator[str]:
+    """A brand-new database with no schema at all."""
+    name = f"billing_mig_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(with_database(server_url, ADMIN_DATABASE))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(server_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(database_url, min_size=1, max_size=10)

@@ -110,7 +110,7 @@ class FakeStripeCatalog:
         return self._respond(key, build)
 
     def _update_product(self, request: httpx.Request, object_id: str) -> httpx.Response:
-        fields, key = self._record(request)
+        fields, _key = self._record(request)
         product = self.products.get(object_id)
         if product is None:
             return httpx.Response(404, json={"error": {"type": "invalid_request_error"}})

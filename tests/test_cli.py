@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import signal
+import socket
+import sys
+from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
+from billing_service.catalog_spec import load_catalog_yaml
+from billing_service.resources import example_catalog_path
 from billing_service.services import api_keys
 from tests.support import billing_service
 
@@ -59,3 +67,95 @@ async def test_migrate_on_a_current_schema_says_so(cli_env: dict[str, str]) -> N
     run = await billing_service(cli_env, "migrate")
     assert run.code == 0
     assert run.out.strip() == "schema is up to date"
+
+
+async def test_catalog_apply_rejects_a_bad_file_naming_the_field(
+    cli_env: dict[str, str], pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """A malformed catalog prints `file: path: reason`, exits 1 and changes nothing."""
+    bad = tmp_path / "catalog.yaml"
+    bad.write_text(example_catalog_path().read_text().replace("interval: year", "interval: 1"))
+    run = await billing_service(cli_env, "catalog", "apply", str(bad))
+    assert run.code == 1
+    assert f"{bad}: plans.pro.prices.pro_yearly.interval: " in run.err
+    assert "Traceback" not in run.err
+    assert await pool.fetchval("SELECT count(*) FROM plans") == 0
+
+
+async def test_catalog_dry_run_then_apply_then_export(
+    cli_env: dict[str, str], pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Dry run shows and keeps nothing; apply keeps it; export writes it back as YAML."""
+    example = str(example_catalog_path())
+    dry = await billing_service(cli_env, "catalog", "apply", example, "--dry-run")
+    assert dry.code == 0, dry.err
+    assert "Would change in the catalog:" in dry.out
+    assert "+ price pro_monthly: 1900 usd/month (plan pro)" in dry.out
+    assert await pool.fetchval("SELECT count(*) FROM plans") == 0
+
+    applied = await billing_service(cli_env, "catalog", "apply", example)
+    assert applied.code == 0, applied.err
+    assert "Stripe (pending; no Stripe key):" in applied.out
+    assert await pool.fetchval("SELECT count(*) FROM plans") == 3
+
+    exported = tmp_path / "exported.yaml"
+    run = await billing_service(cli_env, "catalog", "export", "--output", str(exported))
+    assert run.code == 0
+    assert load_catalog_yaml(exported.read_text()) == load_catalog_yaml(
+        example_catalog_path().read_text()
+    )
+    again = await billing_service(cli_env, "catalog", "apply", str(exported))
+    assert "The catalog is up to date." in again.out
+
+
+async def test_catalog_sync_without_a_stripe_key_fails_clearly(cli_env: dict[str, str]) -> None:
+    """`catalog sync` needs Stripe and says which setting is missing."""
+    run = await billing_service(cli_env, "catalog", "sync")
+    assert run.code == 1
+    assert "BILLING_STRIPE_SECRET_KEY" in run.err
+
+
+async def test_dev_migrates_mints_a_key_loads_the_example_catalog_and_serves(
+    empty_database: str,
+) -> None:
+    """`billing-service dev` on an empty database: ready to use, with nothing set up by hand."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
+    env |= {"BILLING_DATABASE_URL": empty_database, "BILLING_PORT": str(_free_port())}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "billing_service", "dev",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{env['BILLING_PORT']}"
+        async with httpx.AsyncClient(base_url=base) as http:
+            ready = await _wait_ready(http)
+            assert ready.status_code == 200
+            assert process.stdout is not None
+            printed = await asyncio.wait_for(process.stdout.readuntil(b"\n\n    bsk_"), 5)
+            assert b"Admin API key (shown once" in printed
+            key = "bsk_" + (await process.stdout.readline()).decode().strip()
+            plans = await http.get("/v1/plans", headers={"Authorization": f"Bearer {key}"})
+            assert [plan["key"] for plan in plans.json()["data"]] == ["free", "pro", "credits"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 10)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _wait_ready(http: httpx.AsyncClient) -> httpx.Response:
+    for _ in range(100):
+        try:
+            response = await http.get("/readyz")
+        except httpx.TransportError:
+            await asyncio.sleep(0.1)
+            continue
+        if response.status_code == 200:
+            return response
+        await asyncio.sleep(0.1)
+    raise AssertionError("the service did not become ready")

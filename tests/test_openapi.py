@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import httpx
 import yaml
+from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
+from pydantic import SecretStr
 from starlette.routing import Route
 
 from billing_service.app import create_app
+from billing_service.catalog_spec import load_catalog_yaml
 from billing_service.config import Settings
-from billing_service.resources import openapi_path
+from billing_service.resources import example_catalog_path, openapi_path
+from billing_service.services import catalog
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 
@@ -25,8 +31,9 @@ def test_document_is_valid_openapi() -> None:
     validate(_spec())
 
 
-def test_document_lists_exactly_the_apps_routes(settings: Settings) -> None:
+def test_document_lists_exactly_the_apps_routes() -> None:
     """Every served method and path is documented, and nothing documented is missing."""
+    settings = Settings(database_url=SecretStr("postgresql://unused@localhost/unused"))
     served = {
         (method.lower(), route.path)
         for route in create_app(settings).routes
@@ -49,3 +56,43 @@ def test_authenticated_operations_document_401_and_403() -> None:
         for method, operation in item.items():
             if method in HTTP_METHODS and operation.get("security") != []:
                 assert {"401", "403"} <= set(operation["responses"]), (method, path)
+
+
+def assert_matches_schema(body: object, schema_name: str) -> None:
+    """Check a real response body against a component schema of the contract."""
+    spec = _spec()
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
+    errors = list(OAS31Validator(schema).iter_errors(body))
+    assert not errors, [error.message for error in errors]
+
+
+async def test_responses_match_their_documented_schemas(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, admin_key: str
+) -> None:
+    """Plans, applied edits, keys and problems as served fit the schemas that document them."""
+    await catalog.apply_and_sync(pool, None, lambda _current: load_catalog_yaml(
+        example_catalog_path().read_text()
+    ))  # fmt: skip
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    for plan in (await client.get("/v1/plans", headers=auth)).json()["data"]:
+        assert_matches_schema(plan, "Plan")
+    put = await client.put(
+        "/v1/plans/team",
+        headers=auth,
+        json={"name": "Team", "prices": {"team_monthly": {"amount": 1, "currency": "usd",
+                                                          "interval": "month"}}},
+    )  # fmt: skip
+    assert_matches_schema(put.json(), "PlanApplied")
+    feature = await client.put(
+        "/v1/features/seats", headers=auth, json={"name": "Seats", "kind": "metered"}
+    )
+    assert_matches_schema(feature.json(), "FeatureApplied")
+    created = await client.post(
+        "/v1/api-keys", headers=auth, json={"name": "x", "scopes": ["usage"]}
+    )
+    assert_matches_schema(created.json(), "IssuedApiKey")
+    for key in (await client.get("/v1/api-keys", headers=auth)).json()["data"]:
+        assert_matches_schema(key, "ApiKey")
+    invalid = await client.post("/v1/api-keys", headers=auth, json={"scopes": []})
+    assert_matches_schema(invalid.json(), "ValidationProblem")
+    assert_matches_schema((await client.get("/v1/nothing")).json(), "Problem")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -18,20 +16,7 @@ from billing_service.db.migrations import (
     discover_migrations,
 )
 from billing_service.resources import migrations_dir
-from tests.support import ADMIN_DATABASE, billing_service, with_database
-
-
-@pytest.fixture
-async def empty_database(server_url: str) -> AsyncIterator[str]:
-    """A brand-new database with no schema at all."""
-    name = f"billing_mig_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(with_database(server_url, ADMIN_DATABASE))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(server_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+from tests.support import billing_service
 
 
 async def _ledger(url: str) -> list[int]:
