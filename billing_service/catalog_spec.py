@@ -7,6 +7,7 @@ validated together, so a plan can never refer to a feature that does not exist.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -22,7 +23,8 @@ from pydantic import (
 
 from billing_service.errors import FieldError, ValidationFailed
 
-Key = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+KEY_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+Key = Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
 Reset = Literal["hour", "day", "week", "month", "year", "billing_period", "never"]
 Overage = Literal["deny", "allow"]
 FeatureKind = Literal["boolean", "metered"]
@@ -74,6 +76,11 @@ class PlanSpec(_Strict):
 class CatalogSpec(_Strict):
     features: dict[Key, FeatureSpec] = Field(default_factory=dict)
     plans: dict[Key, PlanSpec] = Field(default_factory=dict)
+
+
+def is_valid_key(value: str) -> bool:
+    """Feature, plan and lookup keys: lowercase letters, digits and underscores."""
+    return re.fullmatch(KEY_PATTERN, value) is not None
 
 
 def cross_check(catalog: CatalogSpec) -> list[FieldError]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,6 +11,7 @@ from billing_service.db.pool import Executor
 
 @dataclass(frozen=True, slots=True)
 class Drift:
+    id: uuid.UUID
     stripe_object_id: str
     object_type: str
     event_type: str
@@ -38,14 +40,19 @@ async def insert_drift(
 
 async def select_open_drift(conn: Executor) -> list[Drift]:
     rows = await conn.fetch(
-        "SELECT stripe_object_id, object_type, event_type, description, created_at "
+        "SELECT id, stripe_object_id, object_type, event_type, description, created_at "
         "FROM catalog_drift WHERE resolved_at IS NULL ORDER BY created_at, id"
     )
     return [Drift(**dict(row.items())) for row in rows]
 
 
-async def resolve_all_drift(conn: Executor) -> None:
-    await conn.execute("UPDATE catalog_drift SET resolved_at = now() WHERE resolved_at IS NULL")
+async def resolve_reported_drift(conn: Executor, drift_ids: list[uuid.UUID]) -> None:
+    """Settle findings that were shown to an operator and acted upon."""
+    await conn.execute(
+        "UPDATE catalog_drift SET resolved_at = now() "
+        "WHERE resolved_at IS NULL AND id = ANY($1::uuid[])",
+        drift_ids,
+    )
 
 
 async def resolve_drift(conn: Executor, stripe_object_ids: list[str]) -> None:

@@ -7,7 +7,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from billing_service.auth import requires
-from billing_service.catalog_spec import CatalogSpec, FeatureSpec, PlanSpec
+from billing_service.catalog_spec import (
+    KEY_PATTERN,
+    CatalogSpec,
+    FeatureSpec,
+    PlanSpec,
+    is_valid_key,
+)
 from billing_service.errors import FieldError, NotFound, ValidationFailed
 from billing_service.routes._http import JSONResponse, parse_json
 from billing_service.services import catalog, catalog_sync
@@ -15,8 +21,6 @@ from billing_service.services.api_keys import Scope
 from billing_service.services.catalog import ApplyResult, PlanView
 from billing_service.state import app_state
 from billing_service.stripe_gateway import require_stripe
-
-KEY_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
 
 def serialize_plan(view: PlanView) -> dict[str, object]:
@@ -67,18 +71,9 @@ def serialize_result(result: ApplyResult) -> dict[str, object]:
 
 def _path_key(request: Request) -> str:
     key: str = request.path_params["key"]
-    if not catalog_key_is_valid(key):
-        raise ValidationFailed([FieldError("key", "must match " + KEY_PATTERN)])
+    if not is_valid_key(key):
+        raise ValidationFailed([FieldError("key", f"must match {KEY_PATTERN}")])
     return key
-
-
-def catalog_key_is_valid(key: str) -> bool:
-    return (
-        1 <= len(key) <= 63
-        and key[0].isascii()
-        and key[0].islower()
-        and all(c.isascii() and (c.islower() or c.isdigit() or c == "_") for c in key)
-    )
 
 
 def _relative_to(errors: list[FieldError], prefix: str) -> list[FieldError]:
@@ -111,15 +106,13 @@ async def put_feature(request: Request) -> Response:
     key = _path_key(request)
     body = await parse_json(request, FeatureSpec)
     state = app_state(request)
-    existed: list[bool] = []
 
     def with_feature(current: CatalogSpec) -> CatalogSpec:
-        existed.append(key in current.features)
         return current.model_copy(update={"features": current.features | {key: body}})
 
     result = await catalog.apply_and_sync(state["pool"], state["stripe"], with_feature)
     payload = {"key": key, **body.model_dump(), **serialize_result(result)}
-    return JSONResponse(payload, status_code=200 if existed[0] else 201)
+    return JSONResponse(payload, status_code=200 if key in result.before.features else 201)
 
 
 @requires(Scope.ADMIN)
@@ -127,10 +120,8 @@ async def put_plan(request: Request) -> Response:
     key = _path_key(request)
     body = await parse_json(request, PlanSpec)
     state = app_state(request)
-    existed: list[bool] = []
 
     def with_plan(current: CatalogSpec) -> CatalogSpec:
-        existed.append(key in current.plans)
         others = {
             other_key: plan.model_copy(update={"default": False}) if body.default else plan
             for other_key, plan in current.plans.items()
@@ -144,7 +135,7 @@ async def put_plan(request: Request) -> Response:
         raise ValidationFailed(_relative_to(exc.errors, f"plans.{key}."), exc.detail) from None
     [view] = await catalog.plan_views(state["pool"], key=key)
     payload = serialize_plan(view) | serialize_result(result)
-    return JSONResponse(payload, status_code=200 if existed[0] else 201)
+    return JSONResponse(payload, status_code=200 if key in result.before.plans else 201)
 
 
 @requires(Scope.ADMIN)

@@ -51,6 +51,7 @@ class CatalogState:
 class ApplyResult:
     """What an apply changed (or would change), and where Stripe stands afterwards."""
 
+    before: CatalogSpec
     changes: list[str]
     stripe_pending: list[str]
     drift: list[Drift]
@@ -136,7 +137,8 @@ async def apply_catalog(
         try:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('billing.catalog'))")
             state = await load_state(conn)
-            spec = validated(build(export_spec(state)))
+            before = export_spec(state)
+            spec = validated(build(before))
             changes = await _reconcile(conn, state, spec)
             pending = await catalog_sync.pending_work(conn)
             drift = await catalog_drift.select_open_drift(conn)
@@ -147,7 +149,9 @@ async def apply_catalog(
             await transaction.rollback()
         else:
             await transaction.commit()
-    return ApplyResult(changes=changes, stripe_pending=pending, drift=drift, dry_run=dry_run)
+    return ApplyResult(
+        before=before, changes=changes, stripe_pending=pending, drift=drift, dry_run=dry_run
+    )
 
 
 async def apply_and_sync(
@@ -159,14 +163,14 @@ async def apply_and_sync(
 ) -> ApplyResult:
     """Apply, then push to Stripe when it is configured; without Stripe the work stays pending.
 
-    Drift found before the apply has been reported in its result and is settled by the sync.
+    Drift reported in the result is settled once the sync has pushed the catalog back.
     """
     result = await apply_catalog(pool, build, dry_run=dry_run)
     if dry_run or gateway is None:
         return result
     report = await catalog_sync.sync_catalog(pool, gateway)
     async with pool.acquire() as conn:
-        await catalog_drift.resolve_all_drift(conn)
+        await catalog_drift.resolve_reported_drift(conn, [d.id for d in result.drift])
         pending = await catalog_sync.pending_work(conn)
     return replace(result, stripe_synced=report.done, stripe_pending=pending)
 
