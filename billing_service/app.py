@@ -21,7 +21,7 @@ from billing_service.middleware import (
     route_template_lookup,
 )
 from billing_service.resources import migrations_dir
-from billing_service.routes import api_keys, catalog, health
+from billing_service.routes import api_keys, catalog, checkout, customers, health
 from billing_service.state import AppState
 from billing_service.stripe_gateway import StripeGateway
 
@@ -35,7 +35,13 @@ def create_app(settings: Settings) -> Starlette:
     database_url = settings.database_url.get_secret_value()
     metrics = Metrics()
     migrations = discover_migrations(migrations_dir())
-    routes = [*health.routes, *api_keys.routes, *catalog.routes]
+    routes = [
+        *health.routes,
+        *api_keys.routes,
+        *catalog.routes,
+        *customers.routes,
+        *checkout.routes,
+    ]
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[AppState]:

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     stripe_api_base: HttpUrl = HttpUrl("https://api.stripe.com")
 
     allowed_redirect_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    downgrade_at: Literal["period_end", "now"] = "period_end"
+    past_due_grace_days: int = Field(default=7, ge=0, le=90)
 
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"

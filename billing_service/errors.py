@@ -9,7 +9,13 @@ the stable problem `type` slug that `problems.py` renders as RFC 9457 problem+js
     ├── Forbidden                     403 forbidden
     ├── NotFound                      404 not-found
     ├── MethodNotAllowed              405 method-not-allowed
+    ├── PaymentFailed                 402 payment-failed
     ├── Conflict                      409 conflict
+    │   ├── IdempotencyKeyReused      409 idempotency-key-reused
+    │   ├── SubscriptionExists        409 subscription-exists
+    │   ├── NoActiveSubscription      409 no-active-subscription
+    │   ├── NoBillingAccount          409 no-billing-account
+    │   └── PriceNotSynced            409 price-not-synced
     ├── PayloadTooLarge               413 payload-too-large
     ├── UnsupportedMediaType          415 unsupported-media-type
     ├── ValidationFailed              422 validation-failed
@@ -75,6 +81,12 @@ class Unauthenticated(BillingError):
         return {"WWW-Authenticate": 'Bearer realm="billing-service"'}
 
 
+class PaymentFailed(BillingError):
+    """Stripe declined the customer's payment; `detail` is Stripe's message for the customer."""
+
+    status, slug, title = 402, "payment-failed", "Payment failed"
+
+
 class Forbidden(BillingError):
     """A valid credential without the scope the route needs."""
 
@@ -104,6 +116,36 @@ class Conflict(BillingError):
     """The request conflicts with the current state of a resource."""
 
     status, slug, title = 409, "conflict", "Conflict"
+
+
+class IdempotencyKeyReused(Conflict):
+    """The Idempotency-Key was already used with a different request body."""
+
+    slug, title = "idempotency-key-reused", "Idempotency key reused"
+
+
+class SubscriptionExists(Conflict):
+    """The customer already has a subscription; change it instead of starting another."""
+
+    slug, title = "subscription-exists", "Subscription already exists"
+
+
+class NoActiveSubscription(Conflict):
+    """The operation needs a live subscription and the customer has none."""
+
+    slug, title = "no-active-subscription", "No active subscription"
+
+
+class NoBillingAccount(Conflict):
+    """The customer has never been to checkout, so Stripe does not know them yet."""
+
+    slug, title = "no-billing-account", "No billing account"
+
+
+class PriceNotSynced(Conflict):
+    """The price exists in the catalog but has not reached Stripe yet."""
+
+    slug, title = "price-not-synced", "Price not synced to Stripe"
 
 
 class PayloadTooLarge(BillingError):

@@ -15,9 +15,17 @@ import structlog
 from billing_service.config import Settings
 from billing_service.errors import (
     BillingError,
+    PaymentFailed,
     StripeNotConfigured,
     StripeRequestFailed,
     StripeUnavailable,
+)
+from billing_service.stripe_objects import (
+    StripeCheckoutSession,
+    StripeSubscription,
+    first_schedule_phase,
+    parse_checkout_session,
+    parse_subscription,
 )
 
 ResultT = TypeVar("ResultT", bound=stripe.StripeObject)
@@ -36,6 +44,8 @@ def translate_stripe_error(exc: stripe.StripeError) -> BillingError:
         return StripeUnavailable(
             "Stripe did not complete the request; retry later.", retry_after=RETRY_AFTER_SECONDS
         )
+    if isinstance(exc, stripe.CardError):
+        return PaymentFailed(exc.user_message or "The payment was declined.")
     if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
         return StripeRequestFailed("Stripe refused the service's credentials.")
     return StripeRequestFailed(f"Stripe refused the request: {exc.user_message or exc.code}")
@@ -67,8 +77,9 @@ class StripeGateway:
         await self._http_client.close_async()  # type: ignore[no-untyped-call]
 
     async def _mutate(
-        self, operation: str, idempotency_key: str, call: Callable[[], Awaitable[ResultT]]
+        self, operation: str, idempotency_key: str | None, call: Callable[[], Awaitable[ResultT]]
     ) -> ResultT:
+        """Run one Stripe call, logging it (with Stripe's request id) and translating failures."""
         try:
             result = await call()
         except stripe.StripeError as exc:
@@ -179,6 +190,228 @@ class StripeGateway:
                 price_id,
                 params,  # type: ignore[arg-type]
                 {"idempotency_key": idempotency_key},
+            ),
+        )
+
+    async def create_customer(
+        self, *, email: str | None, name: str | None, metadata: dict[str, str], idempotency_key: str
+    ) -> str:
+        params: dict[str, Any] = {"metadata": metadata}
+        if email:
+            params["email"] = email
+        if name:
+            params["name"] = name
+        customer = await self._mutate(
+            "customer.create",
+            idempotency_key,
+            lambda: self._client.v1.customers.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return str(customer.id)
+
+    async def update_customer(
+        self, customer_id: str, *, email: str | None, name: str | None, idempotency_key: str
+    ) -> None:
+        params: dict[str, Any] = {"email": email or "", "name": name or ""}
+        await self._mutate(
+            "customer.update",
+            idempotency_key,
+            lambda: self._client.v1.customers.update_async(
+                customer_id,
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+
+    async def create_checkout_session(
+        self,
+        *,
+        customer: str,
+        price: str,
+        quantity: int,
+        mode: str,
+        success_url: str,
+        cancel_url: str,
+        client_reference_id: str,
+        metadata: dict[str, str],
+        trial_days: int,
+        allow_promotion_codes: bool,
+        idempotency_key: str,
+    ) -> StripeCheckoutSession:
+        params: dict[str, Any] = {
+            "mode": mode,
+            "customer": customer,
+            "line_items": [{"price": price, "quantity": quantity}],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "client_reference_id": client_reference_id,
+            "metadata": metadata,
+        }
+        if allow_promotion_codes:
+            params["allow_promotion_codes"] = True
+        if mode == "subscription":
+            params["subscription_data"] = {"metadata": metadata}
+            if trial_days:
+                params["subscription_data"]["trial_period_days"] = trial_days
+        else:
+            params["payment_intent_data"] = {"metadata": metadata}
+        session = await self._mutate(
+            "checkout.session.create",
+            idempotency_key,
+            lambda: self._client.v1.checkout.sessions.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return parse_checkout_session(session.to_dict())
+
+    async def retrieve_checkout_session(self, session_id: str) -> StripeCheckoutSession:
+        session = await self._mutate(
+            "checkout.session.retrieve",
+            None,
+            lambda: self._client.v1.checkout.sessions.retrieve_async(session_id),
+        )
+        return parse_checkout_session(session.to_dict())
+
+    async def create_portal_session(self, *, customer: str, return_url: str) -> str:
+        session = await self._mutate(
+            "billing_portal.session.create",
+            None,
+            lambda: self._client.v1.billing_portal.sessions.create_async(
+                {"customer": customer, "return_url": return_url}
+            ),
+        )
+        return str(session.url)
+
+    async def list_subscriptions(self, customer: str) -> list[StripeSubscription]:
+        """Every subscription of the customer, ended ones included."""
+        page = await self._mutate(
+            "subscription.list",
+            None,
+            lambda: self._client.v1.subscriptions.list_async(
+                {"customer": customer, "status": "all", "limit": 100}
+            ),
+        )
+        return [parse_subscription(item.to_dict()) for item in page.data]
+
+    async def change_subscription_price(
+        self,
+        subscription_id: str,
+        *,
+        item_id: str,
+        price: str,
+        proration_behavior: str,
+        idempotency_key: str,
+    ) -> StripeSubscription:
+        """Switch the price now; with an immediate invoice, it must be paid or nothing changes."""
+        params: dict[str, Any] = {
+            "items": [{"id": item_id, "price": price}],
+            "proration_behavior": proration_behavior,
+        }
+        if proration_behavior == "always_invoice":
+            params["payment_behavior"] = "error_if_incomplete"
+        return await self._update_subscription(subscription_id, params, idempotency_key)
+
+    async def set_cancel_at_period_end(
+        self, subscription_id: str, *, cancel: bool, idempotency_key: str
+    ) -> StripeSubscription:
+        return await self._update_subscription(
+            subscription_id, {"cancel_at_period_end": cancel}, idempotency_key
+        )
+
+    async def _update_subscription(
+        self, subscription_id: str, params: dict[str, Any], idempotency_key: str
+    ) -> StripeSubscription:
+        subscription = await self._mutate(
+            "subscription.update",
+            idempotency_key,
+            lambda: self._client.v1.subscriptions.update_async(
+                subscription_id,
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return parse_subscription(subscription.to_dict())
+
+    async def cancel_subscription_now(
+        self, subscription_id: str, *, idempotency_key: str
+    ) -> StripeSubscription:
+        subscription = await self._mutate(
+            "subscription.cancel",
+            idempotency_key,
+            lambda: self._client.v1.subscriptions.cancel_async(
+                subscription_id, None, {"idempotency_key": idempotency_key}
+            ),
+        )
+        return parse_subscription(subscription.to_dict())
+
+    async def schedule_price_change(
+        self,
+        subscription_id: str,
+        *,
+        schedule_id: str | None,
+        current_price: str,
+        new_price: str,
+        quantity: int,
+        idempotency_key: str,
+    ) -> str:
+        """Keep the current price until the period ends, then switch without proration.
+
+        Uses a subscription schedule: the first phase is the current period as it stands, the
+        second the new price; the schedule releases the subscription once it has switched.
+        """
+        if schedule_id is None:
+            created = await self._mutate(
+                "subscription_schedule.create",
+                f"{idempotency_key}:schedule",
+                lambda: self._client.v1.subscription_schedules.create_async(
+                    {"from_subscription": subscription_id},
+                    {"idempotency_key": f"{idempotency_key}:schedule"},
+                ),
+            )
+            schedule_id = str(created.id)
+            phase = first_schedule_phase(created.to_dict())
+        else:
+            existing = await self._mutate(
+                "subscription_schedule.retrieve",
+                None,
+                lambda: self._client.v1.subscription_schedules.retrieve_async(str(schedule_id)),
+            )
+            phase = first_schedule_phase(existing.to_dict())
+        params: dict[str, Any] = {
+            "end_behavior": "release",
+            "phases": [
+                {
+                    "items": [{"price": current_price, "quantity": quantity}],
+                    "start_date": phase.start_date,
+                    "end_date": phase.end_date,
+                },
+                {
+                    "items": [{"price": new_price, "quantity": quantity}],
+                    "proration_behavior": "none",
+                },
+            ],
+        }
+        await self._mutate(
+            "subscription_schedule.update",
+            idempotency_key,
+            lambda: self._client.v1.subscription_schedules.update_async(
+                str(schedule_id),
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return schedule_id
+
+    async def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> None:
+        """Drop a pending scheduled change; the subscription carries on as it is."""
+        await self._mutate(
+            "subscription_schedule.release",
+            idempotency_key,
+            lambda: self._client.v1.subscription_schedules.release_async(
+                schedule_id, None, {"idempotency_key": idempotency_key}
             ),
         )
 

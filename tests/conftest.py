@@ -31,11 +31,12 @@ from billing_service.resources import migrations_dir
 from billing_service.services import api_keys
 from billing_service.services.api_keys import Scope
 from billing_service.stripe_gateway import StripeGateway
-from tests.stripe_fakes import FakeStripeCatalog
+from tests.stripe_fakes import FakeStripe
 from tests.support import ADMIN_DATABASE, with_database
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 STRIPE_TEST_BASE = "http://stripe.test"
+APP_HOST = "app.example.com"
 
 
 async def _answers(url: str) -> bool:
@@ -169,11 +170,19 @@ def stripe_mock() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 def stripe_settings(settings: Settings) -> Settings:
     """Settings with a (test-mode) Stripe key, pointed at the fake Stripe."""
-    return settings.model_copy(update={"stripe_secret_key": SecretStr("sk_test_fake")})
+    return settings.model_copy(
+        update={
+            "stripe_secret_key": SecretStr("sk_test_fake"),
+            "allowed_redirect_hosts": [APP_HOST],
+        }
+    )
 
 
 @pytest.fixture
-async def gateway(stripe_settings: Settings) -> AsyncIterator[StripeGateway]:
+async def gateway(
+    stripe_settings: Settings, fake_stripe: FakeStripe
+) -> AsyncIterator[StripeGateway]:
+    """A real gateway; the fake Stripe answers it, and nothing ever reaches the network."""
     gateway = StripeGateway.from_settings(stripe_settings)
     assert gateway is not None
     yield gateway
@@ -181,13 +190,13 @@ async def gateway(stripe_settings: Settings) -> AsyncIterator[StripeGateway]:
 
 
 @pytest.fixture
-def fake_stripe(stripe_mock: respx.MockRouter) -> FakeStripeCatalog:
-    return FakeStripeCatalog(stripe_mock)
+def fake_stripe(stripe_mock: respx.MockRouter) -> FakeStripe:
+    return FakeStripe(stripe_mock)
 
 
 @pytest.fixture
 async def stripe_client(
-    stripe_settings: Settings, pool: asyncpg.Pool
+    stripe_settings: Settings, pool: asyncpg.Pool, fake_stripe: FakeStripe
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The app with Stripe configured (answered by the respx fake)."""
     async with app_client(stripe_settings) as client:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,40 +47,78 @@ class Call:
     idempotency_key: str | None
 
 
-class FakeStripeCatalog:
-    """Products and prices, kept in memory; every call is recorded in `calls`."""
+def stripe_error(status: int, error_type: str, code: str | None = None) -> httpx.Response:
+    """An error response in Stripe's shape."""
+    message = {"card_error": "Your card was declined."}.get(error_type, "Request failed.")
+    return httpx.Response(
+        status, json={"error": {"type": error_type, "code": code, "message": message}}
+    )
+
+
+class FakeStripe:
+    """Stripe's objects kept in memory; every call is recorded in `calls`.
+
+    `failures` maps a path to what Stripe should do instead of answering (an error response, or
+    an exception such as `httpx.ConnectError` to play a network failure).
+    """
 
     def __init__(self, router: respx.MockRouter) -> None:
         self.products: dict[str, dict[str, Any]] = {}
         self.prices: dict[str, dict[str, Any]] = {}
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.schedules: dict[str, dict[str, Any]] = {}
         self.calls: list[Call] = []
-        self.failing_paths: set[str] = set()  # paths answering 500, to play an outage
+        self.failures: dict[str, httpx.Response | Exception] = {}
         self._responses: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
-        handlers = {
-            r"^/v1/products$": self._create_product,
-            r"^/v1/products/(?P<object_id>[^/]+)$": self._update_product,
-            r"^/v1/prices$": self._create_price,
-            r"^/v1/prices/(?P<object_id>[^/]+)$": self._update_price,
+        routes = {
+            ("POST", r"^/v1/products$"): self._create_product,
+            ("POST", r"^/v1/products/(?P<object_id>[^/]+)$"): self._update_product,
+            ("POST", r"^/v1/prices$"): self._create_price,
+            ("POST", r"^/v1/prices/(?P<object_id>[^/]+)$"): self._update_price,
+            ("POST", r"^/v1/customers$"): self._create_customer,
+            ("POST", r"^/v1/customers/(?P<object_id>[^/]+)$"): self._update_customer,
+            ("POST", r"^/v1/checkout/sessions$"): self._create_session,
+            ("GET", r"^/v1/checkout/sessions/(?P<object_id>[^/]+)$"): self._get_session,
+            ("POST", r"^/v1/billing_portal/sessions$"): self._create_portal_session,
+            ("GET", r"^/v1/subscriptions$"): self._list_subscriptions,
+            ("POST", r"^/v1/subscriptions/(?P<object_id>[^/]+)$"): self._update_subscription,
+            ("DELETE", r"^/v1/subscriptions/(?P<object_id>[^/]+)$"): self._cancel_subscription,
+            ("POST", r"^/v1/subscription_schedules$"): self._create_schedule,
+            ("GET", r"^/v1/subscription_schedules/(?P<object_id>[^/]+)$"): self._get_schedule,
+            ("POST", r"^/v1/subscription_schedules/(?P<object_id>[^/]+)$"): self._update_schedule,
+            ("POST", r"^/v1/subscription_schedules/(?P<object_id>[^/]+)/release$"): (
+                self._release_schedule
+            ),
         }
-        for pattern, handler in handlers.items():
-            router.post(path__regex=pattern).mock(side_effect=self._unless_failing(handler))
+        for (method, pattern), handler in routes.items():
+            router.route(method=method, path__regex=pattern).mock(
+                side_effect=self._unless_failing(handler)
+            )
 
     def _unless_failing(self, handler: Any) -> Any:
         def respond(request: httpx.Request, **params: str) -> httpx.Response:
-            if request.url.path in self.failing_paths:
+            failure = self.failures.get(request.url.path)
+            if failure is not None:
                 self._record(request)
-                return httpx.Response(500, json={"error": {"type": "api_error"}})
+                if isinstance(failure, Exception):
+                    raise failure
+                return failure
             response: httpx.Response = handler(request, **params)
             return response
 
         return respond
 
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}_fake{next(self._ids)}"
+
     def calls_to(self, method: str, path_prefix: str) -> list[Call]:
         return [c for c in self.calls if c.method == method and c.path.startswith(path_prefix)]
 
     def _record(self, request: httpx.Request) -> tuple[dict[str, str], str | None]:
-        fields = form(request)
+        fields = form(request) if request.method == "POST" else dict(request.url.params)
         key = request.headers.get("idempotency-key")
         self.calls.append(Call(request.method, request.url.path, fields, key))
         return fields, key
@@ -98,7 +137,7 @@ class FakeStripeCatalog:
         def build() -> dict[str, Any]:
             product = stripe_object(
                 "product",
-                id=f"prod_fake{next(self._ids)}",
+                id=self._new_id("prod"),
                 name=fields["name"],
                 description=fields.get("description"),
                 metadata=_nested(fields, "metadata"),
@@ -126,7 +165,7 @@ class FakeStripeCatalog:
             recurring = _nested(fields, "recurring")
             price = stripe_object(
                 "price",
-                id=f"price_fake{next(self._ids)}",
+                id=self._new_id("price"),
                 product=fields["product"],
                 unit_amount=int(fields["unit_amount"]),
                 unit_amount_decimal=fields["unit_amount"],
@@ -157,3 +196,202 @@ class FakeStripeCatalog:
         if "lookup_key" in fields:
             price["lookup_key"] = fields["lookup_key"]
         return httpx.Response(200, json=price)
+
+    # Customers
+
+    def _create_customer(self, request: httpx.Request) -> httpx.Response:
+        fields, key = self._record(request)
+
+        def build() -> dict[str, Any]:
+            customer = stripe_object(
+                "customer",
+                id=self._new_id("cus"),
+                email=fields.get("email"),
+                name=fields.get("name"),
+                metadata=_nested(fields, "metadata"),
+            )
+            self.customers[customer["id"]] = customer
+            return customer
+
+        return self._respond(key, build)
+
+    def _update_customer(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        fields, _key = self._record(request)
+        customer = self.customers[object_id]
+        customer.update({k: v for k, v in fields.items() if k in {"email", "name"}})
+        return httpx.Response(200, json=customer)
+
+    # Checkout and the portal
+
+    def _create_session(self, request: httpx.Request) -> httpx.Response:
+        fields, key = self._record(request)
+
+        def build() -> dict[str, Any]:
+            session_id = self._new_id("cs_test")
+            session = stripe_object(
+                "checkout.session",
+                id=session_id,
+                url=f"https://checkout.stripe.com/c/pay/{session_id}",
+                mode=fields["mode"],
+                status="open",
+                payment_status="unpaid",
+                customer=fields["customer"],
+                client_reference_id=fields.get("client_reference_id"),
+                metadata=_nested(fields, "metadata"),
+                expires_at=int(time.time()) + 86_400,
+                subscription=None,
+                payment_intent=None,
+                success_url=fields["success_url"],
+                cancel_url=fields["cancel_url"],
+            )
+            session["_price"] = fields["line_items[0][price]"]
+            session["_quantity"] = int(fields.get("line_items[0][quantity]", "1"))
+            self.sessions[session_id] = session
+            return _public(session)
+
+        return self._respond(key, build)
+
+    def _get_session(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        self._record(request)
+        session = self.sessions.get(object_id)
+        if session is None:
+            return stripe_error(404, "invalid_request_error", "resource_missing")
+        return httpx.Response(200, json=_public(session))
+
+    def complete_checkout(self, session_id: str, *, status: str = "active") -> dict[str, Any]:
+        """Play the customer paying: the session completes and, in subscription mode, the
+        subscription is created in Stripe."""
+        session = self.sessions[session_id]
+        session.update(status="complete", payment_status="paid")
+        if session["mode"] == "subscription":
+            subscription = self.add_subscription(
+                session["customer"], session["_price"], status=status,
+                quantity=session["_quantity"],
+            )  # fmt: skip
+            session["subscription"] = subscription["id"]
+        else:
+            session["payment_intent"] = self._new_id("pi")
+        return session
+
+    def add_subscription(
+        self, customer: str, price: str, *, status: str = "active", quantity: int = 1
+    ) -> dict[str, Any]:
+        now = int(time.time())
+        subscription_id = self._new_id("sub")
+        subscription = stripe_object(
+            "subscription",
+            id=subscription_id,
+            customer=customer,
+            status=status,
+            created=now,
+            start_date=now,
+            cancel_at_period_end=False,
+            cancel_at=None,
+            canceled_at=None,
+            ended_at=None,
+            trial_end=None,
+            schedule=None,
+        )
+        item = subscription["items"]["data"][0]
+        item.update(
+            id=self._new_id("si"),
+            subscription=subscription_id,
+            quantity=quantity,
+            current_period_start=now,
+            current_period_end=now + 30 * 86_400,
+        )
+        item["price"] = self.prices.get(price, item["price"]) | {"id": price}
+        self.subscriptions[subscription_id] = subscription
+        return subscription
+
+    def _create_portal_session(self, request: httpx.Request) -> httpx.Response:
+        fields, _key = self._record(request)
+        if fields["customer"] not in self.customers:
+            return stripe_error(400, "invalid_request_error", "resource_missing")
+        session = stripe_object(
+            "billing_portal.session",
+            id=self._new_id("bps"),
+            customer=fields["customer"],
+            return_url=fields["return_url"],
+            url=f"https://billing.stripe.com/p/session/{next(self._ids)}",
+        )
+        return httpx.Response(200, json=session)
+
+    # Subscriptions and schedules
+
+    def _list_subscriptions(self, request: httpx.Request) -> httpx.Response:
+        self._record(request)
+        customer = request.url.params.get("customer")
+        data = [s for s in self.subscriptions.values() if s["customer"] == customer]
+        return httpx.Response(
+            200,
+            json={"object": "list", "data": data, "has_more": False, "url": "/v1/subscriptions"},
+        )
+
+    def _update_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        fields, key = self._record(request)
+        subscription = self.subscriptions[object_id]
+        if key is not None and key in self._responses:
+            return httpx.Response(200, json=self._responses[key])
+        if "items[0][price]" in fields:
+            item = subscription["items"]["data"][0]
+            new_price = fields["items[0][price]"]
+            item["price"] = self.prices.get(new_price, item["price"]) | {"id": new_price}
+        if "cancel_at_period_end" in fields:
+            subscription["cancel_at_period_end"] = fields["cancel_at_period_end"] == "true"
+        if key is not None:
+            self._responses[key] = copy.deepcopy(subscription)
+        return httpx.Response(200, json=subscription)
+
+    def _cancel_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        self._record(request)
+        subscription = self.subscriptions[object_id]
+        now = int(time.time())
+        subscription.update(status="canceled", canceled_at=now, ended_at=now)
+        return httpx.Response(200, json=subscription)
+
+    def _create_schedule(self, request: httpx.Request) -> httpx.Response:
+        fields, key = self._record(request)
+
+        def build() -> dict[str, Any]:
+            subscription = self.subscriptions[fields["from_subscription"]]
+            item = subscription["items"]["data"][0]
+            schedule = {
+                "id": self._new_id("sub_sched"),
+                "object": "subscription_schedule",
+                "subscription": subscription["id"],
+                "status": "active",
+                "end_behavior": "release",
+                "phases": [
+                    {
+                        "start_date": item["current_period_start"],
+                        "end_date": item["current_period_end"],
+                        "items": [{"price": item["price"]["id"], "quantity": item["quantity"]}],
+                    }
+                ],
+            }
+            subscription["schedule"] = schedule["id"]
+            self.schedules[schedule["id"]] = schedule
+            return schedule
+
+        return self._respond(key, build)
+
+    def _get_schedule(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        self._record(request)
+        return httpx.Response(200, json=self.schedules[object_id])
+
+    def _update_schedule(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        self._record(request)
+        return httpx.Response(200, json=self.schedules[object_id])
+
+    def _release_schedule(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        self._record(request)
+        schedule = self.schedules[object_id]
+        schedule["status"] = "released"
+        self.subscriptions[schedule["subscription"]]["schedule"] = None
+        return httpx.Response(200, json=schedule)
+
+
+def _public(obj: dict[str, Any]) -> dict[str, Any]:
+    """What Stripe would send: our bookkeeping fields (leading underscore) left out."""
+    return {k: v for k, v in obj.items() if not k.startswith("_")}

@@ -17,6 +17,9 @@ from billing_service.catalog_spec import load_catalog_yaml
 from billing_service.config import Settings
 from billing_service.resources import example_catalog_path, openapi_path
 from billing_service.services import catalog
+from billing_service.stripe_gateway import StripeGateway
+from tests.routes.test_checkout import checkout_body, seeded
+from tests.stripe_fakes import FakeStripe
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 
@@ -96,3 +99,32 @@ async def test_responses_match_their_documented_schemas(
     invalid = await client.post("/v1/api-keys", headers=auth, json={"scopes": []})
     assert_matches_schema(invalid.json(), "ValidationProblem")
     assert_matches_schema((await client.get("/v1/nothing")).json(), "Problem")
+
+
+async def test_billing_responses_match_their_documented_schemas(
+    stripe_client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    fake_stripe: FakeStripe,
+    billing_key: str,
+) -> None:
+    """Customer, checkout and subscription responses fit the contract."""
+    auth = {"Authorization": f"Bearer {billing_key}"}
+    await seeded(stripe_client, pool, gateway, billing_key, "user_1")
+    assert_matches_schema(
+        (await stripe_client.get("/v1/customers/user_1", headers=auth)).json(), "Customer"
+    )
+    created = await stripe_client.post("/v1/checkout/sessions", headers=auth, json=checkout_body())
+    assert_matches_schema(created.json(), "CheckoutSession")
+    fake_stripe.complete_checkout(created.json()["id"])
+    status = await stripe_client.get(f"/v1/checkout/sessions/{created.json()['id']}", headers=auth)
+    assert_matches_schema(status.json(), "CheckoutSessionStatus")
+    change = await stripe_client.post(
+        "/v1/customers/user_1/subscription/change", headers=auth, json={"price": "pro_yearly"}
+    )
+    assert_matches_schema(change.json()["subscription"], "Subscription")
+    subscription = await stripe_client.get("/v1/customers/user_1/subscription", headers=auth)
+    assert_matches_schema(subscription.json(), "Subscription")
+    assert_matches_schema(
+        (await stripe_client.get("/v1/customers/user_1", headers=auth)).json(), "Customer"
+    )

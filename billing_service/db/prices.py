@@ -142,3 +142,26 @@ async def replace_grants(conn: Executor, price_id: uuid.UUID, grants: dict[uuid.
         """,
         [(price_id, feature_id, amount) for feature_id, amount in grants.items()],
     )
+
+
+async def select_live_price(conn: Executor, lookup_key: str) -> tuple[Price, int] | None:
+    """The active price with this lookup key and its plan's trial days, if its plan is live."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT {", ".join(f"prices.{c.strip()}" for c in _COLUMNS.split(","))},
+               plans.trial_days AS plan_trial_days
+        FROM prices JOIN plans ON plans.id = prices.plan_id
+        WHERE prices.lookup_key = $1 AND prices.active AND plans.active
+        """,  # noqa: S608 - constant column list
+        lookup_key,
+    )
+    if row is None:
+        return None
+    fields = dict(row.items())
+    trial_days: int = fields.pop("plan_trial_days")
+    return Price(**fields), trial_days
+
+
+async def select_price(conn: Executor, price_id: uuid.UUID) -> Price | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM prices WHERE id = $1", price_id)  # noqa: S608
+    return None if row is None else _from_row(row)

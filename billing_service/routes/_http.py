@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any, TypeVar
 
@@ -55,3 +56,15 @@ async def parse_json(request: Request, model: type[ModelT]) -> ModelT:
         if any(error["type"] == "json_invalid" for error in exc.errors()):
             raise MalformedRequest("The request body is not valid JSON.") from None
         raise ValidationFailed(field_errors(exc)) from None
+
+
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,255}$"
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
+
+
+def customer_id_param(request: Request) -> str:
+    """The `{customer_id}` path segment, checked against the customer id rules."""
+    customer_id: str = request.path_params["customer_id"]
+    if not _CUSTOMER_ID.fullmatch(customer_id):
+        raise ValidationFailed([FieldError("customer_id", f"must match {CUSTOMER_ID_PATTERN}")])
+    return customer_id

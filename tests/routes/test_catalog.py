@@ -9,7 +9,7 @@ import pytest
 from billing_service.services.api_keys import Scope
 from tests.conftest import issue_key
 from tests.services.test_catalog import apply, example
-from tests.stripe_fakes import FakeStripeCatalog
+from tests.stripe_fakes import FakeStripe
 
 TEAM_PLAN = {
     "name": "Team",
@@ -84,7 +84,7 @@ async def test_put_plan_creates_then_updates_and_syncs_stripe(
     stripe_client: httpx.AsyncClient,
     pool: asyncpg.Pool,
     admin_key: str,
-    fake_stripe: FakeStripeCatalog,
+    fake_stripe: FakeStripe,
 ) -> None:
     """PUT is an upsert through the catalog apply: 201 then 200, Stripe synced, idempotent."""
     await apply(pool, None, example())
@@ -197,7 +197,7 @@ async def test_catalog_sync_pushes_pending_work(
     stripe_client: httpx.AsyncClient,
     pool: asyncpg.Pool,
     admin_key: str,
-    fake_stripe: FakeStripeCatalog,
+    fake_stripe: FakeStripe,
 ) -> None:
     """A catalog saved without Stripe reaches Stripe on POST /v1/catalog/sync."""
     await apply(pool, None, example())

@@ -12,7 +12,7 @@ from billing_service.errors import StripeUnavailable, ValidationFailed
 from billing_service.resources import example_catalog_path
 from billing_service.services import catalog, catalog_sync
 from billing_service.stripe_gateway import StripeGateway
-from tests.stripe_fakes import FakeStripeCatalog
+from tests.stripe_fakes import FakeStripe, stripe_error
 
 
 def example() -> CatalogSpec:
@@ -33,7 +33,7 @@ async def apply(
 
 
 async def test_first_apply_creates_exactly_the_expected_products_and_prices(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """Paid plans get a product each; every price carries its lookup key, metadata and terms."""
     result = await apply(pool, gateway, example())
@@ -84,7 +84,7 @@ async def test_first_apply_creates_exactly_the_expected_products_and_prices(
 
 
 async def test_second_apply_changes_nothing_and_calls_stripe_for_nothing(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """Applying the same catalog again is a no-op, in the database and in Stripe."""
     await apply(pool, gateway, example())
@@ -100,7 +100,7 @@ async def test_second_apply_changes_nothing_and_calls_stripe_for_nothing(
 
 
 async def test_amount_change_creates_one_new_price_and_archives_the_old(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """Stripe prices are immutable: a new price takes the lookup key, the old one is archived."""
     await apply(pool, gateway, example())
@@ -133,7 +133,7 @@ async def test_amount_change_creates_one_new_price_and_archives_the_old(
 
 
 async def test_malformed_catalog_is_rejected_naming_the_field_and_changes_nothing(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """A bad file fails validation with the path of the bad field; the database is untouched."""
     await apply(pool, gateway, example())
@@ -204,7 +204,7 @@ async def test_database_requires_a_default_plan_at_commit(pool: asyncpg.Pool) ->
 
 
 async def test_concurrent_applies_create_each_stripe_object_once(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """Two applies racing (two operators, two replicas) leave one row and one Stripe object each."""
     await asyncio.gather(*(apply(pool, gateway, example()) for _ in range(3)))
@@ -217,7 +217,7 @@ async def test_concurrent_applies_create_each_stripe_object_once(
 
 
 async def test_dry_run_reports_the_changes_and_keeps_nothing(
-    pool: asyncpg.Pool, fake_stripe: FakeStripeCatalog, gateway: StripeGateway
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, gateway: StripeGateway
 ) -> None:
     """A dry run lists what an apply would do, including Stripe calls, and makes none of it."""
     result = await apply(pool, gateway, example(), dry_run=True)
@@ -228,7 +228,7 @@ async def test_dry_run_reports_the_changes_and_keeps_nothing(
 
 
 async def test_without_stripe_the_catalog_is_saved_and_sync_waits(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """No Stripe key: the database is updated and the Stripe work stays pending until a sync."""
     result = await apply(pool, None, example())
@@ -242,7 +242,7 @@ async def test_without_stripe_the_catalog_is_saved_and_sync_waits(
 
 
 async def test_removed_plan_is_archived_with_its_prices_never_deleted(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """Dropping a plan from the file archives it and its prices, here and in Stripe."""
     await apply(pool, gateway, example())
@@ -269,7 +269,7 @@ async def test_removed_plan_is_archived_with_its_prices_never_deleted(
 
 
 async def test_export_reads_back_to_the_same_catalog(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """`catalog export` output applies as a no-op: it is the catalog, losslessly."""
     from billing_service.catalog_spec import dump_catalog_yaml
@@ -281,11 +281,11 @@ async def test_export_reads_back_to_the_same_catalog(
 
 
 async def test_stripe_outage_leaves_only_unfinished_work_pending(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """A Stripe failure mid-sync keeps what succeeded; the next sync finishes the rest once."""
     await apply(pool, None, example())
-    fake_stripe.failing_paths.add("/v1/prices")
+    fake_stripe.failures["/v1/prices"] = stripe_error(500, "api_error")
     with pytest.raises(StripeUnavailable):
         await catalog_sync.sync_catalog(pool, gateway)
     failed = fake_stripe.calls_to("POST", "/v1/prices")
@@ -295,7 +295,7 @@ async def test_stripe_outage_leaves_only_unfinished_work_pending(
     async with pool.acquire() as conn:
         assert len(await catalog_sync.pending_work(conn)) == 3
 
-    fake_stripe.failing_paths.clear()
+    fake_stripe.failures.clear()
     report = await catalog_sync.sync_catalog(pool, gateway)
     assert len(report.done) == 3
     assert len(fake_stripe.prices) == 3

@@ -8,7 +8,7 @@ from billing_service.catalog_spec import PriceSpec
 from billing_service.services import catalog_sync
 from billing_service.stripe_gateway import StripeGateway
 from tests.services.test_catalog import apply, example
-from tests.stripe_fakes import FakeStripeCatalog, stripe_object
+from tests.stripe_fakes import FakeStripe, stripe_object
 
 
 async def _record(pool: asyncpg.Pool, event_type: str, obj: dict[str, object]) -> list[str]:
@@ -22,7 +22,7 @@ async def _pro_product(pool: asyncpg.Pool) -> str:
 
 
 async def test_dashboard_rename_is_reported_by_dry_run_and_undone_by_apply(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """A product renamed in Stripe is drift: listed by a dry run, restored by the next apply."""
     await apply(pool, gateway, example())
@@ -49,7 +49,7 @@ async def test_dashboard_rename_is_reported_by_dry_run_and_undone_by_apply(
 
 
 async def test_our_own_changes_echoed_by_stripe_are_not_drift(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """Events describing exactly what the catalog holds record nothing."""
     await apply(pool, gateway, example())
@@ -75,7 +75,7 @@ async def test_creation_announced_before_we_stored_the_id_is_not_drift(
 
 
 async def test_price_archived_in_the_dashboard_is_restored_with_its_lookup_key(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """An archived live price is reactivated and given its lookup key back by the next sync."""
     await apply(pool, gateway, example())
@@ -101,7 +101,7 @@ async def test_price_archived_in_the_dashboard_is_restored_with_its_lookup_key(
 
 
 async def test_foreign_price_on_our_product_is_reported_and_foreign_products_ignored(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """A price added to our product in the dashboard is reported; others' objects are not ours."""
     await apply(pool, gateway, example())
@@ -118,7 +118,7 @@ async def test_foreign_price_on_our_product_is_reported_and_foreign_products_ign
 
 
 async def test_deleted_product_is_forgotten_and_recreated_when_needed(
-    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripeCatalog
+    pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     """A product deleted in Stripe is forgotten; the next sync that needs it creates a new one."""
     await apply(pool, gateway, example())

@@ -1,0 +1,86 @@
+"""SQL for the `customers` table."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from billing_service.db.pool import Executor
+
+_COLUMNS = "id, external_id, email, name, metadata, stripe_customer_id, created_at"
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    id: uuid.UUID
+    external_id: str
+    email: str | None
+    name: str | None
+    metadata: dict[str, str]
+    stripe_customer_id: str | None
+    created_at: datetime
+
+
+def _from_row(row: asyncpg.Record) -> Customer:
+    return Customer(**dict(row.items()))
+
+
+async def upsert_customer(
+    conn: Executor,
+    *,
+    external_id: str,
+    email: str | None,
+    name: str | None,
+    metadata: dict[str, str],
+) -> tuple[Customer, bool]:
+    """Insert or update by the caller's id; returns the row and whether it was created."""
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO customers (external_id, email, name, metadata) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (external_id) DO UPDATE
+        SET email = EXCLUDED.email, name = EXCLUDED.name, metadata = EXCLUDED.metadata
+        RETURNING {_COLUMNS}, (xmax = 0) AS created
+        """,  # noqa: S608 - constant column list
+        external_id,
+        email,
+        name,
+        metadata,
+    )
+    assert row is not None
+    created = row["created"]
+    return Customer(**{k: v for k, v in row.items() if k != "created"}), created
+
+
+async def select_customer(conn: Executor, external_id: str) -> Customer | None:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM customers WHERE external_id = $1",  # noqa: S608
+        external_id,
+    )
+    return None if row is None else _from_row(row)
+
+
+async def select_customer_by_stripe_id(conn: Executor, stripe_customer_id: str) -> Customer | None:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM customers WHERE stripe_customer_id = $1",  # noqa: S608
+        stripe_customer_id,
+    )
+    return None if row is None else _from_row(row)
+
+
+async def claim_stripe_customer_id(
+    conn: Executor, customer_id: uuid.UUID, stripe_customer_id: str
+) -> str:
+    """Store the Stripe customer unless one is already stored; returns the one that stands."""
+    stored: str = await conn.fetchval(
+        """
+        UPDATE customers SET stripe_customer_id = coalesce(stripe_customer_id, $2)
+        WHERE id = $1
+        RETURNING stripe_customer_id
+        """,
+        customer_id,
+        stripe_customer_id,
+    )
+    return stored

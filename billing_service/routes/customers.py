@@ -1,0 +1,206 @@
+"""Customer routes: the customer record, their subscription and its changes, and their orders."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from billing_service.auth import requires
+from billing_service.db import orders as orders_db
+from billing_service.db.customers import Customer
+from billing_service.db.subscriptions import Subscription
+from billing_service.errors import NotFound
+from billing_service.routes._http import JSONResponse, customer_id_param, parse_json
+from billing_service.services import customers, subscriptions
+from billing_service.services.api_keys import Scope
+from billing_service.services.customers import CustomerView
+from billing_service.state import app_state
+from billing_service.stripe_gateway import require_stripe
+
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+MetadataValue = Annotated[str, StringConstraints(max_length=500)]
+
+
+class PutCustomer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: EmailStr
+    name: str | None = Field(default=None, max_length=256)
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=50)
+
+
+class ChangePlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    price: str = Field(min_length=1, max_length=63)
+
+
+class CancelSubscription(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at_period_end: bool = True
+
+
+def serialize_subscription(subscription: Subscription | None) -> dict[str, object] | None:
+    if subscription is None:
+        return None
+    scheduled = subscription.scheduled_price_key
+    return {
+        "status": subscription.status,
+        "plan": subscription.plan_key,
+        "price": subscription.price_key,
+        "quantity": subscription.quantity,
+        "current_period_start": subscription.current_period_start,
+        "current_period_end": subscription.current_period_end,
+        "cancel_at_period_end": subscription.cancel_at_period_end,
+        "cancel_at": subscription.cancel_at,
+        "canceled_at": subscription.canceled_at,
+        "trial_end": subscription.trial_end,
+        "scheduled_change": (
+            None
+            if scheduled is None
+            else {"price": scheduled, "effective_at": subscription.current_period_end}
+        ),
+    }
+
+
+def serialize_customer(view: CustomerView) -> dict[str, object]:
+    customer = view.customer
+    return {
+        "customer_id": customer.external_id,
+        "email": customer.email,
+        "name": customer.name,
+        "metadata": customer.metadata,
+        "plan": None if view.plan is None else {"key": view.plan.key, "name": view.plan.name},
+        "subscription": serialize_subscription(view.subscription),
+        "created_at": customer.created_at,
+    }
+
+
+async def view_of(request: Request, customer: Customer) -> CustomerView:
+    """The customer's current plan and subscription, under the configured grace period."""
+    state = app_state(request)
+    grace = timedelta(days=state["settings"].past_due_grace_days)
+    return await customers.customer_view(state["pool"], customer, grace=grace)
+
+
+async def _view(request: Request, customer_id: str) -> CustomerView:
+    customer = await customers.get_customer(app_state(request)["pool"], customer_id)
+    return await view_of(request, customer)
+
+
+@requires(Scope.BILLING)
+async def put_customer(request: Request) -> Response:
+    customer_id = customer_id_param(request)
+    body = await parse_json(request, PutCustomer)
+    state = app_state(request)
+    _customer, created = await customers.upsert_customer(
+        state["pool"],
+        state["stripe"],
+        external_id=customer_id,
+        email=body.email,
+        name=body.name,
+        metadata=body.metadata,
+    )
+    view = await _view(request, customer_id)
+    return JSONResponse(serialize_customer(view), status_code=201 if created else 200)
+
+
+@requires(Scope.BILLING)
+async def get_customer(request: Request) -> Response:
+    return JSONResponse(serialize_customer(await _view(request, customer_id_param(request))))
+
+
+@requires(Scope.BILLING)
+async def get_subscription(request: Request) -> Response:
+    customer_id = customer_id_param(request)
+    view = await _view(request, customer_id)
+    if view.subscription is None:
+        raise NotFound(f"Customer '{customer_id}' has never subscribed.")
+    return JSONResponse(serialize_subscription(view.subscription))
+
+
+@requires(Scope.BILLING)
+async def change_subscription(request: Request) -> Response:
+    customer_id = customer_id_param(request)
+    body = await parse_json(request, ChangePlan)
+    state = app_state(request)
+    gateway = require_stripe(state["stripe"])
+    customer = await customers.get_customer(state["pool"], customer_id)
+    change = await subscriptions.change_plan(
+        state["pool"],
+        gateway,
+        customer,
+        price_key=body.price,
+        downgrade_at=state["settings"].downgrade_at,
+    )
+    view = await _view(request, customer_id)
+    return JSONResponse(
+        {
+            "change": {"direction": change.direction, "effective": change.effective},
+            "subscription": serialize_subscription(view.subscription),
+        }
+    )
+
+
+@requires(Scope.BILLING)
+async def cancel_subscription(request: Request) -> Response:
+    customer_id = customer_id_param(request)
+    body = await parse_json(request, CancelSubscription)
+    state = app_state(request)
+    gateway = require_stripe(state["stripe"])
+    customer = await customers.get_customer(state["pool"], customer_id)
+    await subscriptions.cancel(state["pool"], gateway, customer, at_period_end=body.at_period_end)
+    view = await _view(request, customer_id)
+    return JSONResponse(serialize_subscription(view.subscription))
+
+
+@requires(Scope.BILLING)
+async def resume_subscription(request: Request) -> Response:
+    customer_id = customer_id_param(request)
+    state = app_state(request)
+    gateway = require_stripe(state["stripe"])
+    customer = await customers.get_customer(state["pool"], customer_id)
+    await subscriptions.resume(state["pool"], gateway, customer)
+    view = await _view(request, customer_id)
+    return JSONResponse(serialize_subscription(view.subscription))
+
+
+@requires(Scope.BILLING)
+async def list_orders(request: Request) -> Response:
+    state = app_state(request)
+    customer = await customers.get_customer(state["pool"], customer_id_param(request))
+    orders = await orders_db.select_orders(state["pool"], customer.id)
+    return JSONResponse(
+        {
+            "data": [
+                {
+                    "id": order.id,
+                    "status": order.status,
+                    "currency": order.currency,
+                    "amount_total": order.amount_total,
+                    "customer_email": order.customer_email,
+                    "line_items": order.line_items,
+                    "checkout_session_id": order.stripe_checkout_session_id,
+                    "created_at": order.created_at,
+                }
+                for order in orders
+            ]
+        }
+    )
+
+
+routes = [
+    Route("/v1/customers/{customer_id}", put_customer, methods=["PUT"]),
+    Route("/v1/customers/{customer_id}", get_customer, methods=["GET"]),
+    Route("/v1/customers/{customer_id}/subscription", get_subscription, methods=["GET"]),
+    Route("/v1/customers/{customer_id}/subscription/change", change_subscription, methods=["POST"]),
+    Route("/v1/customers/{customer_id}/subscription/cancel", cancel_subscription, methods=["POST"]),
+    Route("/v1/customers/{customer_id}/subscription/resume", resume_subscription, methods=["POST"]),
+    Route("/v1/customers/{customer_id}/orders", list_orders, methods=["GET"]),
+]

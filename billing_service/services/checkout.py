@@ -1,0 +1,151 @@
+"""Stripe Checkout and the customer portal: sending customers to Stripe to pay or manage billing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from billing_service.db import checkout_sessions, subscriptions
+from billing_service.db.customers import Customer
+from billing_service.db.prices import Price, select_live_price
+from billing_service.errors import (
+    FieldError,
+    NoBillingAccount,
+    NotFound,
+    PriceNotSynced,
+    SubscriptionExists,
+    ValidationFailed,
+)
+from billing_service.services import customers
+from billing_service.services.redirects import check_redirect_urls
+from billing_service.stripe_gateway import StripeGateway
+from billing_service.stripe_objects import StripeCheckoutSession
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutRequest:
+    customer_id: str
+    price: str
+    quantity: int
+    success_url: str
+    cancel_url: str
+    trial_days: int | None
+    allow_promotion_codes: bool
+
+
+async def live_synced_price(pool: asyncpg.Pool, lookup_key: str) -> tuple[Price, int]:
+    """The live, synced price for a lookup key, with its plan's default trial days."""
+    found = await select_live_price(pool, lookup_key)
+    if found is None:
+        raise ValidationFailed(
+            [FieldError("price", f"no active price has lookup key '{lookup_key}'")]
+        )
+    price, trial_days = found
+    if price.stripe_price_id is None:
+        raise PriceNotSynced(
+            f"Price '{lookup_key}' has not reached Stripe yet; run `billing-service catalog sync`."
+        )
+    return price, trial_days
+
+
+async def create_checkout_session(
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    request: CheckoutRequest,
+    *,
+    allowed_hosts: list[str],
+    idempotency_key: str,
+) -> StripeCheckoutSession:
+    """Open a Checkout session for one price; refuses a second subscription."""
+    errors = check_redirect_urls(
+        {"success_url": request.success_url, "cancel_url": request.cancel_url}, allowed_hosts
+    )
+    if errors:
+        raise ValidationFailed(errors)
+    customer = await customers.get_customer(pool, request.customer_id)
+    price, plan_trial_days = await live_synced_price(pool, request.price)
+    mode = "subscription" if price.type == "recurring" else "payment"
+    if mode == "payment" and request.trial_days:
+        raise ValidationFailed([FieldError("trial_days", "only subscriptions have trials")])
+    if mode == "subscription":
+        await _refuse_second_subscription(pool, customer)
+
+    stripe_customer = await customers.ensure_stripe_customer(pool, gateway, customer)
+    metadata = {
+        "billing_customer_id": str(customer.id),
+        "billing_customer_key": customer.external_id,
+        "billing_price_key": price.lookup_key,
+    }
+    assert price.stripe_price_id is not None
+    session = await gateway.create_checkout_session(
+        customer=stripe_customer,
+        price=price.stripe_price_id,
+        quantity=request.quantity,
+        mode=mode,
+        success_url=request.success_url,
+        cancel_url=request.cancel_url,
+        client_reference_id=str(customer.id),
+        metadata=metadata,
+        trial_days=plan_trial_days if request.trial_days is None else request.trial_days,
+        allow_promotion_codes=request.allow_promotion_codes,
+        idempotency_key=idempotency_key,
+    )
+    await checkout_sessions.insert_checkout_session(
+        pool, customer_id=customer.id, price_id=price.id, session=session
+    )
+    return session
+
+
+async def _refuse_second_subscription(pool: asyncpg.Pool, customer: Customer) -> None:
+    current = await subscriptions.select_current_subscription(pool, customer.id)
+    if current is not None and current.status in subscriptions.LIVE_STATUSES:
+        raise SubscriptionExists(
+            f"Customer '{customer.external_id}' already has a {current.status} subscription. "
+            f"Change it with POST /v1/customers/{customer.external_id}/subscription/change "
+            "or send the customer to the portal (POST /v1/portal/sessions)."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutStatus:
+    session: StripeCheckoutSession
+    customer: Customer
+
+
+async def checkout_status(
+    pool: asyncpg.Pool, gateway: StripeGateway, stripe_session_id: str
+) -> CheckoutStatus:
+    """Stripe's view of one of our sessions; a completed one syncs the customer at once, so a
+    success page shows the new plan without waiting for the webhook."""
+    ours = await checkout_sessions.select_checkout_session(pool, stripe_session_id)
+    if ours is None:
+        raise NotFound(f"No checkout session has id '{stripe_session_id}'.")
+    session = await gateway.retrieve_checkout_session(stripe_session_id)
+    await checkout_sessions.update_checkout_status(pool, stripe_session_id, session.status)
+    customer = await customers.get_customer(pool, ours.external_customer_id)
+    if session.status == "complete":
+        await customers.sync_subscriptions_from_stripe(pool, gateway, customer)
+    return CheckoutStatus(session=session, customer=customer)
+
+
+async def create_portal_session(
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    *,
+    customer_id: str,
+    return_url: str,
+    allowed_hosts: list[str],
+) -> str:
+    errors = check_redirect_urls({"return_url": return_url}, allowed_hosts)
+    if errors:
+        raise ValidationFailed(errors)
+    customer = await customers.get_customer(pool, customer_id)
+    if customer.stripe_customer_id is None:
+        raise NoBillingAccount(
+            f"Customer '{customer_id}' has no billing account yet; it is created by their "
+            "first checkout."
+        )
+    return await gateway.create_portal_session(
+        customer=customer.stripe_customer_id, return_url=return_url
+    )
