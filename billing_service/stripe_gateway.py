@@ -32,7 +32,7 @@ ResultT = TypeVar("ResultT", bound=stripe.StripeObject)
 
 # The SDK retries connection failures, 409s, 429s and 5xx with backoff, reusing the idempotency key.
 MAX_NETWORK_RETRIES = 2
-TIMEOUT_SECONDS = 20.0
+TIMEOUT_SECONDS = 10.0
 RETRY_AFTER_SECONDS = 5
 
 logger = structlog.get_logger(__name__)
