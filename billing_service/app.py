@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -21,9 +23,12 @@ from billing_service.middleware import (
     route_template_lookup,
 )
 from billing_service.resources import migrations_dir
-from billing_service.routes import api_keys, catalog, checkout, customers, health
+from billing_service.routes import api_keys, catalog, checkout, customers, events, health
+from billing_service.services import reconcile
+from billing_service.services.stripe_events import EventProcessor
 from billing_service.state import AppState
 from billing_service.stripe_gateway import StripeGateway
+from billing_service.worker import EventWorker, run_daily
 
 logger = structlog.get_logger(__name__)
 
@@ -41,6 +46,7 @@ def create_app(settings: Settings) -> Starlette:
         *catalog.routes,
         *customers.routes,
         *checkout.routes,
+        *events.routes,
     ]
 
     @asynccontextmanager
@@ -52,12 +58,21 @@ def create_app(settings: Settings) -> Starlette:
         )
         metrics.watch_pool(pool)
         stripe = StripeGateway.from_settings(settings)
+        worker, tasks = _start_background_work(settings, pool, stripe, metrics)
         logger.info("app.started", env=settings.env.value, stripe=stripe is not None)
         try:
             yield AppState(
-                settings=settings, pool=pool, metrics=metrics, migrations=migrations, stripe=stripe
+                settings=settings,
+                pool=pool,
+                metrics=metrics,
+                migrations=migrations,
+                stripe=stripe,
+                worker=worker,
             )
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if stripe is not None:
                 await stripe.close()
             await pool.close()
@@ -73,6 +88,30 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=problems.exception_handlers(),
         lifespan=lifespan,
     )
+
+
+def _start_background_work(
+    settings: Settings, pool: asyncpg.Pool, stripe: StripeGateway | None, metrics: Metrics
+) -> tuple[EventWorker | None, list[asyncio.Task[None]]]:
+    """The webhook worker and the daily reconciliation, when Stripe is configured."""
+    if stripe is None or not settings.worker_enabled:
+        return None, []
+    processor = EventProcessor(
+        pool, stripe, max_attempts=settings.webhook_max_attempts, metrics=metrics
+    )
+    worker = EventWorker(processor)
+
+    async def reconcile_all() -> None:
+        await reconcile.reconcile(pool, stripe)
+
+    tasks = [
+        asyncio.create_task(worker.run(), name="webhook-worker"),
+        asyncio.create_task(
+            run_daily(pool, reconcile.JOB, settings.reconcile_at, reconcile_all),
+            name="daily-reconcile",
+        ),
+    ]
+    return worker, tasks
 
 
 def app_from_environment() -> Starlette:

@@ -1,4 +1,4 @@
-"""The `billing-service` command: serve, dev, migrate, API keys and the plan catalog."""
+"""The `billing-service` command: serve, dev, migrate, keys, catalog, worker, events, reconcile."""
 
 from __future__ import annotations
 
@@ -21,15 +21,18 @@ from pydantic import SecretStr
 from billing_service import __version__
 from billing_service.catalog_spec import CatalogSpec, dump_catalog_yaml, load_catalog_yaml
 from billing_service.config import ConfigurationError, Settings, load_settings
+from billing_service.db import stripe_events
 from billing_service.db.migrations import MigrationError, apply_migrations, discover_migrations
 from billing_service.db.pool import create_pool
 from billing_service.embedded_db import embedded_postgres
 from billing_service.errors import BillingError, ValidationFailed
 from billing_service.logs import configure_logging
 from billing_service.resources import example_catalog_path, migrations_dir
-from billing_service.services import api_keys, catalog, catalog_sync
+from billing_service.services import api_keys, catalog, catalog_sync, reconcile
 from billing_service.services.api_keys import Scope
+from billing_service.services.stripe_events import EventProcessor
 from billing_service.stripe_gateway import StripeGateway, require_stripe
+from billing_service.worker import EventWorker
 
 logger = structlog.get_logger("billing_service.cli")
 
@@ -269,6 +272,83 @@ def cmd_catalog_sync(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_with_pool(ready, sync))
 
 
+def _with_gateway(
+    settings: Settings, work: Callable[[asyncpg.Pool, StripeGateway], Awaitable[int]]
+) -> int:
+    """Run `work` with a pool and the Stripe gateway (which these commands cannot do without)."""
+
+    async def run(pool: asyncpg.Pool) -> int:
+        gateway = require_stripe(StripeGateway.from_settings(settings))
+        try:
+            return await work(pool, gateway)
+        finally:
+            await gateway.close()
+
+    with with_database(settings) as ready:
+        return asyncio.run(_with_pool(ready, run))
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Process webhook events until stopped (SIGTERM or Ctrl+C)."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+    async def work(pool: asyncpg.Pool, gateway: StripeGateway) -> int:
+        processor = EventProcessor(pool, gateway, max_attempts=settings.webhook_max_attempts)
+        await EventWorker(processor).run()
+        return 0
+
+    try:
+        return _with_gateway(settings, work)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_events_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def show(pool: asyncpg.Pool) -> int:
+        found = await stripe_events.select_events(pool, status=args.status, limit=args.limit)
+        print(f"{'event':32}  {'type':42}  {'status':9}  {'tries':5}  received / last error")
+        for event in found:
+            received = event.created_at.isoformat(timespec="seconds")
+            print(
+                f"{event.stripe_event_id:32}  {event.type:42}  {event.status:9}  "
+                f"{event.attempts:<5}  {received}  {event.last_error or ''}"
+            )
+        return 0
+
+    with with_database(settings) as ready:
+        return asyncio.run(_with_pool(ready, show))
+
+
+def cmd_events_replay(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.event_id is None) == (not args.failed):
+        print("billing-service: give an EVENT_ID or --failed", file=sys.stderr)
+        return 2
+
+    async def replay(pool: asyncpg.Pool) -> int:
+        async with pool.acquire() as conn:
+            count = await stripe_events.requeue(conn, stripe_event_id=args.event_id)
+        if args.event_id is not None and count == 0:
+            print(f"billing-service: no Stripe event has id {args.event_id}", file=sys.stderr)
+            return 1
+        print(f"requeued {count} event(s); a running worker processes them next")
+        return 0
+
+    with with_database(settings) as ready:
+        return asyncio.run(_with_pool(ready, replay))
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(pool: asyncpg.Pool, gateway: StripeGateway) -> int:
+        report = await reconcile.reconcile(pool, gateway, customer_id=args.customer)
+        counts = ", ".join(f"{name}: {value}" for name, value in report.counts().items())
+        print(counts)
+        for error in report.errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 1 if report.errors else 0
+
+    return _with_gateway(settings, work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="billing-service", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -324,6 +404,26 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_commands.add_parser("sync", help="push pending catalog changes to Stripe").set_defaults(
         handler=cmd_catalog_sync
     )
+
+    commands.add_parser("worker", help="process webhook events until stopped").set_defaults(
+        handler=cmd_worker
+    )
+    reconcile_parser = commands.add_parser(
+        "reconcile", help="repair subscriptions from Stripe and recover undelivered events"
+    )
+    reconcile_parser.add_argument("--customer", help="only this customer (your customer id)")
+    reconcile_parser.set_defaults(handler=cmd_reconcile)
+    events_commands = commands.add_parser("events", help="the webhook ledger").add_subparsers(
+        dest="events_command", required=True
+    )
+    events_list = events_commands.add_parser("list", help="recent events, newest first")
+    events_list.add_argument("--status", choices=["pending", "processed", "failed"])
+    events_list.add_argument("--limit", type=int, default=50)
+    events_list.set_defaults(handler=cmd_events_list)
+    events_replay = events_commands.add_parser("replay", help="process events again")
+    events_replay.add_argument("event_id", nargs="?", help="a Stripe event id (evt_…)")
+    events_replay.add_argument("--failed", action="store_true", help="every failed event")
+    events_replay.set_defaults(handler=cmd_events_replay)
     return parser
 
 

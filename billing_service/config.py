@@ -5,6 +5,7 @@ Settings are built once at start-up and passed in; nothing reads the environment
 
 from __future__ import annotations
 
+from datetime import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -51,6 +52,9 @@ class Settings(BaseSettings):
 
     allowed_redirect_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     downgrade_at: Literal["period_end", "now"] = "period_end"
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    worker_enabled: bool = True
+    reconcile_at: time = time(3, 0)
     past_due_grace_days: int = Field(default=7, ge=0, le=90)
 
     log_format: Literal["json", "console"] | None = None

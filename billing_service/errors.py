@@ -5,6 +5,7 @@ the stable problem `type` slug that `problems.py` renders as RFC 9457 problem+js
 
     BillingError                      500 internal
     ├── MalformedRequest              400 malformed-request
+    ├── InvalidWebhook                400 invalid-webhook
     ├── Unauthenticated               401 unauthenticated
     ├── Forbidden                     403 forbidden
     ├── NotFound                      404 not-found
@@ -70,6 +71,12 @@ class MalformedRequest(BillingError):
     """The request body could not be parsed at all."""
 
     status, slug, title = 400, "malformed-request", "Malformed request"
+
+
+class InvalidWebhook(BillingError):
+    """A webhook that is not provably from Stripe, or not for this mode; nothing is stored."""
+
+    status, slug, title = 400, "invalid-webhook", "Invalid webhook"
 
 
 class Unauthenticated(BillingError):

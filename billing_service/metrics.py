@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -49,6 +49,35 @@ class Metrics:
             "HTTP request latency by method and route template.",
             ["method", "route"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.events_received = Counter(
+            "billing_webhook_events_received",
+            "Signed Stripe events accepted, by whether they were new or duplicates.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.events_processed = Counter(
+            "billing_webhook_events_processed",
+            "Stripe events whose effect was applied, by type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.events_failed = Counter(
+            "billing_webhook_events_failed",
+            "Failed processing attempts of Stripe events, by type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.events_pending = Gauge(
+            "billing_webhook_events_pending",
+            "Stripe events waiting to be processed (read at scrape time).",
+            registry=self.registry,
+        )
+        self.oldest_pending_age = Gauge(
+            "billing_webhook_oldest_pending_age_seconds",
+            "Age of the oldest pending Stripe event; 0 when none is pending.",
             registry=self.registry,
         )
 

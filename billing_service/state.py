@@ -11,6 +11,7 @@ from billing_service.config import Settings
 from billing_service.db.migrations import Migration
 from billing_service.metrics import Metrics
 from billing_service.stripe_gateway import StripeGateway
+from billing_service.worker import EventWorker
 
 
 class AppState(TypedDict):
@@ -19,6 +20,7 @@ class AppState(TypedDict):
     metrics: Metrics
     migrations: list[Migration]
     stripe: StripeGateway | None
+    worker: EventWorker | None
 
 
 def app_state(request: Request) -> AppState:

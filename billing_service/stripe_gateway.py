@@ -415,6 +415,34 @@ class StripeGateway:
             ),
         )
 
+    async def retrieve_object(self, kind: str, object_id: str) -> dict[str, Any]:
+        """The current state of a customer, charge, product or price, as a plain mapping."""
+        services = {
+            "customer": self._client.v1.customers,
+            "charge": self._client.v1.charges,
+            "product": self._client.v1.products,
+            "price": self._client.v1.prices,
+        }
+        service = services[kind]
+        found = await self._mutate(
+            f"{kind}.retrieve",
+            None,
+            lambda: service.retrieve_async(object_id),  # type: ignore[attr-defined]
+        )
+        data: dict[str, Any] = found.to_dict()
+        return data
+
+    async def list_undelivered_events(self, *, since: int) -> list[dict[str, Any]]:
+        """Events Stripe could not deliver to our endpoint, created after `since` (epoch)."""
+        page = await self._mutate(
+            "event.list",
+            None,
+            lambda: self._client.v1.events.list_async(
+                {"delivery_success": False, "created": {"gte": since}, "limit": 100}
+            ),
+        )
+        return [event.to_dict() for event in page.data]
+
 
 def require_stripe(gateway: StripeGateway | None) -> StripeGateway:
     """The gateway, or the 503 problem that says Stripe is not configured."""

@@ -37,6 +37,7 @@ from tests.support import ADMIN_DATABASE, with_database
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 STRIPE_TEST_BASE = "http://stripe.test"
 APP_HOST = "app.example.com"
+WEBHOOK_SECRETS = ("whsec_test_current", "whsec_test_previous")
 
 
 async def _answers(url: str) -> bool:
@@ -174,6 +175,9 @@ def stripe_settings(settings: Settings) -> Settings:
         update={
             "stripe_secret_key": SecretStr("sk_test_fake"),
             "allowed_redirect_hosts": [APP_HOST],
+            "stripe_webhook_secrets": [SecretStr(s) for s in WEBHOOK_SECRETS],
+            # Tests drive event processing themselves, step by step.
+            "worker_enabled": False,
         }
     )
 

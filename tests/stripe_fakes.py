@@ -11,6 +11,7 @@ import copy
 import itertools
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ class FakeStripe:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.schedules: dict[str, dict[str, Any]] = {}
+        self.charges: dict[str, dict[str, Any]] = {}
+        self.undelivered_events: list[dict[str, Any]] = []
         self.calls: list[Call] = []
         self.failures: dict[str, httpx.Response | Exception] = {}
         self._responses: dict[str, dict[str, Any]] = {}
@@ -92,6 +95,11 @@ class FakeStripe:
             ("POST", r"^/v1/subscription_schedules/(?P<object_id>[^/]+)/release$"): (
                 self._release_schedule
             ),
+            ("GET", r"^/v1/customers/(?P<object_id>[^/]+)$"): self._getter(self.customers),
+            ("GET", r"^/v1/charges/(?P<object_id>[^/]+)$"): self._getter(self.charges),
+            ("GET", r"^/v1/products/(?P<object_id>[^/]+)$"): self._getter(self.products),
+            ("GET", r"^/v1/prices/(?P<object_id>[^/]+)$"): self._getter(self.prices),
+            ("GET", r"^/v1/events$"): self._list_events,
         }
         for (method, pattern), handler in routes.items():
             router.route(method=method, path__regex=pattern).mock(
@@ -390,6 +398,50 @@ class FakeStripe:
         schedule["status"] = "released"
         self.subscriptions[schedule["subscription"]]["schedule"] = None
         return httpx.Response(200, json=schedule)
+
+    # Reads
+
+    def _getter(self, store: dict[str, dict[str, Any]]) -> Any:
+        def get(request: httpx.Request, object_id: str) -> httpx.Response:
+            self._record(request)
+            found = store.get(object_id)
+            if found is None:
+                return stripe_error(404, "invalid_request_error", "resource_missing")
+            return httpx.Response(200, json=_public(found))
+
+        return get
+
+    def _list_events(self, request: httpx.Request) -> httpx.Response:
+        self._record(request)
+        return httpx.Response(
+            200,
+            json={"object": "list", "data": self.undelivered_events, "has_more": False,
+                  "url": "/v1/events"},
+        )  # fmt: skip
+
+    def add_charge(self, payment_intent: str, *, refunded: bool) -> dict[str, Any]:
+        charge = stripe_object(
+            "charge", id=self._new_id("ch"), payment_intent=payment_intent, refunded=refunded
+        )
+        self.charges[charge["id"]] = charge
+        return charge
+
+
+def stripe_event(event_type: str, obj: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """An event in Stripe's shape carrying `obj`, with a fresh id unless one is given."""
+    return (
+        stripe_object(
+            "event",
+            id=f"evt_{uuid.uuid4().hex[:24]}",
+            type=event_type,
+            livemode=False,
+            created=int(time.time()),
+            data={"object": obj},
+            request={"id": None, "idempotency_key": None},
+            pending_webhooks=1,
+        )
+        | overrides
+    )
 
 
 def _public(obj: dict[str, Any]) -> dict[str, Any]:

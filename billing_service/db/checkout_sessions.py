@@ -14,6 +14,9 @@ class CheckoutSession:
     customer_id: uuid.UUID
     external_customer_id: str
     stripe_session_id: str
+    price_id: uuid.UUID
+    price_key: str
+    quantity: int
     mode: str
     status: str
 
@@ -23,18 +26,20 @@ async def insert_checkout_session(
     *,
     customer_id: uuid.UUID,
     price_id: uuid.UUID,
+    quantity: int,
     session: StripeCheckoutSession,
 ) -> None:
     """Record a session; the same Stripe session (an idempotent replay) is recorded once."""
     await conn.execute(
         """
         INSERT INTO checkout_sessions
-            (customer_id, price_id, stripe_session_id, mode, status, url, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+            (customer_id, price_id, quantity, stripe_session_id, mode, status, url, expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         ON CONFLICT (stripe_session_id) DO NOTHING
         """,
         customer_id,
         price_id,
+        quantity,
         session.id,
         session.mode,
         session.status,
@@ -47,8 +52,10 @@ async def select_checkout_session(conn: Executor, stripe_session_id: str) -> Che
     row = await conn.fetchrow(
         """
         SELECT cs.customer_id, c.external_id AS external_customer_id, cs.stripe_session_id,
-               cs.mode, cs.status
-        FROM checkout_sessions cs JOIN customers c ON c.id = cs.customer_id
+               cs.price_id, p.lookup_key AS price_key, cs.quantity, cs.mode, cs.status
+        FROM checkout_sessions cs
+        JOIN customers c ON c.id = cs.customer_id
+        JOIN prices p ON p.id = cs.price_id
         WHERE cs.stripe_session_id = $1
         """,
         stripe_session_id,

@@ -84,3 +84,46 @@ async def claim_stripe_customer_id(
         stripe_customer_id,
     )
     return stored
+
+
+async def subscriptions_fetched_at(conn: Executor, customer_id: uuid.UUID) -> datetime | None:
+    fetched: datetime | None = await conn.fetchval(
+        "SELECT subscriptions_fetched_at FROM customers WHERE id = $1", customer_id
+    )
+    return fetched
+
+
+async def set_subscriptions_fetched_at(
+    conn: Executor, customer_id: uuid.UUID, fetched_at: datetime
+) -> None:
+    await conn.execute(
+        "UPDATE customers SET subscriptions_fetched_at = greatest(subscriptions_fetched_at, $2) "
+        "WHERE id = $1",
+        customer_id,
+        fetched_at,
+    )
+
+
+async def update_contact(
+    conn: Executor, customer_id: uuid.UUID, *, email: str | None, name: str | None
+) -> None:
+    """Take the email and name the customer set in Stripe (the portal lets them change both)."""
+    await conn.execute(
+        "UPDATE customers SET email = $2, name = $3 WHERE id = $1", customer_id, email, name
+    )
+
+
+async def forget_stripe_customer(conn: Executor, stripe_customer_id: str) -> None:
+    """The Stripe customer was deleted; the next checkout creates a new one."""
+    await conn.execute(
+        "UPDATE customers SET stripe_customer_id = NULL WHERE stripe_customer_id = $1",
+        stripe_customer_id,
+    )
+
+
+async def select_customers_with_stripe(conn: Executor) -> list[Customer]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM customers WHERE stripe_customer_id IS NOT NULL "  # noqa: S608
+        "ORDER BY created_at"
+    )
+    return [_from_row(row) for row in rows]

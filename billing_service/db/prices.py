@@ -165,3 +165,11 @@ async def select_live_price(conn: Executor, lookup_key: str) -> tuple[Price, int
 async def select_price(conn: Executor, price_id: uuid.UUID) -> Price | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM prices WHERE id = $1", price_id)  # noqa: S608
     return None if row is None else _from_row(row)
+
+
+async def select_price_grants(conn: Executor, price_id: uuid.UUID) -> dict[uuid.UUID, int]:
+    """Feature id → units one purchase of the price adds to the buyer's balance."""
+    rows = await conn.fetch(
+        "SELECT feature_id, amount FROM price_grants WHERE price_id = $1", price_id
+    )
+    return {row["feature_id"]: row["amount"] for row in rows}

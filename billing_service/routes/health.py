@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from billing_service.db import stripe_events
 from billing_service.db.migrations import MigrationError, applied_versions, pending_migrations
 from billing_service.errors import DatabaseUnavailable
 from billing_service.metrics import CONTENT_TYPE
@@ -46,7 +47,18 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(app_state(request)["metrics"].render(), media_type=CONTENT_TYPE)
+    """Prometheus text; the ledger gauges are read from the database at scrape time."""
+    state = app_state(request)
+    registry = state["metrics"]
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+            pending, oldest_age = await stripe_events.ledger_stats(state["pool"])
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        pass  # the request and pool metrics are still worth serving
+    else:
+        registry.events_pending.set(pending)
+        registry.oldest_pending_age.set(oldest_age or 0.0)
+    return Response(registry.render(), media_type=CONTENT_TYPE)
 
 
 async def openapi_document(request: Request) -> Response:

@@ -92,8 +92,9 @@ async def create_checkout_session(
         idempotency_key=idempotency_key,
     )
     await checkout_sessions.insert_checkout_session(
-        pool, customer_id=customer.id, price_id=price.id, session=session
-    )
+        pool, customer_id=customer.id, price_id=price.id, quantity=request.quantity,
+        session=session,
+    )  # fmt: skip
     return session
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -12,10 +13,12 @@ from billing_service.db import customers as db
 from billing_service.db import plans, subscriptions
 from billing_service.db.customers import Customer
 from billing_service.db.plans import Plan
+from billing_service.db.pool import Connection
 from billing_service.db.subscriptions import Subscription
 from billing_service.errors import NotFound
 from billing_service.services.access import grants_plan
 from billing_service.stripe_gateway import StripeGateway
+from billing_service.stripe_objects import StripeSubscription
 
 logger = structlog.get_logger(__name__)
 
@@ -105,21 +108,50 @@ async def ensure_stripe_customer(
 async def sync_subscriptions_from_stripe(
     pool: asyncpg.Pool, gateway: StripeGateway, customer: Customer
 ) -> None:
-    """Mirror every Stripe subscription of the customer as Stripe has it now.
+    """Mirror every Stripe subscription of the customer as Stripe has it now."""
+    async with pool.acquire() as conn:
+        await sync_customer_subscriptions(conn, gateway, customer)
+
+
+# Runs inside the sync's write transaction; False abandons the write (someone else did it).
+BeforeWrite = Callable[[Connection], Awaitable[bool]]
+
+
+async def sync_customer_subscriptions(
+    conn: Connection,
+    gateway: StripeGateway,
+    customer: Customer,
+    *,
+    unless_fetched_since: datetime | None = None,
+    before_write: BeforeWrite | None = None,
+) -> bool:
+    """Fetch the customer's subscriptions from Stripe and mirror them; returns whether it wrote.
 
     Syncs of one customer take turns (a session lock, no transaction, around fetch and write),
-    so an older fetch can never overwrite a newer one.
+    so an older fetch can never overwrite a newer one. With `unless_fetched_since`, a customer
+    fetched since that moment is not fetched again: that state already reflects the signal.
     """
-    stripe_customer_id = customer.stripe_customer_id
-    if stripe_customer_id is None:
-        return
     lock = f"billing.customer:{customer.id}"
-    async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", lock)
-        try:
-            fetched = await gateway.list_subscriptions(stripe_customer_id)
-            async with conn.transaction():
-                for subscription in fetched:
-                    await subscriptions.upsert_subscription(conn, customer.id, subscription)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)
+    await conn.execute("SELECT pg_advisory_lock(hashtext($1))", lock)
+    try:
+        fetched: list[StripeSubscription] = []
+        started = None
+        last_fetch = await db.subscriptions_fetched_at(conn, customer.id)
+        fresh = (
+            unless_fetched_since is not None
+            and last_fetch is not None
+            and (last_fetch >= unless_fetched_since)
+        )
+        if customer.stripe_customer_id is not None and not fresh:
+            started = await conn.fetchval("SELECT clock_timestamp()")
+            fetched = await gateway.list_subscriptions(customer.stripe_customer_id)
+        async with conn.transaction():
+            if before_write is not None and not await before_write(conn):
+                return False
+            for subscription in fetched:
+                await subscriptions.upsert_subscription(conn, customer.id, subscription)
+            if started is not None:
+                await db.set_subscriptions_fetched_at(conn, customer.id, started)
+        return True
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)

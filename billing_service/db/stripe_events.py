@@ -1,0 +1,175 @@
+"""SQL for the `stripe_events` table: the webhook ledger and its processing state."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from billing_service.db.pool import Executor
+
+_COLUMNS = (
+    "id, stripe_event_id, type, livemode, stripe_created_at, object_id, payload, status, "
+    "attempts, next_attempt_at, last_error, processed_at, created_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: uuid.UUID
+    stripe_event_id: str
+    type: str
+    livemode: bool
+    stripe_created_at: datetime
+    object_id: str | None
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    processed_at: datetime | None
+    created_at: datetime
+
+
+def _from_row(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(**dict(row.items()))
+
+
+async def insert_event(
+    conn: Executor,
+    *,
+    stripe_event_id: str,
+    type: str,
+    livemode: bool,
+    api_version: str | None,
+    stripe_created_at: datetime,
+    object_id: str | None,
+    payload: dict[str, Any],
+) -> bool:
+    """Store the event once; False when it was already in the ledger."""
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO stripe_events
+            (stripe_event_id, type, livemode, api_version, stripe_created_at, object_id, payload)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (stripe_event_id) DO NOTHING
+        RETURNING true
+        """,
+        stripe_event_id,
+        type,
+        livemode,
+        api_version,
+        stripe_created_at,
+        object_id,
+        payload,
+    )
+    return bool(inserted)
+
+
+async def claim_due_events(
+    conn: Executor, *, limit: int, lease_seconds: float
+) -> list[StoredEvent]:
+    """Lease up to `limit` due events to this worker; others skip them until the lease ends."""
+    rows = await conn.fetch(
+        f"""
+        UPDATE stripe_events SET
+            attempts = attempts + 1,
+            next_attempt_at = now() + make_interval(secs => $2)
+        WHERE id IN (
+            SELECT id FROM stripe_events
+            WHERE status = 'pending' AND next_attempt_at <= now()
+            ORDER BY next_attempt_at, created_at
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING {_COLUMNS}
+        """,  # noqa: S608 - constant column list
+        limit,
+        lease_seconds,
+    )
+    return sorted((_from_row(row) for row in rows), key=lambda e: e.stripe_created_at)
+
+
+async def mark_processed(conn: Executor, event_id: uuid.UUID) -> bool:
+    """Claim the event's effect; False when another worker already applied it."""
+    updated = await conn.fetchval(
+        """
+        UPDATE stripe_events SET status = 'processed', processed_at = now(), last_error = NULL
+        WHERE id = $1 AND status = 'pending'
+        RETURNING true
+        """,
+        event_id,
+    )
+    return bool(updated)
+
+
+async def record_failure(
+    conn: Executor, event_id: uuid.UUID, *, error: str, retry_in_seconds: float | None
+) -> None:
+    """Schedule a retry, or give up (status failed) when `retry_in_seconds` is None."""
+    await conn.execute(
+        """
+        UPDATE stripe_events SET
+            last_error = $2,
+            status = CASE WHEN $3::float8 IS NULL THEN 'failed' ELSE status END,
+            next_attempt_at = now() + make_interval(secs => coalesce($3::float8, 0))
+        WHERE id = $1 AND status = 'pending'
+        """,
+        event_id,
+        error[:2000],
+        retry_in_seconds,
+    )
+
+
+async def select_events(conn: Executor, *, status: str | None, limit: int) -> list[StoredEvent]:
+    rows = await conn.fetch(
+        f"""
+        SELECT {_COLUMNS} FROM stripe_events
+        WHERE $1::text IS NULL OR status = $1
+        ORDER BY created_at DESC LIMIT $2
+        """,  # noqa: S608 - constant column list
+        status,
+        limit,
+    )
+    return [_from_row(row) for row in rows]
+
+
+async def requeue(conn: Executor, *, stripe_event_id: str | None) -> int:
+    """Make events pending again: one by id, or every failed one when the id is None."""
+    result: str = await conn.execute(
+        """
+        UPDATE stripe_events
+        SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL,
+            processed_at = NULL
+        WHERE ($1::text IS NOT NULL AND stripe_event_id = $1)
+           OR ($1::text IS NULL AND status = 'failed')
+        """,
+        stripe_event_id,
+    )
+    return int(result.rsplit(maxsplit=1)[-1])
+
+
+async def ledger_stats(conn: Executor) -> tuple[int, float | None]:
+    """Pending events and the age in seconds of the oldest one."""
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) AS pending,
+               extract(epoch FROM now() - min(created_at))::float8 AS oldest_age
+        FROM stripe_events WHERE status = 'pending'
+        """
+    )
+    assert row is not None
+    return int(row["pending"]), row["oldest_age"]
+
+
+async def requeue_failed(conn: Executor, stripe_event_id: str) -> int:
+    """Give a dead-lettered event another round (Stripe says it is still undelivered)."""
+    result: str = await conn.execute(
+        "UPDATE stripe_events SET status = 'pending', attempts = 0, next_attempt_at = now() "
+        "WHERE stripe_event_id = $1 AND status = 'failed'",
+        stripe_event_id,
+    )
+    return int(result.rsplit(maxsplit=1)[-1])

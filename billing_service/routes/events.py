@@ -1,0 +1,96 @@
+"""The Stripe webhook endpoint, and admin routes to inspect and replay the event ledger."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from billing_service.auth import requires
+from billing_service.db import stripe_events
+from billing_service.db.stripe_events import StoredEvent
+from billing_service.errors import FieldError, NotFound, ValidationFailed
+from billing_service.routes._http import JSONResponse
+from billing_service.services import stripe_events as events_service
+from billing_service.services.api_keys import Scope
+from billing_service.state import app_state
+
+STATUSES = ("pending", "processed", "failed")
+
+
+async def receive_stripe_webhook(request: Request) -> Response:
+    """Authenticated by Stripe's signature, not by an API key."""
+    state = app_state(request)
+    inserted = await events_service.receive_event(
+        state["pool"],
+        state["settings"],
+        await request.body(),
+        request.headers.get("stripe-signature"),
+    )
+    state["metrics"].events_received.labels("new" if inserted else "duplicate").inc()
+    if inserted and state["worker"] is not None:
+        state["worker"].wake()
+    return JSONResponse({"received": True, "duplicate": not inserted})
+
+
+def serialize_event(event: StoredEvent) -> dict[str, object]:
+    return {
+        "id": event.stripe_event_id,
+        "type": event.type,
+        "object_id": event.object_id,
+        "status": event.status,
+        "attempts": event.attempts,
+        "last_error": event.last_error,
+        "next_attempt_at": event.next_attempt_at if event.status == "pending" else None,
+        "stripe_created_at": event.stripe_created_at,
+        "received_at": event.created_at,
+        "processed_at": event.processed_at,
+    }
+
+
+@requires(Scope.ADMIN)
+async def list_events(request: Request) -> Response:
+    status = request.query_params.get("status")
+    if status is not None and status not in STATUSES:
+        raise ValidationFailed([FieldError("status", f"must be one of {', '.join(STATUSES)}")])
+    try:
+        limit = int(request.query_params.get("limit", "100"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 1000:
+        raise ValidationFailed([FieldError("limit", "must be an integer from 1 to 1000")])
+    found = await stripe_events.select_events(
+        app_state(request)["pool"], status=status, limit=limit
+    )
+    return JSONResponse({"data": [serialize_event(event) for event in found]})
+
+
+@requires(Scope.ADMIN)
+async def replay_event(request: Request) -> Response:
+    state = app_state(request)
+    event_id = request.path_params["event_id"]
+    async with state["pool"].acquire() as conn:
+        replayed = await stripe_events.requeue(conn, stripe_event_id=event_id)
+    if not replayed:
+        raise NotFound(f"No Stripe event has id '{event_id}'.")
+    if state["worker"] is not None:
+        state["worker"].wake()
+    return JSONResponse({"replayed": replayed}, status_code=202)
+
+
+@requires(Scope.ADMIN)
+async def replay_failed_events(request: Request) -> Response:
+    state = app_state(request)
+    async with state["pool"].acquire() as conn:
+        replayed = await stripe_events.requeue(conn, stripe_event_id=None)
+    if state["worker"] is not None:
+        state["worker"].wake()
+    return JSONResponse({"replayed": replayed}, status_code=202)
+
+
+routes = [
+    Route("/v1/webhooks/stripe", receive_stripe_webhook, methods=["POST"]),
+    Route("/v1/events", list_events, methods=["GET"]),
+    Route("/v1/events/replay-failed", replay_failed_events, methods=["POST"]),
+    Route("/v1/events/{event_id}/replay", replay_event, methods=["POST"]),
+]
