@@ -265,7 +265,7 @@ class StripeGateway:
                 {"idempotency_key": idempotency_key},
             ),
         )
-        return parse_checkout_session(session.to_dict())
+        return parse_checkout_session(session.to_dict(for_json=True))
 
     async def retrieve_checkout_session(self, session_id: str) -> StripeCheckoutSession:
         session = await self._mutate(
@@ -273,7 +273,7 @@ class StripeGateway:
             None,
             lambda: self._client.v1.checkout.sessions.retrieve_async(session_id),
         )
-        return parse_checkout_session(session.to_dict())
+        return parse_checkout_session(session.to_dict(for_json=True))
 
     async def create_portal_session(self, *, customer: str, return_url: str) -> str:
         session = await self._mutate(
@@ -294,7 +294,7 @@ class StripeGateway:
                 {"customer": customer, "status": "all", "limit": 100}
             ),
         )
-        return [parse_subscription(item.to_dict()) for item in page.data]
+        return [parse_subscription(item.to_dict(for_json=True)) for item in page.data]
 
     async def change_subscription_price(
         self,
@@ -333,7 +333,7 @@ class StripeGateway:
                 {"idempotency_key": idempotency_key},
             ),
         )
-        return parse_subscription(subscription.to_dict())
+        return parse_subscription(subscription.to_dict(for_json=True))
 
     async def cancel_subscription_now(
         self, subscription_id: str, *, idempotency_key: str
@@ -345,7 +345,7 @@ class StripeGateway:
                 subscription_id, None, {"idempotency_key": idempotency_key}
             ),
         )
-        return parse_subscription(subscription.to_dict())
+        return parse_subscription(subscription.to_dict(for_json=True))
 
     async def schedule_price_change(
         self,
@@ -372,14 +372,14 @@ class StripeGateway:
                 ),
             )
             schedule_id = str(created.id)
-            phase = first_schedule_phase(created.to_dict())
+            phase = first_schedule_phase(created.to_dict(for_json=True))
         else:
             existing = await self._mutate(
                 "subscription_schedule.retrieve",
                 None,
                 lambda: self._client.v1.subscription_schedules.retrieve_async(str(schedule_id)),
             )
-            phase = first_schedule_phase(existing.to_dict())
+            phase = first_schedule_phase(existing.to_dict(for_json=True))
         params: dict[str, Any] = {
             "end_behavior": "release",
             "phases": [
@@ -429,7 +429,7 @@ class StripeGateway:
             None,
             lambda: service.retrieve_async(object_id),  # type: ignore[attr-defined]
         )
-        data: dict[str, Any] = found.to_dict()
+        data: dict[str, Any] = found.to_dict(for_json=True)
         return data
 
     async def list_undelivered_events(self, *, since: int) -> list[dict[str, Any]]:
@@ -441,7 +441,7 @@ class StripeGateway:
                 {"delivery_success": False, "created": {"gte": since}, "limit": 100}
             ),
         )
-        return [event.to_dict() for event in page.data]
+        return [event.to_dict(for_json=True) for event in page.data]
 
 
 def require_stripe(gateway: StripeGateway | None) -> StripeGateway:
