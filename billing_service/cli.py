@@ -256,20 +256,15 @@ def cmd_catalog_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_catalog_sync(args: argparse.Namespace, settings: Settings) -> int:
-    async def sync(pool: asyncpg.Pool) -> int:
-        gateway = require_stripe(StripeGateway.from_settings(settings))
-        try:
-            report = await catalog_sync.sync_catalog(pool, gateway)
-        finally:
-            await gateway.close()
+    async def sync(pool: asyncpg.Pool, gateway: StripeGateway) -> int:
+        report = await catalog_sync.sync_catalog(pool, gateway)
         for done in report.done:
             print(f"stripe: {done}")
         if not report.done:
             print("Stripe is up to date.")
         return 0
 
-    with with_database(settings) as ready:
-        return asyncio.run(_with_pool(ready, sync))
+    return _with_gateway(settings, sync)
 
 
 def _with_gateway(
