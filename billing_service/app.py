@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
@@ -23,7 +24,15 @@ from billing_service.middleware import (
     route_template_lookup,
 )
 from billing_service.resources import migrations_dir
-from billing_service.routes import api_keys, catalog, checkout, customers, events, health
+from billing_service.routes import (
+    api_keys,
+    catalog,
+    checkout,
+    customers,
+    events,
+    health,
+    usage,
+)
 from billing_service.services import reconcile
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.state import AppState
@@ -33,8 +42,15 @@ from billing_service.worker import EventWorker, run_daily
 logger = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings) -> Starlette:
-    """Build the ASGI app; connections are opened by the lifespan, not here."""
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Starlette:
+    """Build the ASGI app; connections are opened by the lifespan, not here.
+
+    `clock` is what usage periods are computed from; tests move it across period boundaries.
+    """
     if settings.database_url is None:
         raise ConfigurationError("BILLING_DATABASE_URL: required to serve the API")
     database_url = settings.database_url.get_secret_value()
@@ -47,6 +63,7 @@ def create_app(settings: Settings) -> Starlette:
         *customers.routes,
         *checkout.routes,
         *events.routes,
+        *usage.routes,
     ]
 
     @asynccontextmanager
@@ -68,6 +85,7 @@ def create_app(settings: Settings) -> Starlette:
                 migrations=migrations,
                 stripe=stripe,
                 worker=worker,
+                clock=clock,
             )
         finally:
             for task in tasks:

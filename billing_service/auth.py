@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from billing_service.db.api_keys import ApiKey
 from billing_service.errors import Forbidden, Unauthenticated
-from billing_service.services import api_keys
+from billing_service.services import api_keys, customer_tokens
 from billing_service.services.api_keys import Scope
 from billing_service.state import app_state
 
@@ -40,13 +40,28 @@ async def authenticated_key(request: Request) -> ApiKey:
     return key
 
 
-def requires(*accepted: Scope) -> Callable[[Endpoint], Endpoint]:
-    """Guard an endpoint: a usable key holding one of `accepted` (or admin) is needed."""
+async def _admit_customer_token(request: Request, token: str, *, allowed: bool) -> None:
+    """A customer token passes only where allowed, and only for its own customer."""
+    customer = await customer_tokens.token_customer(app_state(request)["pool"], token)
+    if customer is None:
+        raise Unauthenticated(_UNAUTHENTICATED_DETAIL)
+    if not allowed or request.path_params.get("customer_id") != customer:
+        raise Forbidden("A customer token can only read its own customer's entitlements.")
+    structlog.contextvars.bind_contextvars(caller="customer-token")
+
+
+def requires(*accepted: Scope, customer_token: bool = False) -> Callable[[Endpoint], Endpoint]:
+    """Guard an endpoint: a usable key holding one of `accepted` (or admin) is needed; with
+    `customer_token`, a customer token for the customer in the path is enough."""
     needed = " or ".join(f"'{scope.value}'" for scope in accepted)
 
     def decorate(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
         async def guarded(request: Request) -> Response:
+            token = bearer_token(request)
+            if token is not None and customer_tokens.is_customer_token(token):
+                await _admit_customer_token(request, token, allowed=customer_token)
+                return await endpoint(request)
             key = await authenticated_key(request)
             if not api_keys.key_allows(key, accepted):
                 raise Forbidden(f"This route needs an API key with the {needed} scope.")

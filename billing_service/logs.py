@@ -25,6 +25,7 @@ _SECRET_VALUES = re.compile(
     r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]+"  # Stripe API keys
     r"|whsec_[A-Za-z0-9+/=]+"  # Stripe webhook signing secrets
     r"|bsk_[A-Za-z0-9_-]+"  # our API keys
+    r"|bct_[A-Za-z0-9_-]+"  # our customer tokens
     r"|(?i:bearer)\s+[^\s\"',]+"  # any bearer credential
     r"|postgres(?:ql)?://[^\s\"']*:[^\s\"'@]*@",  # database URLs with a password
 )

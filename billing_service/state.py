@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import TypedDict, cast
 
 import asyncpg
@@ -21,6 +23,7 @@ class AppState(TypedDict):
     migrations: list[Migration]
     stripe: StripeGateway | None
     worker: EventWorker | None
+    clock: Callable[[], datetime]
 
 
 def app_state(request: Request) -> AppState:

@@ -10,8 +10,9 @@ import io
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -134,10 +135,13 @@ def settings(database_url: str) -> Settings:
 
 @asynccontextmanager
 async def app_client(
-    settings: Settings, *, raise_app_exceptions: bool = True
+    settings: Settings,
+    *,
+    raise_app_exceptions: bool = True,
+    clock: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real app, lifespan run, spoken to in-process over ASGI."""
-    app = create_app(settings)
+    app = create_app(settings) if clock is None else create_app(settings, clock=clock)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as client:

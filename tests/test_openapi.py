@@ -128,3 +128,25 @@ async def test_billing_responses_match_their_documented_schemas(
     assert_matches_schema(
         (await stripe_client.get("/v1/customers/user_1", headers=auth)).json(), "Customer"
     )
+
+
+async def test_usage_responses_match_their_documented_schemas(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, billing_key: str
+) -> None:
+    """check, track (allowed and denied) and entitlements fit the contract."""
+    await catalog.apply_and_sync(pool, None, lambda _current: load_catalog_yaml(
+        example_catalog_path().read_text()
+    ))  # fmt: skip
+    auth = {"Authorization": f"Bearer {billing_key}"}
+    body = {"customer_id": "u1", "feature": "ai_calls"}
+    assert_matches_schema(
+        (await client.post("/v1/usage/check", headers=auth, json=body)).json(), "UsageDecision"
+    )
+    for n in range(6):
+        tracked = await client.post(
+            "/v1/usage/track", headers=auth, json=body | {"idempotency_key": f"k{n}"}
+        )
+        assert_matches_schema(tracked.json(), "UsageDecision")
+    assert tracked.json()["allowed"] is False
+    entitlements = await client.get("/v1/customers/u1/entitlements", headers=auth)
+    assert_matches_schema(entitlements.json(), "Entitlements")

@@ -87,7 +87,9 @@ async def mark_refunded(conn: Executor, stripe_payment_intent_id: str) -> bool:
 async def grant_credits(
     conn: Executor, *, order_id: uuid.UUID, customer_id: uuid.UUID, grants: dict[uuid.UUID, int]
 ) -> int:
-    """Add the order's credits to the customer's balance, once per order and feature."""
+    """Add the order's credits to the customer's balance, once per order and feature.
+
+    Called inside the event's transaction, so the grant and the balance move together."""
     added = 0
     for feature_id, amount in grants.items():
         inserted = await conn.fetchval(
@@ -102,5 +104,17 @@ async def grant_credits(
             order_id,
             amount,
         )
-        added += bool(inserted)
+        if inserted:
+            await conn.execute(
+                """
+                INSERT INTO credit_balances (customer_id, feature_id, granted)
+                VALUES ($1, $2, $3)
+                ON CONFLICT (customer_id, feature_id)
+                DO UPDATE SET granted = credit_balances.granted + EXCLUDED.granted
+                """,
+                customer_id,
+                feature_id,
+                amount,
+            )
+            added += 1
     return added

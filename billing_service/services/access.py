@@ -7,6 +7,7 @@ back to the default plan.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
 from billing_service.db.subscriptions import Subscription
@@ -16,11 +17,26 @@ GRANTING_STATUSES = frozenset({"active", "trialing"})
 
 def grants_plan(subscription: Subscription | None, *, now: datetime, grace: timedelta) -> bool:
     """Whether the subscription's plan applies now."""
-    if subscription is None or subscription.plan_id is None:
+    if subscription is None:
         return False
-    if subscription.status in GRANTING_STATUSES:
+    return grants_plan_status(
+        subscription.status, subscription.plan_id, subscription.past_due_since, now=now, grace=grace
+    )
+
+
+def grants_plan_status(
+    status: str | None,
+    plan_id: uuid.UUID | None,
+    past_due_since: datetime | None,
+    *,
+    now: datetime,
+    grace: timedelta,
+) -> bool:
+    """The policy on a subscription's bare facts (the hot path reads them without the row)."""
+    if status is None or plan_id is None:
+        return False
+    if status in GRANTING_STATUSES:
         return True
-    if subscription.status == "past_due":
-        since = subscription.past_due_since or now
-        return now < since + grace
+    if status == "past_due":
+        return now < (past_due_since or now) + grace
     return False

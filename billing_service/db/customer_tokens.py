@@ -1,0 +1,31 @@
+"""SQL for the `customer_tokens` table: short-lived read tokens for one customer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from billing_service.db.pool import Executor
+
+
+async def insert_token(
+    conn: Executor, customer_id: uuid.UUID, token_hash: bytes, expires_at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO customer_tokens (customer_id, token_hash, expires_at) VALUES ($1, $2, $3)",
+        customer_id,
+        token_hash,
+        expires_at,
+    )
+
+
+async def select_token_customer(conn: Executor, token_hash: bytes) -> str | None:
+    """The customer (their external id) an unexpired token belongs to."""
+    customer_key: str | None = await conn.fetchval(
+        """
+        SELECT c.external_id FROM customer_tokens t JOIN customers c ON c.id = t.customer_id
+        WHERE t.token_hash = $1 AND t.expires_at > now()
+        """,
+        token_hash,
+    )
+    return customer_key

@@ -1,0 +1,342 @@
+"""SQL for metering: the entitlement context, usage counters, credit balances and usage events."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from billing_service.db.pool import Executor
+from billing_service.db.subscriptions import LIVE_STATUSES
+
+_ALLOWANCE = 'enabled, "limit", soft_limit, reset, overage'
+
+# Everything an entitlement decision needs, for one feature or all, in one round trip.
+_CONTEXT = f"""
+WITH f AS (
+    SELECT id, key, kind, unit FROM features WHERE active AND ($2::text IS NULL OR key = $2)
+), c AS (
+    SELECT id FROM customers WHERE external_id = $1
+), s AS (
+    SELECT s.status, p.plan_id, pl.key AS plan_key, s.past_due_since,
+           s.current_period_start, s.current_period_end
+    FROM subscriptions s
+    JOIN c ON s.customer_id = c.id
+    LEFT JOIN prices p ON p.id = s.price_id
+    LEFT JOIN plans pl ON pl.id = p.plan_id
+    ORDER BY s.status = ANY($3::text[]) DESC, s.stripe_created_at DESC
+    LIMIT 1
+), d AS (
+    SELECT id, key FROM plans WHERE is_default
+)
+SELECT f.id AS feature_id, f.key AS feature_key, f.kind, f.unit,
+       c.id AS customer_id,
+       s.status, s.plan_id AS subscribed_plan_id, s.plan_key AS subscribed_plan_key,
+       s.past_due_since, s.current_period_start, s.current_period_end,
+       d.id AS default_plan_id, d.key AS default_plan_key,
+       to_jsonb(sp) AS subscribed_allowance, to_jsonb(dp) AS default_allowance,
+       coalesce(cb.granted - cb.spent, 0) AS credits,
+       uc.period_start AS counter_period_start, uc.used AS counter_used, uc.cost AS counter_cost
+FROM f
+LEFT JOIN c ON true
+LEFT JOIN s ON true
+LEFT JOIN d ON true
+LEFT JOIN LATERAL (
+    SELECT {_ALLOWANCE} FROM plan_features WHERE plan_id = s.plan_id AND feature_id = f.id
+) sp ON true
+LEFT JOIN LATERAL (
+    SELECT {_ALLOWANCE} FROM plan_features WHERE plan_id = d.id AND feature_id = f.id
+) dp ON true
+LEFT JOIN credit_balances cb ON cb.customer_id = c.id AND cb.feature_id = f.id
+LEFT JOIN LATERAL (
+    SELECT period_start, used, cost FROM usage_counters
+    WHERE customer_id = c.id AND feature_id = f.id
+    ORDER BY period_start DESC LIMIT 1
+) uc ON true
+ORDER BY f.key
+"""  # noqa: S608 - constant fragments only
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureContext:
+    """One feature as it stands for one customer (who may not exist yet)."""
+
+    feature_id: uuid.UUID
+    feature_key: str
+    kind: str
+    unit: str | None
+    customer_id: uuid.UUID | None
+    status: str | None
+    subscribed_plan_id: uuid.UUID | None
+    subscribed_plan_key: str | None
+    past_due_since: datetime | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    default_plan_id: uuid.UUID | None
+    default_plan_key: str | None
+    subscribed_allowance: dict[str, Any] | None
+    default_allowance: dict[str, Any] | None
+    credits: int
+    counter_period_start: datetime | None
+    counter_used: int | None
+    counter_cost: Decimal | None
+
+
+async def select_context(
+    conn: Executor, customer_key: str, feature_key: str | None
+) -> list[FeatureContext]:
+    rows = await conn.fetch(_CONTEXT, customer_key, feature_key, list(LIVE_STATUSES))
+    return [FeatureContext(**dict(row.items())) for row in rows]
+
+
+async def ensure_customer(conn: Executor, customer_key: str) -> uuid.UUID:
+    """The customer's id, creating a bare record for a customer only known from usage."""
+    for _ in range(3):
+        found: uuid.UUID | None = await conn.fetchval(
+            """
+            WITH inserted AS (
+                INSERT INTO customers (external_id) VALUES ($1)
+                ON CONFLICT (external_id) DO NOTHING RETURNING id
+            )
+            SELECT id FROM inserted UNION ALL SELECT id FROM customers WHERE external_id = $1
+            LIMIT 1
+            """,
+            customer_key,
+        )
+        if found is not None:
+            return found
+    raise RuntimeError("customer row neither inserted nor visible")
+
+
+async def reserve_usage_event(
+    conn: Executor,
+    *,
+    customer_id: uuid.UUID,
+    feature_id: uuid.UUID,
+    idempotency_key: str,
+    request_hash: bytes,
+    amount: int,
+    cost: Decimal | None,
+    metadata: dict[str, Any],
+) -> uuid.UUID | None:
+    """Claim the idempotency key; None when an earlier track call already holds it.
+
+    A concurrent call with the same key waits here on the unique index until the first one
+    commits, then sees it; that is what makes 20 simultaneous retries count once.
+    """
+    reserved: uuid.UUID | None = await conn.fetchval(
+        """
+        INSERT INTO usage_events
+            (customer_id, feature_id, idempotency_key, request_hash, amount, cost, metadata)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (customer_id, idempotency_key) DO NOTHING
+        RETURNING id
+        """,
+        customer_id,
+        feature_id,
+        idempotency_key,
+        request_hash,
+        amount,
+        cost,
+        metadata,
+    )
+    return reserved
+
+
+async def select_usage_event(
+    conn: Executor, customer_id: uuid.UUID, idempotency_key: str
+) -> tuple[bytes, Any] | None:
+    row = await conn.fetchrow(
+        "SELECT request_hash, response FROM usage_events "
+        "WHERE customer_id = $1 AND idempotency_key = $2",
+        customer_id,
+        idempotency_key,
+    )
+    return None if row is None else (bytes(row["request_hash"]), row["response"])
+
+
+async def complete_usage_event(
+    conn: Executor,
+    event_id: uuid.UUID,
+    *,
+    recorded: bool,
+    period_start: datetime | None,
+    response: dict[str, Any],
+) -> None:
+    await conn.execute(
+        "UPDATE usage_events SET recorded = $2, period_start = $3, response = $4 WHERE id = $1",
+        event_id,
+        recorded,
+        period_start,
+        response,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CounterKey:
+    """Which counter: one customer's one feature in one period."""
+
+    customer_id: uuid.UUID
+    feature_id: uuid.UUID
+    period_start: datetime
+    period_end: datetime | None
+
+
+async def add_within_cap(
+    conn: Executor,
+    key: CounterKey,
+    *,
+    amount: int,
+    cost: Decimal | None,
+    cap: int | None,
+) -> int | None:
+    """Add `amount` to the period's counter unless that would pass `cap`; the new total, or None.
+
+    One conditional statement: concurrent calls can never push the counter past the cap.
+    Negative amounts (refunds) always apply, and the counter never goes below zero.
+    """
+    used: int | None = await conn.fetchval(
+        """
+        INSERT INTO usage_counters (customer_id, feature_id, period_start, period_end, used, cost)
+        SELECT $1, $2, $3, $4, greatest($5, 0), coalesce($6::numeric, 0)
+        WHERE $7::bigint IS NULL OR $5 <= $7
+        ON CONFLICT (customer_id, feature_id, period_start) DO UPDATE
+        SET used = greatest(usage_counters.used + $5, 0),
+            cost = usage_counters.cost + coalesce($6::numeric, 0)
+        WHERE $7::bigint IS NULL OR $5 <= 0 OR usage_counters.used + $5 <= $7
+        RETURNING used
+        """,
+        key.customer_id,
+        key.feature_id,
+        key.period_start,
+        key.period_end,
+        amount,
+        cost,
+        cap,
+    )
+    return used
+
+
+async def lock_counter_and_credits(conn: Executor, key: CounterKey) -> tuple[int, int]:
+    """Lock the period counter and the credit balance (in that order); (used, credits left)."""
+    await conn.execute(
+        """
+        INSERT INTO usage_counters (customer_id, feature_id, period_start, period_end)
+        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
+        """,
+        key.customer_id,
+        key.feature_id,
+        key.period_start,
+        key.period_end,
+    )
+    used: int = await conn.fetchval(
+        "SELECT used FROM usage_counters "
+        "WHERE customer_id = $1 AND feature_id = $2 AND period_start = $3 FOR UPDATE",
+        key.customer_id,
+        key.feature_id,
+        key.period_start,
+    )
+    credits: int | None = await conn.fetchval(
+        "SELECT granted - spent FROM credit_balances "
+        "WHERE customer_id = $1 AND feature_id = $2 FOR UPDATE",
+        key.customer_id,
+        key.feature_id,
+    )
+    return used, credits or 0
+
+
+async def add_locked(
+    conn: Executor,
+    key: CounterKey,
+    *,
+    amount: int,
+    cost: Decimal | None,
+    credits_spent: int,
+) -> int:
+    """Apply a decision taken under `lock_counter_and_credits`; returns the new total."""
+    used: int = await conn.fetchval(
+        """
+        UPDATE usage_counters SET used = used + $4, cost = cost + coalesce($5::numeric, 0)
+        WHERE customer_id = $1 AND feature_id = $2 AND period_start = $3
+        RETURNING used
+        """,
+        key.customer_id,
+        key.feature_id,
+        key.period_start,
+        amount,
+        cost,
+    )
+    if credits_spent:
+        await conn.execute(
+            "UPDATE credit_balances SET spent = spent + $3 "
+            "WHERE customer_id = $1 AND feature_id = $2",
+            key.customer_id,
+            key.feature_id,
+            credits_spent,
+        )
+    return used
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePeriod:
+    feature_key: str
+    period_start: datetime
+    period_end: datetime | None
+    used: int
+    cost: Decimal
+
+
+async def select_usage_history(
+    conn: Executor,
+    customer_id: uuid.UUID,
+    *,
+    feature_key: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> list[UsagePeriod]:
+    rows = await conn.fetch(
+        """
+        SELECT f.key AS feature_key, uc.period_start, uc.period_end, uc.used, uc.cost
+        FROM usage_counters uc JOIN features f ON f.id = uc.feature_id
+        WHERE uc.customer_id = $1
+          AND ($2::text IS NULL OR f.key = $2)
+          AND ($3::timestamptz IS NULL OR coalesce(uc.period_end, 'infinity') > $3)
+          AND ($4::timestamptz IS NULL OR uc.period_start < $4)
+        ORDER BY f.key, uc.period_start
+        """,
+        customer_id,
+        feature_key,
+        since,
+        until,
+    )
+    return [UsagePeriod(**dict(row.items())) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeOption:
+    plan_key: str
+    price_key: str
+
+
+async def select_upgrade_options(
+    conn: Executor, feature_id: uuid.UUID, needed: int
+) -> list[UpgradeOption]:
+    """Live plans whose allowance covers `needed`: the cheapest plan (by monthly equivalent)
+    first, and within a plan its smallest payment (monthly before yearly)."""
+    rows = await conn.fetch(
+        """
+        SELECT pl.key AS plan_key, p.lookup_key AS price_key
+        FROM plan_features pf
+        JOIN plans pl ON pl.id = pf.plan_id AND pl.active
+        JOIN prices p ON p.plan_id = pl.id AND p.active AND p.type = 'recurring'
+        WHERE pf.feature_id = $1 AND pf.enabled AND (pf."limit" IS NULL OR pf."limit" >= $2)
+        ORDER BY min(p.amount::numeric / CASE p.recurring_interval WHEN 'year' THEN 12 ELSE 1 END)
+                     OVER (PARTITION BY pl.id),
+                 pl.display_order, p.amount
+        """,
+        feature_id,
+        needed,
+    )
+    return [UpgradeOption(**dict(row.items())) for row in rows]

@@ -1,0 +1,191 @@
+"""The hot path for calling apps: entitlement checks, usage tracking, usage reports, tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from billing_service.auth import requires
+from billing_service.errors import FieldError, ValidationFailed
+from billing_service.routes._http import (
+    CUSTOMER_ID_PATTERN,
+    JSONResponse,
+    customer_id_param,
+    field_errors,
+    parse_json,
+)
+from billing_service.services import customer_tokens, usage
+from billing_service.services.api_keys import Scope
+from billing_service.services.usage import Entitlement, TrackRequest
+from billing_service.state import app_state
+
+MAX_AMOUNT = 1_000_000_000
+CustomerKey = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
+FeatureKey = Annotated[str, Field(min_length=1, max_length=63)]
+MetadataValue = str | int | float | bool | None
+
+
+class CheckUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: CustomerKey
+    feature: FeatureKey
+    amount: int = Field(default=1, ge=1, le=MAX_AMOUNT)
+
+
+class TrackUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: CustomerKey
+    feature: FeatureKey
+    amount: int = Field(default=1, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
+    cost: Decimal | None = Field(default=None, max_digits=30, decimal_places=12)
+    idempotency_key: str = Field(min_length=1, max_length=255)
+    metadata: dict[Annotated[str, Field(max_length=40)], MetadataValue] = Field(
+        default_factory=dict, max_length=50
+    )
+
+
+class IssueToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_seconds: int = Field(default=900, ge=60, le=86_400)
+
+
+class UsageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    feature: FeatureKey | None = None
+    since: AwareDatetime | None = Field(default=None, alias="from")
+    until: AwareDatetime | None = Field(default=None, alias="to")
+
+
+def _now(request: Request) -> datetime:
+    return app_state(request)["clock"]()
+
+
+def _grace(request: Request) -> timedelta:
+    return timedelta(days=app_state(request)["settings"].past_due_grace_days)
+
+
+@requires(Scope.USAGE, Scope.BILLING)
+async def check_usage(request: Request) -> Response:
+    body = await parse_json(request, CheckUsage)
+    decision = await usage.check(
+        app_state(request)["pool"], body.customer_id, body.feature, body.amount,
+        now=_now(request), grace=_grace(request),
+    )  # fmt: skip
+    return JSONResponse(decision)
+
+
+@requires(Scope.USAGE, Scope.BILLING)
+async def track_usage(request: Request) -> Response:
+    body = await parse_json(request, TrackUsage)
+    if body.amount == 0:
+        raise ValidationFailed([FieldError("amount", "must not be 0")])
+    decision = await usage.track(
+        app_state(request)["pool"],
+        TrackRequest(
+            customer_key=body.customer_id,
+            feature_key=body.feature,
+            amount=body.amount,
+            cost=body.cost,
+            idempotency_key=body.idempotency_key,
+            metadata=body.metadata,
+        ),
+        now=_now(request),
+        grace=_grace(request),
+    )
+    return JSONResponse(decision)
+
+
+def serialize_entitlement(entitlement: Entitlement) -> dict[str, object]:
+    period = entitlement.period
+    metered = entitlement.metered and entitlement.enabled
+    return {
+        "feature": entitlement.context.feature_key,
+        "kind": entitlement.context.kind,
+        "enabled": entitlement.enabled,
+        "unlimited": metered and entitlement.limit is None,
+        "limit": entitlement.limit,
+        "soft_limit": entitlement.soft_limit,
+        "used": entitlement.used if metered else None,
+        "remaining": entitlement.remaining,
+        "credits": entitlement.credits if entitlement.metered else None,
+        "cost": str(entitlement.cost) if metered else None,
+        "reset": entitlement.reset if metered else None,
+        "period_start": period.start if period else None,
+        "resets_at": period.end if period else None,
+    }
+
+
+@requires(Scope.USAGE, Scope.BILLING, customer_token=True)
+async def get_entitlements(request: Request) -> Response:
+    customer_id = customer_id_param(request)
+    found = await usage.entitlements(
+        app_state(request)["pool"], customer_id, now=_now(request), grace=_grace(request)
+    )
+    first = found[0].context if found else None
+    plan = next((e.plan_key for e in found if e.plan_key), None)
+    return JSONResponse(
+        {
+            "customer_id": customer_id,
+            "plan": plan,
+            "subscription_status": first.status if first else None,
+            "features": [serialize_entitlement(e) for e in found],
+        }
+    )
+
+
+@requires(Scope.USAGE, Scope.BILLING)
+async def get_usage(request: Request) -> Response:
+    customer_id = customer_id_param(request)
+    try:
+        query = UsageQuery.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise ValidationFailed(field_errors(exc)) from None
+    periods = await usage.usage_history(
+        app_state(request)["pool"], customer_id,
+        feature_key=query.feature, since=query.since, until=query.until,
+    )  # fmt: skip
+    return JSONResponse(
+        {
+            "customer_id": customer_id,
+            "data": [
+                {
+                    "feature": p.feature_key,
+                    "period_start": p.period_start,
+                    "period_end": p.period_end,
+                    "used": p.used,
+                    "cost": str(p.cost),
+                }
+                for p in periods
+            ],
+        }
+    )
+
+
+@requires(Scope.USAGE)
+async def issue_customer_token(request: Request) -> Response:
+    customer_id = customer_id_param(request)
+    body = await parse_json(request, IssueToken) if await request.body() else IssueToken()
+    token, expires_at = await customer_tokens.issue_token(
+        app_state(request)["pool"], customer_id, now=_now(request),
+        ttl=timedelta(seconds=body.ttl_seconds),
+    )  # fmt: skip
+    return JSONResponse({"token": token, "expires_at": expires_at}, status_code=201)
+
+
+routes = [
+    Route("/v1/usage/check", check_usage, methods=["POST"]),
+    Route("/v1/usage/track", track_usage, methods=["POST"]),
+    Route("/v1/customers/{customer_id}/entitlements", get_entitlements, methods=["GET"]),
+    Route("/v1/customers/{customer_id}/usage", get_usage, methods=["GET"]),
+    Route("/v1/customers/{customer_id}/tokens", issue_customer_token, methods=["POST"]),
+]

@@ -1,0 +1,44 @@
+"""Customer tokens: a front end may show a customer their remaining usage, and nothing else.
+
+A token reads `GET /v1/customers/{its customer}/entitlements` until it expires (15 minutes by
+default). Only its SHA-256 is stored, as for API keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from billing_service.db import customer_tokens as db
+from billing_service.db.usage import ensure_customer
+
+TOKEN_PREFIX = "bct_"  # noqa: S105 - a public prefix, not a secret
+DEFAULT_TTL = timedelta(minutes=15)
+
+
+def _hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def is_customer_token(credential: str) -> bool:
+    return credential.startswith(TOKEN_PREFIX)
+
+
+async def issue_token(
+    pool: asyncpg.Pool, customer_key: str, *, now: datetime, ttl: timedelta = DEFAULT_TTL
+) -> tuple[str, datetime]:
+    customer_id = await ensure_customer(pool, customer_key)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    expires_at = now + ttl
+    await db.insert_token(pool, customer_id, _hash(token), expires_at)
+    return token, expires_at
+
+
+async def token_customer(pool: asyncpg.Pool, token: str) -> str | None:
+    """Which customer an unexpired token reads, or None."""
+    if not is_customer_token(token) or len(token) > 128:
+        return None
+    return await db.select_token_customer(pool, _hash(token))

@@ -1,0 +1,300 @@
+"""Entitlements and usage quotas: may this customer use this feature, and record that they did.
+
+Limits add up from the plan's allowance plus purchased credits, the allowance spent first.
+`track` checks and records in one transaction: the counter moves with one conditional statement
+when the allowance covers the call, and under row locks on the counter and the credit balance
+when credits (or overage) come into play, so concurrent calls can never overspend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import orjson
+
+from billing_service.db import customers as customers_db
+from billing_service.db import usage as db
+from billing_service.db.pool import Connection
+from billing_service.db.usage import FeatureContext
+from billing_service.errors import IdempotencyKeyReused, NotFound
+from billing_service.periods import Period, period_for
+from billing_service.services.access import grants_plan_status
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlement:
+    """A feature as one customer may use it now."""
+
+    context: FeatureContext
+    plan_key: str | None
+    enabled: bool
+    limit: int | None
+    soft_limit: int | None
+    reset: str | None
+    overage: str
+    period: Period | None
+    used: int
+    cost: Decimal
+
+    @property
+    def metered(self) -> bool:
+        return self.context.kind == "metered"
+
+    @property
+    def credits(self) -> int:
+        return self.context.credits
+
+    @property
+    def remaining(self) -> int | None:
+        """Units left this period: what the allowance has left plus unspent credits."""
+        if not self.enabled or not self.metered:
+            return None
+        if self.limit is None:
+            return None
+        return max(0, self.limit - self.used) + self.credits
+
+
+def resolve(context: FeatureContext, *, now: datetime, grace: timedelta) -> Entitlement:
+    """Apply the access policy and find the period's counter for one feature."""
+    subscribed = grants_plan_status(
+        context.status, context.subscribed_plan_id, context.past_due_since, now=now, grace=grace
+    )
+    allowance = context.subscribed_allowance if subscribed else context.default_allowance
+    plan_key = context.subscribed_plan_key if subscribed else context.default_plan_key
+    enabled = bool(allowance and allowance["enabled"])
+    if not enabled or allowance is None:
+        return Entitlement(context, plan_key, False, None, None, None, "deny", None, 0, Decimal(0))
+    reset = allowance["reset"]
+    period = None
+    used, cost = 0, Decimal(0)
+    if context.kind == "metered":
+        billing_period = (
+            (context.current_period_start, context.current_period_end)
+            if subscribed and context.current_period_start and context.current_period_end
+            else None
+        )
+        period = period_for(reset or "month", now, billing_period=billing_period)
+        if context.counter_period_start == period.start:
+            used = context.counter_used or 0
+            cost = context.counter_cost or Decimal(0)
+    return Entitlement(
+        context=context,
+        plan_key=plan_key,
+        enabled=True,
+        limit=allowance["limit"],
+        soft_limit=allowance["soft_limit"],
+        reset=reset,
+        overage=allowance["overage"],
+        period=period,
+        used=used,
+        cost=cost,
+    )
+
+
+async def entitlements(
+    pool: asyncpg.Pool, customer_key: str, *, now: datetime, grace: timedelta
+) -> list[Entitlement]:
+    """Every live feature as the customer may use it now (unknown customers: default plan)."""
+    contexts = await db.select_context(pool, customer_key, None)
+    return [resolve(context, now=now, grace=grace) for context in contexts]
+
+
+async def _one(
+    conn: Connection | asyncpg.Pool, customer_key: str, feature_key: str, *, now: datetime,
+    grace: timedelta,
+) -> Entitlement:  # fmt: skip
+    contexts = await db.select_context(conn, customer_key, feature_key)
+    if not contexts:
+        raise NotFound(f"No feature has key '{feature_key}'.")
+    return resolve(contexts[0], now=now, grace=grace)
+
+
+def _decision(
+    entitlement: Entitlement, amount: int, *, allowed: bool, reason: str | None
+) -> dict[str, Any]:
+    limit = entitlement.limit
+    soft = entitlement.soft_limit
+    body: dict[str, Any] = {
+        "allowed": allowed,
+        "feature": entitlement.context.feature_key,
+        "used": entitlement.used,
+        "limit": limit,
+        "remaining": entitlement.remaining,
+        "soft_limit_reached": soft is not None and entitlement.used >= soft,
+        "resets_at": (
+            entitlement.period.end.isoformat()
+            if entitlement.period and entitlement.period.end
+            else None
+        ),
+    }
+    if reason is not None:
+        body["reason"] = reason
+    return body
+
+
+def _fits(entitlement: Entitlement, amount: int) -> bool:
+    """Whether `amount` more units are allowed without recording anything."""
+    if not entitlement.metered or entitlement.limit is None or amount <= 0:
+        return True
+    if entitlement.overage == "allow":
+        return True
+    return entitlement.used + amount <= entitlement.limit + entitlement.credits
+
+
+async def _denial(
+    conn: Connection | asyncpg.Pool, entitlement: Entitlement, amount: int, reason: str
+) -> dict[str, Any]:
+    body = _decision(entitlement, amount, allowed=False, reason=reason)
+    options = await db.select_upgrade_options(
+        conn, entitlement.context.feature_id, entitlement.used + max(amount, 1)
+    )
+    upgrade = next((o for o in options if o.plan_key != entitlement.plan_key), None)
+    body["upgrade"] = (
+        None if upgrade is None else {"plan": upgrade.plan_key, "price": upgrade.price_key}
+    )
+    return body
+
+
+async def check(
+    pool: asyncpg.Pool, customer_key: str, feature_key: str, amount: int, *, now: datetime,
+    grace: timedelta,
+) -> dict[str, Any]:  # fmt: skip
+    """May the customer use `amount` of the feature now? Records nothing."""
+    entitlement = await _one(pool, customer_key, feature_key, now=now, grace=grace)
+    if not entitlement.enabled:
+        return await _denial(pool, entitlement, amount, "feature_not_in_plan")
+    if not _fits(entitlement, amount):
+        return await _denial(pool, entitlement, amount, "limit_reached")
+    return _decision(entitlement, amount, allowed=True, reason=None)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackRequest:
+    customer_key: str
+    feature_key: str
+    amount: int
+    cost: Decimal | None
+    idempotency_key: str
+    metadata: dict[str, Any]
+
+    def fingerprint(self) -> bytes:
+        body = {
+            "feature": self.feature_key,
+            "amount": self.amount,
+            "cost": None if self.cost is None else str(self.cost),
+            "metadata": self.metadata,
+        }
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+async def track(
+    pool: asyncpg.Pool, request: TrackRequest, *, now: datetime, grace: timedelta
+) -> dict[str, Any]:
+    """Check and record in one step; the same idempotency key replays the first answer."""
+    customer_id = await db.ensure_customer(pool, request.customer_key)
+    async with pool.acquire() as conn, conn.transaction():
+        entitlement = await _one(
+            conn, request.customer_key, request.feature_key, now=now, grace=grace
+        )
+        event_id = await db.reserve_usage_event(
+            conn,
+            customer_id=customer_id,
+            feature_id=entitlement.context.feature_id,
+            idempotency_key=request.idempotency_key,
+            request_hash=request.fingerprint(),
+            amount=request.amount,
+            cost=request.cost,
+            metadata=request.metadata,
+        )
+        if event_id is None:
+            return await _replay(conn, customer_id, request)
+        body, recorded = await _record(conn, customer_id, entitlement, request)
+        await db.complete_usage_event(
+            conn,
+            event_id,
+            recorded=recorded,
+            period_start=entitlement.period.start if recorded and entitlement.period else None,
+            response=body,
+        )
+        return body
+
+
+async def _replay(
+    conn: Connection, customer_id: uuid.UUID, request: TrackRequest
+) -> dict[str, Any]:
+    stored = await db.select_usage_event(conn, customer_id, request.idempotency_key)
+    assert stored is not None
+    request_hash, response = stored
+    if request_hash != request.fingerprint():
+        raise IdempotencyKeyReused(
+            "This idempotency_key was already used for a different usage record."
+        )
+    replayed: dict[str, Any] = response
+    return replayed
+
+
+async def _record(
+    conn: Connection, customer_id: uuid.UUID, entitlement: Entitlement, request: TrackRequest
+) -> tuple[dict[str, Any], bool]:
+    amount = request.amount
+    if not entitlement.enabled:
+        return await _denial(conn, entitlement, amount, "feature_not_in_plan"), False
+    if not entitlement.metered:
+        return _decision(entitlement, amount, allowed=True, reason=None) | {
+            "recorded": False
+        }, False
+    period = entitlement.period
+    assert period is not None
+    key = db.CounterKey(customer_id, entitlement.context.feature_id, period.start, period.end)
+    used = await db.add_within_cap(
+        conn, key, amount=amount, cost=request.cost, cap=entitlement.limit
+    )
+    credits_spent = 0
+    overage = False
+    if used is None:  # past the plan's allowance: credits, then overage if the plan allows it
+        current, credits = await db.lock_counter_and_credits(conn, key)
+        assert entitlement.limit is not None
+        from_allowance = max(0, min(amount, entitlement.limit - current))
+        credits_spent = min(amount - from_allowance, credits)
+        overage = from_allowance + credits_spent < amount
+        if overage and entitlement.overage != "allow":
+            locked = _with_usage(entitlement, current, credits)
+            return await _denial(conn, locked, amount, "limit_reached"), False
+        used = await db.add_locked(
+            conn, key, amount=amount, cost=request.cost, credits_spent=credits_spent
+        )
+        entitlement = _with_usage(entitlement, used, credits - credits_spent)
+    else:
+        entitlement = _with_usage(entitlement, used, entitlement.credits)
+    body = _decision(entitlement, amount, allowed=True, reason=None)
+    body["recorded"] = True
+    if overage:
+        body["overage"] = True
+    return body, True
+
+
+def _with_usage(entitlement: Entitlement, used: int, credits: int) -> Entitlement:
+    """The entitlement after a recorded call: the new counter and what credits remain."""
+    return replace(entitlement, used=used, context=replace(entitlement.context, credits=credits))
+
+
+async def usage_history(
+    pool: asyncpg.Pool,
+    customer_key: str,
+    *,
+    feature_key: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> list[db.UsagePeriod]:
+    customer = await customers_db.select_customer(pool, customer_key)
+    if customer is None:
+        return []
+    return await db.select_usage_history(
+        pool, customer.id, feature_key=feature_key, since=since, until=until
+    )
