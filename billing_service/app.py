@@ -34,6 +34,7 @@ from billing_service.routes import (
     usage,
 )
 from billing_service.services import reconcile
+from billing_service.services.api_keys import KeyCache
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.state import AppState
 from billing_service.stripe_gateway import StripeGateway
@@ -86,6 +87,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
                 stripe=stripe,
                 worker=worker,
                 clock=clock,
+                key_cache=KeyCache(settings.api_key_cache_seconds),
             )
         finally:
             for task in tasks:

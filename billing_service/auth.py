@@ -33,7 +33,12 @@ def bearer_token(request: Request) -> str | None:
 
 async def authenticated_key(request: Request) -> ApiKey:
     token = bearer_token(request)
-    key = None if token is None else await api_keys.authenticate(app_state(request)["pool"], token)
+    state = app_state(request)
+    key = (
+        None
+        if token is None
+        else await api_keys.authenticate(state["pool"], token, state["key_cache"])
+    )
     if key is None:
         raise Unauthenticated(_UNAUTHENTICATED_DETAIL)
     structlog.contextvars.bind_contextvars(key_id=str(key.id))

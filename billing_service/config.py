@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
     @field_validator("stripe_webhook_secrets", "allowed_redirect_hosts", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from billing_service.config import Settings
 from billing_service.db.migrations import Migration
 from billing_service.metrics import Metrics
+from billing_service.services.api_keys import KeyCache
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import EventWorker
 
@@ -24,6 +25,7 @@ class AppState(TypedDict):
     stripe: StripeGateway | None
     worker: EventWorker | None
     clock: Callable[[], datetime]
+    key_cache: KeyCache
 
 
 def app_state(request: Request) -> AppState:

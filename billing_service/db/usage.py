@@ -110,7 +110,7 @@ async def ensure_customer(conn: Executor, customer_key: str) -> uuid.UUID:
     raise RuntimeError("customer row neither inserted nor visible")
 
 
-async def reserve_usage_event(
+async def insert_usage_event(
     conn: Executor,
     *,
     customer_id: uuid.UUID,
@@ -120,19 +120,22 @@ async def reserve_usage_event(
     amount: int,
     cost: Decimal | None,
     metadata: dict[str, Any],
-) -> uuid.UUID | None:
-    """Claim the idempotency key; None when an earlier track call already holds it.
+    recorded: bool,
+    period_start: datetime | None,
+    response: dict[str, Any],
+) -> bool:
+    """Record the track call under its idempotency key; False when the key is already taken.
 
     A concurrent call with the same key waits here on the unique index until the first one
     commits, then sees it; that is what makes 20 simultaneous retries count once.
     """
-    reserved: uuid.UUID | None = await conn.fetchval(
+    inserted = await conn.fetchval(
         """
-        INSERT INTO usage_events
-            (customer_id, feature_id, idempotency_key, request_hash, amount, cost, metadata)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        INSERT INTO usage_events (customer_id, feature_id, idempotency_key, request_hash, amount,
+                                  cost, metadata, recorded, period_start, response)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         ON CONFLICT (customer_id, idempotency_key) DO NOTHING
-        RETURNING id
+        RETURNING true
         """,
         customer_id,
         feature_id,
@@ -141,8 +144,11 @@ async def reserve_usage_event(
         amount,
         cost,
         metadata,
+        recorded,
+        period_start,
+        response,
     )
-    return reserved
+    return bool(inserted)
 
 
 async def select_usage_event(
@@ -155,23 +161,6 @@ async def select_usage_event(
         idempotency_key,
     )
     return None if row is None else (bytes(row["request_hash"]), row["response"])
-
-
-async def complete_usage_event(
-    conn: Executor,
-    event_id: uuid.UUID,
-    *,
-    recorded: bool,
-    period_start: datetime | None,
-    response: dict[str, Any],
-) -> None:
-    await conn.execute(
-        "UPDATE usage_events SET recorded = $2, period_start = $3, response = $4 WHERE id = $1",
-        event_id,
-        recorded,
-        period_start,
-        response,
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,9 @@ async def revoke_api_key(request: Request) -> Response:
         key_id = uuid.UUID(raw_id)
     except ValueError:
         raise NotFound(f"No API key has id {raw_id}.") from None
-    key = await api_keys.revoke_key(app_state(request)["pool"], key_id)
+    state = app_state(request)
+    key = await api_keys.revoke_key(state["pool"], key_id)
+    state["key_cache"].forget(key.id)
     return JSONResponse(serialize(key))
 
 

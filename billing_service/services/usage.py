@@ -193,16 +193,39 @@ class TrackRequest:
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
 
 
+class _AlreadyRecorded(Exception):
+    """Raised inside the track transaction to undo it when the idempotency key is taken."""
+
+    def __init__(self, customer_id: uuid.UUID) -> None:
+        super().__init__(str(customer_id))
+        self.customer_id = customer_id
+
+
 async def track(
     pool: asyncpg.Pool, request: TrackRequest, *, now: datetime, grace: timedelta
 ) -> dict[str, Any]:
     """Check and record in one step; the same idempotency key replays the first answer."""
-    customer_id = await db.ensure_customer(pool, request.customer_key)
+    try:
+        return await _track_once(pool, request, now=now, grace=grace)
+    except _AlreadyRecorded as taken:
+        return await _replay(pool, taken.customer_id, request)
+
+
+async def _track_once(
+    pool: asyncpg.Pool, request: TrackRequest, *, now: datetime, grace: timedelta
+) -> dict[str, Any]:
+    """The counter moves first and the usage event (keyed by the idempotency key) is written
+    last, in one transaction. A concurrent call with the same key waits on that key's unique
+    index until the first commits, then finds it taken and rolls its own change back."""
     async with pool.acquire() as conn, conn.transaction():
         entitlement = await _one(
             conn, request.customer_key, request.feature_key, now=now, grace=grace
         )
-        event_id = await db.reserve_usage_event(
+        customer_id = entitlement.context.customer_id or await db.ensure_customer(
+            conn, request.customer_key
+        )
+        body, recorded = await _record(conn, customer_id, entitlement, request)
+        inserted = await db.insert_usage_event(
             conn,
             customer_id=customer_id,
             feature_id=entitlement.context.feature_id,
@@ -211,22 +234,17 @@ async def track(
             amount=request.amount,
             cost=request.cost,
             metadata=request.metadata,
-        )
-        if event_id is None:
-            return await _replay(conn, customer_id, request)
-        body, recorded = await _record(conn, customer_id, entitlement, request)
-        await db.complete_usage_event(
-            conn,
-            event_id,
             recorded=recorded,
             period_start=entitlement.period.start if recorded and entitlement.period else None,
             response=body,
         )
+        if not inserted:
+            raise _AlreadyRecorded(customer_id)
         return body
 
 
 async def _replay(
-    conn: Connection, customer_id: uuid.UUID, request: TrackRequest
+    conn: Connection | asyncpg.Pool, customer_id: uuid.UUID, request: TrackRequest
 ) -> dict[str, Any]:
     stored = await db.select_usage_event(conn, customer_id, request.idempotency_key)
     assert stored is not None
