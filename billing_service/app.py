@@ -137,5 +137,5 @@ def _start_background_work(
 def app_from_environment() -> Starlette:
     """Uvicorn's factory for each worker process: settings from the environment, logs set up."""
     settings = load_settings()
-    configure_logging(settings.log_level, settings.effective_log_format)
+    configure_logging(settings.log_level, settings.effective_log_format, cache_loggers=True)
     return create_app(settings)

@@ -75,13 +75,18 @@ def _json_line(event_dict: EventDict, **_kwargs: Any) -> str:
 
 
 def configure_logging(
-    level: str = "info", log_format: str = "console", stream: TextIO | None = None
+    level: str = "info",
+    log_format: str = "console",
+    stream: TextIO | None = None,
+    *,
+    cache_loggers: bool = False,
 ) -> None:
     """Our loggers write straight to `stream` (stdout); standard logging (uvicorn, asyncpg)
     is formatted by the same processors, so every line has one shape and one redaction.
 
     Our own lines skip the standard library entirely: the per-request summary line is on the
-    hot path.
+    hot path. Serving processes cache their loggers (`cache_loggers`); tests, which reconfigure
+    logging to capture it, do not.
     """
     renderer: Processor
     if log_format == "json":
@@ -94,7 +99,7 @@ def configure_logging(
         processors=[*_shared_processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.WriteLoggerFactory(file=output),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache_loggers,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],

@@ -52,6 +52,7 @@ class Metrics:
             registry=self.registry,
         )
 
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.events_received = Counter(
             "billing_webhook_events_received",
             "Signed Stripe events accepted, by whether they were new or duplicates.",
@@ -82,8 +83,15 @@ class Metrics:
         )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        children = self._request_children.get((method, route, status))
+        if children is None:  # label lookups take a lock; do them once per combination
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            self._request_children[(method, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_pool(self, pool: asyncpg.Pool) -> None:
         self.registry.register(PoolCollector(pool))

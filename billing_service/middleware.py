@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Mapping
 
 import structlog
@@ -24,9 +24,9 @@ logger = structlog.get_logger("billing_service.http")
 def request_id_from(headers: Headers) -> str:
     """Accept a caller's well-formed request id so traces join up; otherwise mint one."""
     candidate = headers.get(REQUEST_ID_HEADER, "")
-    if _VALID_REQUEST_ID.fullmatch(candidate):
+    if candidate and _VALID_REQUEST_ID.fullmatch(candidate):
         return candidate
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 class RequestContextMiddleware:
