@@ -76,12 +76,17 @@ class StripeGateway:
     async def close(self) -> None:
         await self._http_client.close_async()  # type: ignore[no-untyped-call]
 
-    async def _mutate(
-        self, operation: str, idempotency_key: str | None, call: Callable[[], Awaitable[ResultT]]
+    async def _call(
+        self,
+        operation: str,
+        method: Callable[..., Awaitable[ResultT]],
+        *args: object,
+        idempotency_key: str | None = None,
     ) -> ResultT:
         """Run one Stripe call, logging it (with Stripe's request id) and translating failures."""
+        options = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
         try:
-            result = await call()
+            result = await method(*args, options=options)
         except stripe.StripeError as exc:
             logger.warning(
                 "stripe.request_failed",
@@ -102,19 +107,17 @@ class StripeGateway:
         )
         return result
 
+    # Catalog
+
     async def create_product(
         self, *, name: str, description: str, metadata: dict[str, str], idempotency_key: str
     ) -> str:
         params: dict[str, Any] = {"name": name, "metadata": metadata}
         if description:  # Stripe refuses an empty description on create
             params["description"] = description
-        product = await self._mutate(
-            "product.create",
-            idempotency_key,
-            lambda: self._client.v1.products.create_async(
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            ),
+        products = self._client.v1.products
+        product = await self._call(
+            "product.create", products.create_async, params, idempotency_key=idempotency_key
         )
         return str(product.id)
 
@@ -128,20 +131,13 @@ class StripeGateway:
         metadata: dict[str, str],
         idempotency_key: str,
     ) -> None:
-        params: dict[str, Any] = {
-            "name": name,
-            "description": description,
-            "active": active,
-            "metadata": metadata,
-        }
-        await self._mutate(
+        params = {"name": name, "description": description, "active": active, "metadata": metadata}
+        await self._call(
             "product.update",
-            idempotency_key,
-            lambda: self._client.v1.products.update_async(
-                product_id,
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            ),
+            self._client.v1.products.update_async,
+            product_id,
+            params,
+            idempotency_key=idempotency_key,
         )
 
     async def create_price(
@@ -166,13 +162,9 @@ class StripeGateway:
         }
         if interval is not None:
             params["recurring"] = {"interval": interval}
-        price = await self._mutate(
-            "price.create",
-            idempotency_key,
-            lambda: self._client.v1.prices.create_async(
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            ),
+        prices = self._client.v1.prices
+        price = await self._call(
+            "price.create", prices.create_async, params, idempotency_key=idempotency_key
         )
         return str(price.id)
 
@@ -183,15 +175,15 @@ class StripeGateway:
         params: dict[str, Any] = {"active": active}
         if lookup_key is not None:
             params |= {"lookup_key": lookup_key, "transfer_lookup_key": True}
-        await self._mutate(
+        await self._call(
             "price.update",
-            idempotency_key,
-            lambda: self._client.v1.prices.update_async(
-                price_id,
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            ),
+            self._client.v1.prices.update_async,
+            price_id,
+            params,
+            idempotency_key=idempotency_key,
         )
+
+    # Customers, Checkout and the portal
 
     async def create_customer(
         self, *, email: str | None, name: str | None, metadata: dict[str, str], idempotency_key: str
@@ -201,28 +193,21 @@ class StripeGateway:
             params["email"] = email
         if name:
             params["name"] = name
-        customer = await self._mutate(
-            "customer.create",
-            idempotency_key,
-            lambda: self._client.v1.customers.create_async(
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            ),
+        customers = self._client.v1.customers
+        customer = await self._call(
+            "customer.create", customers.create_async, params, idempotency_key=idempotency_key
         )
         return str(customer.id)
 
     async def update_customer(
         self, customer_id: str, *, email: str | None, name: str | None, idempotency_key: str
     ) -> None:
-        params: dict[str, Any] = {"email": email or "", "name": name or ""}
-        await self._mutate(
+        await self._call(
             "customer.update",
-            idempotency_key,
-            lambda: self._client.v1.customers.update_async(
-                customer_id,
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            ),
+            self._client.v1.customers.update_async,
+            customer_id,
+            {"email": email or "", "name": name or ""},
+            idempotency_key=idempotency_key,
         )
 
     async def create_checkout_session(
@@ -257,42 +242,39 @@ class StripeGateway:
                 params["subscription_data"]["trial_period_days"] = trial_days
         else:
             params["payment_intent_data"] = {"metadata": metadata}
-        session = await self._mutate(
+        sessions = self._client.v1.checkout.sessions
+        session = await self._call(
             "checkout.session.create",
-            idempotency_key,
-            lambda: self._client.v1.checkout.sessions.create_async(
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            ),
+            sessions.create_async,
+            params,
+            idempotency_key=idempotency_key,
         )
         return parse_checkout_session(session.to_dict(for_json=True))
 
     async def retrieve_checkout_session(self, session_id: str) -> StripeCheckoutSession:
-        session = await self._mutate(
-            "checkout.session.retrieve",
-            None,
-            lambda: self._client.v1.checkout.sessions.retrieve_async(session_id),
+        sessions = self._client.v1.checkout.sessions
+        session = await self._call(
+            "checkout.session.retrieve", sessions.retrieve_async, session_id, None
         )
         return parse_checkout_session(session.to_dict(for_json=True))
 
     async def create_portal_session(self, *, customer: str, return_url: str) -> str:
-        session = await self._mutate(
+        sessions = self._client.v1.billing_portal.sessions
+        session = await self._call(
             "billing_portal.session.create",
-            None,
-            lambda: self._client.v1.billing_portal.sessions.create_async(
-                {"customer": customer, "return_url": return_url}
-            ),
+            sessions.create_async,
+            {"customer": customer, "return_url": return_url},
         )
         return str(session.url)
 
+    # Subscriptions
+
     async def list_subscriptions(self, customer: str) -> list[StripeSubscription]:
         """Every subscription of the customer, ended ones included."""
-        page = await self._mutate(
+        page = await self._call(
             "subscription.list",
-            None,
-            lambda: self._client.v1.subscriptions.list_async(
-                {"customer": customer, "status": "all", "limit": 100}
-            ),
+            self._client.v1.subscriptions.list_async,
+            {"customer": customer, "status": "all", "limit": 100},
         )
         return [parse_subscription(item.to_dict(for_json=True)) for item in page.data]
 
@@ -324,26 +306,24 @@ class StripeGateway:
     async def _update_subscription(
         self, subscription_id: str, params: dict[str, Any], idempotency_key: str
     ) -> StripeSubscription:
-        subscription = await self._mutate(
+        subscription = await self._call(
             "subscription.update",
-            idempotency_key,
-            lambda: self._client.v1.subscriptions.update_async(
-                subscription_id,
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            ),
+            self._client.v1.subscriptions.update_async,
+            subscription_id,
+            params,
+            idempotency_key=idempotency_key,
         )
         return parse_subscription(subscription.to_dict(for_json=True))
 
     async def cancel_subscription_now(
         self, subscription_id: str, *, idempotency_key: str
     ) -> StripeSubscription:
-        subscription = await self._mutate(
+        subscription = await self._call(
             "subscription.cancel",
-            idempotency_key,
-            lambda: self._client.v1.subscriptions.cancel_async(
-                subscription_id, None, {"idempotency_key": idempotency_key}
-            ),
+            self._client.v1.subscriptions.cancel_async,
+            subscription_id,
+            None,
+            idempotency_key=idempotency_key,
         )
         return parse_subscription(subscription.to_dict(for_json=True))
 
@@ -362,24 +342,19 @@ class StripeGateway:
         Uses a subscription schedule: the first phase is the current period as it stands, the
         second the new price; the schedule releases the subscription once it has switched.
         """
+        schedules = self._client.v1.subscription_schedules
         if schedule_id is None:
-            created = await self._mutate(
+            schedule = await self._call(
                 "subscription_schedule.create",
-                f"{idempotency_key}:schedule",
-                lambda: self._client.v1.subscription_schedules.create_async(
-                    {"from_subscription": subscription_id},
-                    {"idempotency_key": f"{idempotency_key}:schedule"},
-                ),
+                schedules.create_async,
+                {"from_subscription": subscription_id},
+                idempotency_key=f"{idempotency_key}:schedule",
             )
-            schedule_id = str(created.id)
-            phase = first_schedule_phase(created.to_dict(for_json=True))
         else:
-            existing = await self._mutate(
-                "subscription_schedule.retrieve",
-                None,
-                lambda: self._client.v1.subscription_schedules.retrieve_async(str(schedule_id)),
+            schedule = await self._call(
+                "subscription_schedule.retrieve", schedules.retrieve_async, schedule_id, None
             )
-            phase = first_schedule_phase(existing.to_dict(for_json=True))
+        phase = first_schedule_phase(schedule.to_dict(for_json=True))
         params: dict[str, Any] = {
             "end_behavior": "release",
             "phases": [
@@ -394,52 +369,45 @@ class StripeGateway:
                 },
             ],
         }
-        await self._mutate(
+        await self._call(
             "subscription_schedule.update",
-            idempotency_key,
-            lambda: self._client.v1.subscription_schedules.update_async(
-                str(schedule_id),
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            ),
+            schedules.update_async,
+            schedule.id,
+            params,
+            idempotency_key=idempotency_key,
         )
-        return schedule_id
+        return str(schedule.id)
 
     async def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> None:
         """Drop a pending scheduled change; the subscription carries on as it is."""
-        await self._mutate(
+        await self._call(
             "subscription_schedule.release",
-            idempotency_key,
-            lambda: self._client.v1.subscription_schedules.release_async(
-                schedule_id, None, {"idempotency_key": idempotency_key}
-            ),
+            self._client.v1.subscription_schedules.release_async,
+            schedule_id,
+            None,
+            idempotency_key=idempotency_key,
         )
+
+    # Webhook support: fresh objects and undelivered events
 
     async def retrieve_object(self, kind: str, object_id: str) -> dict[str, Any]:
         """The current state of a customer, charge, product or price, as a plain mapping."""
-        services = {
+        services: dict[str, Any] = {
             "customer": self._client.v1.customers,
             "charge": self._client.v1.charges,
             "product": self._client.v1.products,
             "price": self._client.v1.prices,
         }
-        service = services[kind]
-        found = await self._mutate(
-            f"{kind}.retrieve",
-            None,
-            lambda: service.retrieve_async(object_id),  # type: ignore[attr-defined]
-        )
+        found = await self._call(f"{kind}.retrieve", services[kind].retrieve_async, object_id, None)
         data: dict[str, Any] = found.to_dict(for_json=True)
         return data
 
     async def list_undelivered_events(self, *, since: int) -> list[dict[str, Any]]:
         """Events Stripe could not deliver to our endpoint, created after `since` (epoch)."""
-        page = await self._mutate(
+        page = await self._call(
             "event.list",
-            None,
-            lambda: self._client.v1.events.list_async(
-                {"delivery_success": False, "created": {"gte": since}, "limit": 100}
-            ),
+            self._client.v1.events.list_async,
+            {"delivery_success": False, "created": {"gte": since}, "limit": 100},
         )
         return [event.to_dict(for_json=True) for event in page.data]
 
