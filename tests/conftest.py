@@ -154,13 +154,20 @@ async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.
         yield client
 
 
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """Logging bound to the session's stdout again after each test (some capture it, or run
+    the CLI in-process with a stream that closes when the test ends)."""
+    yield
+    configure_logging("info", "console")
+
+
 @pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
+def captured_logs() -> io.StringIO:
     """Everything the process logs during the test, rendered as in production (JSON lines)."""
     stream = io.StringIO()
     configure_logging("debug", "json", stream=stream)
-    yield stream
-    configure_logging("info", "console")
+    return stream
 
 
 @pytest.fixture

@@ -1,0 +1,95 @@
+"""What every command shares: a database (configured or embedded), a pool, Stripe, serving."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+import asyncpg
+import structlog
+import uvicorn
+from pydantic import SecretStr
+
+from billing_service.config import ConfigurationError, Settings
+from billing_service.db.migrations import apply_migrations, discover_migrations
+from billing_service.db.pool import create_pool
+from billing_service.embedded_db import embedded_postgres
+from billing_service.resources import migrations_dir
+from billing_service.stripe_gateway import StripeGateway, require_stripe
+
+logger = structlog.get_logger("billing_service.cli")
+
+
+@contextmanager
+def with_database(settings: Settings) -> Iterator[Settings]:
+    """Settings with a database URL: the configured one, else (not in production) embedded."""
+    if settings.database_url is not None:
+        yield settings
+        return
+    if settings.is_production:
+        raise ConfigurationError("BILLING_DATABASE_URL: required when BILLING_ENV=production")
+    with embedded_postgres(settings.data_dir) as url:
+        yield settings.model_copy(update={"database_url": SecretStr(url)})
+
+
+async def migrate(settings: Settings) -> list[str]:
+    assert settings.database_url is not None
+    migrations = discover_migrations(migrations_dir())
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        applied = await apply_migrations(conn, migrations)
+    finally:
+        await conn.close()
+    return [f"{m.version:04d}_{m.name}" for m in applied]
+
+
+async def with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitable[int]]) -> int:
+    assert settings.database_url is not None
+    pool = await create_pool(settings.database_url.get_secret_value(), min_size=1, max_size=2)
+    try:
+        return await work(pool)
+    finally:
+        await pool.close()
+
+
+def with_gateway(
+    settings: Settings, work: Callable[[asyncpg.Pool, StripeGateway], Awaitable[int]]
+) -> int:
+    """Run `work` with a pool and the Stripe gateway (which these commands cannot do without)."""
+
+    async def run(pool: asyncpg.Pool) -> int:
+        gateway = require_stripe(StripeGateway.from_settings(settings))
+        try:
+            return await work(pool, gateway)
+        finally:
+            await gateway.close()
+
+    with with_database(settings) as ready:
+        return asyncio.run(with_pool(ready, run))
+
+
+def exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def serve(settings: Settings) -> None:
+    """Run uvicorn; each worker builds its app from the environment, so pass settings through it."""
+    assert settings.database_url is not None
+    os.environ["BILLING_DATABASE_URL"] = settings.database_url.get_secret_value()
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through Python instead lets
+    # atexit hooks run, which is how an embedded PostgreSQL gets stopped.
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    logger.info("server.starting", host=settings.host, port=settings.port, workers=settings.workers)
+    uvicorn.run(
+        "billing_service.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
