@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import asyncpg
+import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -32,13 +33,15 @@ from billing_service.routes import (
     events,
     health,
     usage,
+    webhook_endpoints,
 )
 from billing_service.services import reconcile
 from billing_service.services.api_keys import KeyCache
+from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.state import AppState
 from billing_service.stripe_gateway import StripeGateway
-from billing_service.worker import EventWorker, run_daily
+from billing_service.worker import PollingWorker, run_daily
 
 logger = structlog.get_logger(__name__)
 
@@ -65,6 +68,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         *checkout.routes,
         *events.routes,
         *usage.routes,
+        *webhook_endpoints.routes,
     ]
 
     @asynccontextmanager
@@ -76,7 +80,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         )
         metrics.watch_pool(pool)
         stripe = StripeGateway.from_settings(settings)
-        worker, tasks = _start_background_work(settings, pool, stripe, metrics)
+        http = httpx.AsyncClient(follow_redirects=False)
+        worker, tasks = _start_background_work(settings, pool, stripe, metrics, http)
         logger.info("app.started", env=settings.env.value, stripe=stripe is not None)
         try:
             yield AppState(
@@ -95,6 +100,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
             await asyncio.gather(*tasks, return_exceptions=True)
             if stripe is not None:
                 await stripe.close()
+            await http.aclose()
             await pool.close()
             logger.info("app.stopped")
 
@@ -111,27 +117,36 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
 
 
 def _start_background_work(
-    settings: Settings, pool: asyncpg.Pool, stripe: StripeGateway | None, metrics: Metrics
-) -> tuple[EventWorker | None, list[asyncio.Task[None]]]:
-    """The webhook worker and the daily reconciliation, when Stripe is configured."""
-    if stripe is None or not settings.worker_enabled:
+    settings: Settings,
+    pool: asyncpg.Pool,
+    stripe: StripeGateway | None,
+    metrics: Metrics,
+    http: httpx.AsyncClient,
+) -> tuple[PollingWorker | None, list[asyncio.Task[None]]]:
+    """Outgoing webhook delivery always; Stripe event processing and the daily reconciliation
+    when Stripe is configured. Returns the Stripe event worker, which intake wakes."""
+    if not settings.worker_enabled:
         return None, []
+    deliveries = PollingWorker("outgoing-webhooks", DeliveryWorker(pool, http).deliver_due)
+    tasks = [asyncio.create_task(deliveries.run(), name="outgoing-webhooks")]
+    if stripe is None:
+        return None, tasks
     processor = EventProcessor(
         pool, stripe, max_attempts=settings.webhook_max_attempts, metrics=metrics
     )
-    worker = EventWorker(processor)
+    events = PollingWorker("stripe-events", processor.process_due)
 
     async def reconcile_all() -> None:
         await reconcile.reconcile(pool, stripe)
 
-    tasks = [
-        asyncio.create_task(worker.run(), name="webhook-worker"),
+    tasks += [
+        asyncio.create_task(events.run(), name="stripe-events"),
         asyncio.create_task(
             run_daily(pool, reconcile.JOB, settings.reconcile_at, reconcile_all),
             name="daily-reconcile",
         ),
     ]
-    return worker, tasks
+    return events, tasks
 
 
 def app_from_environment() -> Starlette:

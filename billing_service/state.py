@@ -14,7 +14,7 @@ from billing_service.db.migrations import Migration
 from billing_service.metrics import Metrics
 from billing_service.services.api_keys import KeyCache
 from billing_service.stripe_gateway import StripeGateway
-from billing_service.worker import EventWorker
+from billing_service.worker import PollingWorker
 
 
 class AppState(TypedDict):
@@ -23,7 +23,7 @@ class AppState(TypedDict):
     metrics: Metrics
     migrations: list[Migration]
     stripe: StripeGateway | None
-    worker: EventWorker | None
+    worker: PollingWorker | None
     clock: Callable[[], datetime]
     key_cache: KeyCache
 

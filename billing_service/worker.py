@@ -1,4 +1,4 @@
-"""Background loops of a serving process: the webhook worker and the daily reconciliation.
+"""Background loops of a serving process: webhook processing and delivery, the daily job.
 
 Both are safe to run in every replica: events are leased with `FOR UPDATE SKIP LOCKED`, and the
 daily job takes an advisory lock and skips a run another replica has already made.
@@ -14,19 +14,25 @@ from datetime import UTC, datetime, time, timedelta
 import asyncpg
 import structlog
 
-from billing_service.services.stripe_events import EventProcessor
-
 logger = structlog.get_logger(__name__)
 
 IDLE_POLL_SECONDS = 2.0
 ERROR_PAUSE_SECONDS = 5.0
 
 
-class EventWorker:
-    """Processes due events until stopped; `wake()` starts a round at once (new event stored)."""
+class PollingWorker:
+    """Runs `step` until stopped. `step` returns how much it did: after an empty round the worker
+    waits `poll_seconds`, or less if `wake()` is called (new work was just stored)."""
 
-    def __init__(self, processor: EventProcessor, *, poll_seconds: float = IDLE_POLL_SECONDS):
-        self.processor = processor
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[int]],
+        *,
+        poll_seconds: float = IDLE_POLL_SECONDS,
+    ) -> None:
+        self.name = name
+        self.step = step
         self.poll_seconds = poll_seconds
         self._wakeup = asyncio.Event()
 
@@ -34,15 +40,15 @@ class EventWorker:
         self._wakeup.set()
 
     async def run(self) -> None:
-        logger.info("worker.started")
+        logger.info("worker.started", worker=self.name)
         while True:
             try:
-                claimed = await self.processor.process_due()
+                done = await self.step()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                logger.exception("worker.round_failed")
+                logger.exception("worker.round_failed", worker=self.name)
                 await asyncio.sleep(ERROR_PAUSE_SECONDS)
                 continue
-            if claimed:
+            if done:
                 continue
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):

@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         handler=cmd_catalog_sync
     )
 
-    commands.add_parser("worker", help="process webhook events until stopped").set_defaults(
-        handler=cmd_worker
-    )
+    commands.add_parser(
+        "worker", help="process Stripe events and deliver outgoing webhooks until stopped"
+    ).set_defaults(handler=cmd_worker)
     reconcile_parser = commands.add_parser(
         "reconcile", help="repair subscriptions from Stripe and recover undelivered events"
     )

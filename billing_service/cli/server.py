@@ -7,6 +7,7 @@ import asyncio
 import signal
 
 import asyncpg
+import httpx
 
 from billing_service.catalog_spec import load_catalog_yaml
 from billing_service.cli._runtime import (
@@ -22,9 +23,10 @@ from billing_service.cli.catalog import apply_catalog_file
 from billing_service.config import Settings
 from billing_service.resources import example_catalog_path
 from billing_service.services import api_keys, catalog
+from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.stripe_gateway import StripeGateway
-from billing_service.worker import EventWorker
+from billing_service.worker import PollingWorker
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,7 +78,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(pool: asyncpg.Pool, gateway: StripeGateway) -> int:
         processor = EventProcessor(pool, gateway, max_attempts=settings.webhook_max_attempts)
-        await EventWorker(processor).run()
+        async with httpx.AsyncClient(follow_redirects=False) as http:
+            deliveries = DeliveryWorker(pool, http)
+            await asyncio.gather(
+                PollingWorker("stripe-events", processor.process_due).run(),
+                PollingWorker("outgoing-webhooks", deliveries.deliver_due).run(),
+            )
         return 0
 
     try:

@@ -10,7 +10,7 @@ import asyncpg
 import structlog
 
 from billing_service.db import customers as db
-from billing_service.db import plans, subscriptions
+from billing_service.db import outbox, plans, subscriptions
 from billing_service.db.customers import Customer
 from billing_service.db.plans import Plan
 from billing_service.db.pool import Connection
@@ -148,10 +148,63 @@ async def sync_customer_subscriptions(
         async with conn.transaction():
             if before_write is not None and not await before_write(conn):
                 return False
+            before = await subscriptions.select_current_subscription(conn, customer.id)
             for subscription in fetched:
                 await subscriptions.upsert_subscription(conn, customer.id, subscription)
             if started is not None:
                 await db.set_subscriptions_fetched_at(conn, customer.id, started)
+            after = await subscriptions.select_current_subscription(conn, customer.id)
+            await _announce_subscription_change(conn, customer, before, after)
         return True
     finally:
         await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)
+
+
+def _facts(subscription: Subscription | None) -> tuple[object, ...] | None:
+    if subscription is None:
+        return None
+    return (
+        subscription.stripe_subscription_id, subscription.status, subscription.plan_key,
+        subscription.price_key, subscription.cancel_at_period_end,
+        subscription.current_period_end, subscription.scheduled_price_key,
+    )  # fmt: skip
+
+
+def _paid_plan(subscription: Subscription | None) -> str | None:
+    """The plan a subscription grants by its status alone (the grace period is not an event)."""
+    if subscription is None or subscription.status not in {"active", "trialing", "past_due"}:
+        return None
+    return subscription.plan_key
+
+
+async def _announce_subscription_change(
+    conn: Connection, customer: Customer, before: Subscription | None, after: Subscription | None
+) -> None:
+    """subscription.updated when our mirror changed; customer.entitlements_updated when the
+    plan it grants changed. Written with the change, so apps hear of every change once."""
+    if after is None or _facts(before) == _facts(after):
+        return
+    await outbox.emit(
+        conn,
+        "subscription.updated",
+        {
+            "customer_id": customer.external_id,
+            "status": after.status,
+            "plan": after.plan_key,
+            "price": after.price_key,
+            "cancel_at_period_end": after.cancel_at_period_end,
+            "current_period_end": (
+                after.current_period_end.isoformat() if after.current_period_end else None
+            ),
+        },
+    )
+    if _paid_plan(before) != _paid_plan(after):
+        await outbox.emit(
+            conn,
+            "customer.entitlements_updated",
+            {
+                "customer_id": customer.external_id,
+                "paid_plan": _paid_plan(after),
+                "previous_paid_plan": _paid_plan(before),
+            },
+        )

@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from billing_service.config import Settings
-from billing_service.db import checkout_sessions, orders, prices, stripe_events
+from billing_service.db import checkout_sessions, orders, outbox, prices, stripe_events
 from billing_service.db import customers as customers_db
 from billing_service.db.pool import Connection
 from billing_service.db.stripe_events import StoredEvent
@@ -163,8 +163,30 @@ async def _sync_subscriptions(ctx: EventContext, stripe_customer_id: object) -> 
         ctx.gateway,
         customer,
         unless_fetched_since=ctx.event.created_at,
-        before_write=ctx.claim,
+        before_write=lambda conn: _claim_and_announce(ctx, conn, customer.external_id),
     )
+
+
+async def _claim_and_announce(ctx: EventContext, conn: Connection, customer_key: str) -> bool:
+    """Claim the event; a failed invoice also tells calling apps (payment.failed)."""
+    if not await ctx.claim(conn):
+        return False
+    if ctx.event.type == "invoice.payment_failed":
+        invoice = ctx.object
+        await outbox.emit(
+            conn,
+            "payment.failed",
+            {
+                "customer_id": customer_key,
+                "invoice_id": invoice.get("id"),
+                "amount_due": invoice.get("amount_due"),
+                "currency": invoice.get("currency"),
+                "attempt_count": invoice.get("attempt_count"),
+                "hosted_invoice_url": invoice.get("hosted_invoice_url"),
+            },
+            dedupe_key=f"payment.failed:{ctx.event.stripe_event_id}",
+        )
+    return True
 
 
 async def handle_subscription_signal(ctx: EventContext) -> None:
@@ -203,6 +225,19 @@ async def handle_checkout(ctx: EventContext) -> None:
             line_items=[{"price": ours.price_key, "quantity": ours.quantity}],
         )
         if status == "paid":
+            await outbox.emit(
+                conn,
+                "order.completed",
+                {
+                    "customer_id": ours.external_customer_id,
+                    "order_id": str(order_id),
+                    "amount_total": session.amount_total,
+                    "currency": session.currency,
+                    "line_items": [{"price": ours.price_key, "quantity": ours.quantity}],
+                    "checkout_session_id": session.id,
+                },
+                dedupe_key=f"order.completed:{session.id}",
+            )
             grants = await prices.select_price_grants(conn, ours.price_id)
             await orders.grant_credits(
                 conn,

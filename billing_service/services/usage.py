@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 
 from billing_service.db import customers as customers_db
+from billing_service.db import outbox
 from billing_service.db import usage as db
 from billing_service.db.pool import Connection
 from billing_service.db.usage import FeatureContext
@@ -294,7 +295,33 @@ async def _record(
     body["recorded"] = True
     if overage:
         body["overage"] = True
+    await _announce_thresholds(conn, customer_id, request.customer_key, entitlement)
     return body, True
+
+
+async def _announce_thresholds(
+    conn: Connection, customer_id: uuid.UUID, customer_key: str, entitlement: Entitlement
+) -> None:
+    """Tell calling apps once per period that a soft or hard limit has been reached."""
+    period = entitlement.period
+    if period is None:
+        return
+    payload = {
+        "customer_id": customer_key,
+        "feature": entitlement.context.feature_key,
+        "used": entitlement.used,
+        "soft_limit": entitlement.soft_limit,
+        "limit": entitlement.limit,
+        "period_start": period.start.isoformat(),
+        "resets_at": period.end.isoformat() if period.end else None,
+    }
+    window = f"{customer_id}:{entitlement.context.feature_id}:{period.start.isoformat()}"
+    for event_type, threshold in (
+        ("usage.soft_limit_reached", entitlement.soft_limit),
+        ("usage.limit_reached", entitlement.limit),
+    ):
+        if threshold is not None and entitlement.used >= threshold:
+            await outbox.emit(conn, event_type, payload, dedupe_key=f"{event_type}:{window}")
 
 
 def _with_usage(entitlement: Entitlement, used: int, credits: int) -> Entitlement:

@@ -1,0 +1,224 @@
+"""SQL for the outbox: domain events, the endpoints that receive them, and their deliveries."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from billing_service.db.pool import Connection, Executor
+
+
+async def emit(
+    conn: Executor, event_type: str, payload: dict[str, Any], *, dedupe_key: str | None = None
+) -> uuid.UUID | None:
+    """Write an event and a pending delivery for every enabled endpoint that wants it.
+
+    Call it inside the transaction of the change it reports: both commit, or neither. With a
+    `dedupe_key`, only the first emission counts; later ones return None.
+    """
+    event_id: uuid.UUID | None = await conn.fetchval(
+        """
+        WITH event AS (
+            INSERT INTO outbox_events (type, payload, dedupe_key) VALUES ($1, $2, $3)
+            ON CONFLICT (dedupe_key) DO NOTHING
+            RETURNING id
+        ), fanned_out AS (
+            INSERT INTO webhook_deliveries (event_id, endpoint_id)
+            SELECT event.id, e.id FROM event, webhook_endpoints e
+            WHERE e.enabled AND $1 = ANY(e.event_types)
+        )
+        SELECT id FROM event
+        """,
+        event_type,
+        payload,
+        dedupe_key,
+    )
+    return event_id
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    id: uuid.UUID
+    url: str
+    event_types: list[str]
+    enabled: bool
+    consecutive_failures: int
+    disabled_at: datetime | None
+    created_at: datetime
+
+
+_ENDPOINT = "id, url, event_types, enabled, consecutive_failures, disabled_at, created_at"
+
+
+async def insert_endpoint(
+    conn: Executor, *, url: str, event_types: list[str], secret: str
+) -> Endpoint:
+    row = await conn.fetchrow(
+        f"INSERT INTO webhook_endpoints (url, event_types, secret) VALUES ($1, $2, $3) "  # noqa: S608
+        f"RETURNING {_ENDPOINT}",
+        url,
+        event_types,
+        secret,
+    )
+    assert row is not None
+    return Endpoint(**dict(row.items()))
+
+
+async def select_endpoints(conn: Executor) -> list[Endpoint]:
+    rows = await conn.fetch(f"SELECT {_ENDPOINT} FROM webhook_endpoints ORDER BY created_at")  # noqa: S608
+    return [Endpoint(**dict(row.items())) for row in rows]
+
+
+async def set_endpoint_enabled(conn: Executor, endpoint_id: uuid.UUID, enabled: bool) -> bool:
+    updated = await conn.fetchval(
+        """
+        UPDATE webhook_endpoints SET enabled = $2, consecutive_failures = 0,
+            disabled_at = CASE WHEN $2 THEN NULL ELSE now() END
+        WHERE id = $1 RETURNING true
+        """,
+        endpoint_id,
+        enabled,
+    )
+    return bool(updated)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    payload: dict[str, Any]
+    event_created_at: datetime
+    endpoint_id: uuid.UUID
+    url: str
+    secret: str
+    attempts: int
+
+
+async def claim_due_deliveries(
+    conn: Executor, *, limit: int, lease_seconds: float
+) -> list[Delivery]:
+    """Lease due deliveries to this worker; others skip them until the lease ends."""
+    rows = await conn.fetch(
+        """
+        WITH claimed AS (
+            UPDATE webhook_deliveries SET
+                attempts = attempts + 1,
+                next_attempt_at = now() + make_interval(secs => $2)
+            WHERE id IN (
+                SELECT d.id FROM webhook_deliveries d
+                JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
+                WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+                ORDER BY d.next_attempt_at
+                LIMIT $1
+                FOR UPDATE OF d SKIP LOCKED
+            )
+            RETURNING id, event_id, endpoint_id, attempts
+        )
+        SELECT c.id, c.event_id, o.type AS event_type, o.payload,
+               o.created_at AS event_created_at, c.endpoint_id, e.url, e.secret, c.attempts
+        FROM claimed c
+        JOIN outbox_events o ON o.id = c.event_id
+        JOIN webhook_endpoints e ON e.id = c.endpoint_id
+        """,
+        limit,
+        lease_seconds,
+    )
+    return [Delivery(**dict(row.items())) for row in rows]
+
+
+async def mark_delivered(conn: Connection, delivery: Delivery, status_code: int) -> None:
+    async with conn.transaction():
+        await conn.execute(
+            """
+            UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(),
+                last_status_code = $2, last_error = NULL
+            WHERE id = $1
+            """,
+            delivery.id,
+            status_code,
+        )
+        await conn.execute(
+            "UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE id = $1",
+            delivery.endpoint_id,
+        )
+
+
+async def mark_attempt_failed(
+    conn: Connection,
+    delivery: Delivery,
+    *,
+    status_code: int | None,
+    error: str,
+    retry_in_seconds: float | None,
+    disable_after: int,
+) -> bool:
+    """Schedule a retry (or give up); returns whether the endpoint has now been disabled."""
+    async with conn.transaction():
+        await conn.execute(
+            """
+            UPDATE webhook_deliveries SET last_status_code = $2, last_error = $3,
+                status = CASE WHEN $4::float8 IS NULL THEN 'failed' ELSE status END,
+                next_attempt_at = now() + make_interval(secs => coalesce($4::float8, 0))
+            WHERE id = $1
+            """,
+            delivery.id,
+            status_code,
+            error[:2000],
+            retry_in_seconds,
+        )
+        disabled: bool | None = await conn.fetchval(
+            """
+            UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1,
+                enabled = consecutive_failures + 1 < $2,
+                disabled_at = CASE WHEN consecutive_failures + 1 >= $2 THEN now()
+                                   ELSE disabled_at END
+            WHERE id = $1
+            RETURNING NOT enabled
+            """,
+            delivery.endpoint_id,
+            disable_after,
+        )
+    return bool(disabled)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+    created_at: datetime
+
+
+async def select_deliveries(
+    conn: Executor, endpoint_id: uuid.UUID, *, limit: int
+) -> list[DeliveryRecord]:
+    rows = await conn.fetch(
+        """
+        SELECT d.id, d.event_id, o.type AS event_type, d.status, d.attempts, d.last_status_code,
+               d.last_error, d.next_attempt_at, d.delivered_at, d.created_at
+        FROM webhook_deliveries d JOIN outbox_events o ON o.id = d.event_id
+        WHERE d.endpoint_id = $1 ORDER BY d.created_at DESC LIMIT $2
+        """,
+        endpoint_id,
+        limit,
+    )
+    return [DeliveryRecord(**dict(row.items())) for row in rows]
+
+
+async def requeue_delivery(conn: Executor, delivery_id: uuid.UUID) -> bool:
+    """Send a delivery again (same event, same webhook-id), whatever its status."""
+    updated = await conn.fetchval(
+        "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now() "
+        "WHERE id = $1 RETURNING true",
+        delivery_id,
+    )
+    return bool(updated)

@@ -1,0 +1,128 @@
+"""Admin routes for outgoing webhooks: register endpoints, read their delivery log, redeliver."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from billing_service.auth import requires
+from billing_service.db import outbox
+from billing_service.db.outbox import Endpoint
+from billing_service.errors import FieldError, NotFound, ValidationFailed
+from billing_service.routes._http import JSONResponse, parse_json
+from billing_service.services import outgoing_webhooks
+from billing_service.services.api_keys import Scope
+from billing_service.state import app_state
+
+
+class CreateEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+    event_types: list[str] = Field(min_length=1)
+
+
+class UpdateEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+
+
+def serialize_endpoint(endpoint: Endpoint) -> dict[str, object]:
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "event_types": endpoint.event_types,
+        "enabled": endpoint.enabled,
+        "consecutive_failures": endpoint.consecutive_failures,
+        "disabled_at": endpoint.disabled_at,
+        "created_at": endpoint.created_at,
+    }
+
+
+def _uuid(request: Request, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.path_params[name])
+    except ValueError:
+        raise NotFound(
+            f"No {name.removesuffix('_id')} has id {request.path_params[name]}."
+        ) from None
+
+
+@requires(Scope.ADMIN)
+async def create_endpoint(request: Request) -> Response:
+    body = await parse_json(request, CreateEndpoint)
+    unknown = sorted(set(body.event_types) - set(outgoing_webhooks.EVENT_TYPES))
+    if unknown:
+        known = ", ".join(outgoing_webhooks.EVENT_TYPES)
+        raise ValidationFailed(
+            [FieldError("event_types", f"unknown {', '.join(unknown)}; known: {known}")]
+        )
+    endpoint, secret = await outgoing_webhooks.register_endpoint(
+        app_state(request)["pool"], url=str(body.url), event_types=sorted(set(body.event_types))
+    )
+    return JSONResponse(serialize_endpoint(endpoint) | {"secret": secret}, status_code=201)
+
+
+@requires(Scope.ADMIN)
+async def list_endpoints(request: Request) -> Response:
+    endpoints = await outbox.select_endpoints(app_state(request)["pool"])
+    return JSONResponse({"data": [serialize_endpoint(e) for e in endpoints]})
+
+
+@requires(Scope.ADMIN)
+async def update_endpoint(request: Request) -> Response:
+    """Disable an endpoint, or enable it again (its failure count starts over)."""
+    endpoint_id = _uuid(request, "endpoint_id")
+    body = await parse_json(request, UpdateEndpoint)
+    pool = app_state(request)["pool"]
+    if not await outbox.set_endpoint_enabled(pool, endpoint_id, body.enabled):
+        raise NotFound(f"No endpoint has id {endpoint_id}.")
+    [endpoint] = [e for e in await outbox.select_endpoints(pool) if e.id == endpoint_id]
+    return JSONResponse(serialize_endpoint(endpoint))
+
+
+@requires(Scope.ADMIN)
+async def list_deliveries(request: Request) -> Response:
+    endpoint_id = _uuid(request, "endpoint_id")
+    deliveries = await outbox.select_deliveries(app_state(request)["pool"], endpoint_id, limit=100)
+    return JSONResponse(
+        {
+            "data": [
+                {
+                    "id": d.id,
+                    "webhook_id": f"msg_{d.event_id.hex}",
+                    "event_type": d.event_type,
+                    "status": d.status,
+                    "attempts": d.attempts,
+                    "last_status_code": d.last_status_code,
+                    "last_error": d.last_error,
+                    "next_attempt_at": d.next_attempt_at if d.status == "pending" else None,
+                    "delivered_at": d.delivered_at,
+                    "created_at": d.created_at,
+                }
+                for d in deliveries
+            ]
+        }
+    )
+
+
+@requires(Scope.ADMIN)
+async def redeliver(request: Request) -> Response:
+    delivery_id = _uuid(request, "delivery_id")
+    if not await outbox.requeue_delivery(app_state(request)["pool"], delivery_id):
+        raise NotFound(f"No delivery has id {delivery_id}.")
+    return JSONResponse({"redelivering": True}, status_code=202)
+
+
+routes = [
+    Route("/v1/webhook-endpoints", create_endpoint, methods=["POST"]),
+    Route("/v1/webhook-endpoints", list_endpoints, methods=["GET"]),
+    Route("/v1/webhook-endpoints/{endpoint_id}", update_endpoint, methods=["PATCH"]),
+    Route("/v1/webhook-endpoints/{endpoint_id}/deliveries", list_deliveries, methods=["GET"]),
+    Route("/v1/webhook-deliveries/{delivery_id}/redeliver", redeliver, methods=["POST"]),
+]
