@@ -37,6 +37,7 @@ from billing_service.routes import (
 )
 from billing_service.services import reconcile
 from billing_service.services.api_keys import KeyCache
+from billing_service.services.email import EmailWorker
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.state import AppState
@@ -123,12 +124,17 @@ def _start_background_work(
     metrics: Metrics,
     http: httpx.AsyncClient,
 ) -> tuple[PollingWorker | None, list[asyncio.Task[None]]]:
-    """Outgoing webhook delivery always; Stripe event processing and the daily reconciliation
-    when Stripe is configured. Returns the Stripe event worker, which intake wakes."""
+    """Outgoing webhooks and emails always; Stripe event processing and the daily
+    reconciliation when Stripe is configured. Returns the Stripe event worker, which intake
+    wakes."""
     if not settings.worker_enabled:
         return None, []
     deliveries = PollingWorker("outgoing-webhooks", DeliveryWorker(pool, http).deliver_due)
-    tasks = [asyncio.create_task(deliveries.run(), name="outgoing-webhooks")]
+    emails = PollingWorker("emails", EmailWorker(pool, settings).send_due)
+    tasks = [
+        asyncio.create_task(deliveries.run(), name="outgoing-webhooks"),
+        asyncio.create_task(emails.run(), name="emails"),
+    ]
     if stripe is None:
         return None, tasks
     processor = EventProcessor(

@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    mail_from: str = "billing@localhost"
+    owner_email: str | None = None
+    portal_login_url: HttpUrl | None = None
+
     @field_validator("stripe_webhook_secrets", "allowed_redirect_hosts", mode="before")
     @classmethod
     def _lists_from_csv(cls, value: object) -> object:

@@ -23,6 +23,7 @@ from billing_service.cli.catalog import apply_catalog_file
 from billing_service.config import Settings
 from billing_service.resources import example_catalog_path
 from billing_service.services import api_keys, catalog
+from billing_service.services.email import EmailWorker
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.stripe_gateway import StripeGateway
@@ -83,6 +84,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             await asyncio.gather(
                 PollingWorker("stripe-events", processor.process_due).run(),
                 PollingWorker("outgoing-webhooks", deliveries.deliver_due).run(),
+                PollingWorker("emails", EmailWorker(pool, settings).send_due).run(),
             )
         return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,11 +12,17 @@ from billing_service.db.pool import Connection, Executor
 
 
 async def emit(
-    conn: Executor, event_type: str, payload: dict[str, Any], *, dedupe_key: str | None = None
+    conn: Executor,
+    event_type: str,
+    payload: dict[str, Any],
+    *,
+    dedupe_key: str | None = None,
+    emails: Sequence[tuple[str, str | None]] = (),
 ) -> uuid.UUID | None:
-    """Write an event and a pending delivery for every enabled endpoint that wants it.
+    """Write an event, a pending delivery for every enabled endpoint that wants it, and the
+    `emails` it causes (template, recipient; None is the owner).
 
-    Call it inside the transaction of the change it reports: both commit, or neither. With a
+    Call it inside the transaction of the change it reports: all commit, or none. With a
     `dedupe_key`, only the first emission counts; later ones return None.
     """
     event_id: uuid.UUID | None = await conn.fetchval(
@@ -35,6 +42,11 @@ async def emit(
         payload,
         dedupe_key,
     )
+    if event_id is not None and emails:
+        await conn.executemany(
+            "INSERT INTO email_deliveries (event_id, template, to_address) VALUES ($1, $2, $3)",
+            [(event_id, template, to_address) for template, to_address in emails],
+        )
     return event_id
 
 
@@ -222,3 +234,62 @@ async def requeue_delivery(conn: Executor, delivery_id: uuid.UUID) -> bool:
         delivery_id,
     )
     return bool(updated)
+
+
+@dataclass(frozen=True, slots=True)
+class EmailDelivery:
+    id: uuid.UUID
+    event_id: uuid.UUID
+    template: str
+    to_address: str | None
+    payload: dict[str, Any]
+    attempts: int
+
+
+async def claim_due_emails(
+    conn: Executor, *, limit: int, lease_seconds: float
+) -> list[EmailDelivery]:
+    rows = await conn.fetch(
+        """
+        WITH claimed AS (
+            UPDATE email_deliveries SET
+                attempts = attempts + 1,
+                next_attempt_at = now() + make_interval(secs => $2)
+            WHERE id IN (
+                SELECT id FROM email_deliveries
+                WHERE status = 'pending' AND next_attempt_at <= now()
+                ORDER BY next_attempt_at LIMIT $1
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING id, event_id, template, to_address, attempts
+        )
+        SELECT c.id, c.event_id, c.template, c.to_address, o.payload, c.attempts
+        FROM claimed c JOIN outbox_events o ON o.id = c.event_id
+        """,
+        limit,
+        lease_seconds,
+    )
+    return [EmailDelivery(**dict(row.items())) for row in rows]
+
+
+async def finish_email(
+    conn: Executor,
+    email_id: uuid.UUID,
+    *,
+    status: str,
+    error: str | None = None,
+    retry_in_seconds: float | None = None,
+) -> None:
+    """`sent` or `skipped` are final; `pending` with a delay retries; `failed` gives up."""
+    await conn.execute(
+        """
+        UPDATE email_deliveries SET status = $2, last_error = $3,
+            sent_at = CASE WHEN $2 = 'sent' THEN now() END,
+            next_attempt_at = now() + make_interval(secs => coalesce($4::float8, 0))
+        WHERE id = $1
+        """,
+        email_id,
+        status,
+        error,
+        retry_in_seconds,
+    )

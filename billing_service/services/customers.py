@@ -184,6 +184,15 @@ async def _announce_subscription_change(
     plan it grants changed. Written with the change, so apps hear of every change once."""
     if after is None or _facts(before) == _facts(after):
         return
+    emails: list[tuple[str, str | None]] = []
+    if _paid_plan(after) and not _paid_plan(before):
+        emails.append(("owner_new_subscription", None))
+    cancelling = after.status == "canceled" or after.cancel_at_period_end
+    was_cancelling = before is not None and (
+        before.status == "canceled" or before.cancel_at_period_end
+    )
+    if cancelling and not was_cancelling and before is not None:
+        emails.append(("owner_cancellation", None))
     await outbox.emit(
         conn,
         "subscription.updated",
@@ -197,6 +206,7 @@ async def _announce_subscription_change(
                 after.current_period_end.isoformat() if after.current_period_end else None
             ),
         },
+        emails=emails,
     )
     if _paid_plan(before) != _paid_plan(after):
         await outbox.emit(

@@ -21,6 +21,7 @@ import structlog
 from billing_service.config import Settings
 from billing_service.db import checkout_sessions, orders, outbox, prices, stripe_events
 from billing_service.db import customers as customers_db
+from billing_service.db.customers import Customer
 from billing_service.db.pool import Connection
 from billing_service.db.stripe_events import StoredEvent
 from billing_service.errors import InvalidWebhook, StripeNotConfigured
@@ -163,11 +164,11 @@ async def _sync_subscriptions(ctx: EventContext, stripe_customer_id: object) -> 
         ctx.gateway,
         customer,
         unless_fetched_since=ctx.event.created_at,
-        before_write=lambda conn: _claim_and_announce(ctx, conn, customer.external_id),
+        before_write=lambda conn: _claim_and_announce(ctx, conn, customer),
     )
 
 
-async def _claim_and_announce(ctx: EventContext, conn: Connection, customer_key: str) -> bool:
+async def _claim_and_announce(ctx: EventContext, conn: Connection, customer: Customer) -> bool:
     """Claim the event; a failed invoice also tells calling apps (payment.failed)."""
     if not await ctx.claim(conn):
         return False
@@ -177,7 +178,7 @@ async def _claim_and_announce(ctx: EventContext, conn: Connection, customer_key:
             conn,
             "payment.failed",
             {
-                "customer_id": customer_key,
+                "customer_id": customer.external_id,
                 "invoice_id": invoice.get("id"),
                 "amount_due": invoice.get("amount_due"),
                 "currency": invoice.get("currency"),
@@ -185,6 +186,7 @@ async def _claim_and_announce(ctx: EventContext, conn: Connection, customer_key:
                 "hosted_invoice_url": invoice.get("hosted_invoice_url"),
             },
             dedupe_key=f"payment.failed:{ctx.event.stripe_event_id}",
+            emails=[("payment_failed", customer.email)] if customer.email else [],
         )
     return True
 
@@ -237,7 +239,12 @@ async def handle_checkout(ctx: EventContext) -> None:
                     "checkout_session_id": session.id,
                 },
                 dedupe_key=f"order.completed:{session.id}",
-            )
+                emails=[
+                    *([("order_confirmation", session.customer_email)]
+                      if session.customer_email else []),
+                    ("sale_notification", None),
+                ],
+            )  # fmt: skip
             grants = await prices.select_price_grants(conn, ours.price_id)
             await orders.grant_credits(
                 conn,
