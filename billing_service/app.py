@@ -17,6 +17,7 @@ from billing_service import problems
 from billing_service.config import ConfigurationError, Settings, load_settings
 from billing_service.db.migrations import discover_migrations
 from billing_service.db.pool import create_pool
+from billing_service.jobs import build_jobs, run_scheduler
 from billing_service.logs import configure_logging
 from billing_service.metrics import Metrics
 from billing_service.middleware import (
@@ -35,14 +36,13 @@ from billing_service.routes import (
     usage,
     webhook_endpoints,
 )
-from billing_service.services import reconcile
 from billing_service.services.api_keys import KeyCache
 from billing_service.services.email import EmailWorker
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.state import AppState
 from billing_service.stripe_gateway import StripeGateway
-from billing_service.worker import PollingWorker, run_daily
+from billing_service.worker import PollingWorker
 
 logger = structlog.get_logger(__name__)
 
@@ -124,16 +124,17 @@ def _start_background_work(
     metrics: Metrics,
     http: httpx.AsyncClient,
 ) -> tuple[PollingWorker | None, list[asyncio.Task[None]]]:
-    """Outgoing webhooks and emails always; Stripe event processing and the daily
-    reconciliation when Stripe is configured. Returns the Stripe event worker, which intake
-    wakes."""
+    """Outgoing webhooks, emails and the job scheduler always; Stripe event processing when
+    Stripe is configured. Returns the Stripe event worker, which intake wakes."""
     if not settings.worker_enabled:
         return None, []
     deliveries = PollingWorker("outgoing-webhooks", DeliveryWorker(pool, http).deliver_due)
     emails = PollingWorker("emails", EmailWorker(pool, settings).send_due)
+    scheduler = run_scheduler(pool, build_jobs(settings, pool, stripe))
     tasks = [
         asyncio.create_task(deliveries.run(), name="outgoing-webhooks"),
         asyncio.create_task(emails.run(), name="emails"),
+        asyncio.create_task(scheduler, name="jobs"),
     ]
     if stripe is None:
         return None, tasks
@@ -141,17 +142,7 @@ def _start_background_work(
         pool, stripe, max_attempts=settings.webhook_max_attempts, metrics=metrics
     )
     events = PollingWorker("stripe-events", processor.process_due)
-
-    async def reconcile_all() -> None:
-        await reconcile.reconcile(pool, stripe)
-
-    tasks += [
-        asyncio.create_task(events.run(), name="stripe-events"),
-        asyncio.create_task(
-            run_daily(pool, reconcile.JOB, settings.reconcile_at, reconcile_all),
-            name="daily-reconcile",
-        ),
-    ]
+    tasks.append(asyncio.create_task(events.run(), name="stripe-events"))
     return events, tasks
 
 

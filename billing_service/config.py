@@ -5,13 +5,14 @@ Settings are built once at start-up and passed in; nothing reads the environment
 
 from __future__ import annotations
 
-from datetime import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, HttpUrl, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from billing_service.cron import Cron, CronError
 
 LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
@@ -54,7 +55,10 @@ class Settings(BaseSettings):
     downgrade_at: Literal["period_end", "now"] = "period_end"
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)
     worker_enabled: bool = True
-    reconcile_at: time = time(3, 0)
+    job_schedules: dict[str, str] = Field(
+        default_factory=lambda: {"reconcile": "0 3 * * *", "prune": "30 4 * * *"}
+    )
+    retention_days: int = Field(default=90, ge=1, le=3650)
     past_due_grace_days: int = Field(default=7, ge=0, le=90)
 
     log_format: Literal["json", "console"] | None = None
@@ -80,6 +84,18 @@ class Settings(BaseSettings):
     @classmethod
     def _hosts_are_lowercase(cls, hosts: list[str]) -> list[str]:
         return [host.lower() for host in hosts]
+
+    @field_validator("job_schedules")
+    @classmethod
+    def _schedules_are_cron(cls, schedules: dict[str, str]) -> dict[str, str]:
+        """Overrides merge into the defaults; each must be valid cron."""
+        merged = {"reconcile": "0 3 * * *", "prune": "30 4 * * *"} | schedules
+        for job, expression in merged.items():
+            try:
+                Cron.parse(expression)
+            except CronError as exc:
+                raise ValueError(f"{job}: {exc}") from None
+        return merged
 
     @field_validator("database_pool_max")
     @classmethod

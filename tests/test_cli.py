@@ -159,3 +159,21 @@ async def _wait_ready(http: httpx.AsyncClient) -> httpx.Response:
             return response
         await asyncio.sleep(0.1)
     raise AssertionError("the service did not become ready")
+
+
+async def test_jobs_are_listed_and_run_on_demand(
+    cli_env: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    """`jobs list` shows schedules and last runs; `jobs run prune` runs and logs a run."""
+    listing = await billing_service(cli_env, "jobs", "list")
+    assert listing.code == 0, listing.err
+    assert "prune" in listing.out
+    assert "0 3 * * *" in listing.out
+    run = await billing_service(cli_env, "jobs", "run", "prune")
+    assert run.code == 0, run.err
+    assert "stripe_events: 0" in run.out
+    assert await pool.fetchval("SELECT status FROM job_runs WHERE job = 'prune'") == "succeeded"
+    assert "succeeded" in (await billing_service(cli_env, "jobs", "list")).out
+    without_stripe = await billing_service(cli_env, "jobs", "run", "reconcile")
+    assert without_stripe.code == 1
+    assert "BILLING_STRIPE_SECRET_KEY" in without_stripe.err

@@ -101,3 +101,14 @@ def test_cli_in_production_requires_a_database_url(
     monkeypatch.setenv("BILLING_ENV", "production")
     assert main(["migrate"]) == 2
     assert "BILLING_DATABASE_URL: required when BILLING_ENV=production" in capsys.readouterr().err
+
+
+def test_job_schedules_merge_into_the_defaults_and_must_be_cron(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BILLING_JOB_SCHEDULES overrides some jobs' cron schedules; a bad one names the job."""
+    monkeypatch.setenv("BILLING_JOB_SCHEDULES", '{"prune": "0 5 * * 0"}')
+    assert load_settings().job_schedules == {"reconcile": "0 3 * * *", "prune": "0 5 * * 0"}
+    monkeypatch.setenv("BILLING_JOB_SCHEDULES", '{"reconcile": "every day"}')
+    with pytest.raises(ConfigurationError, match=r"^BILLING_JOB_SCHEDULES: reconcile: "):
+        load_settings()

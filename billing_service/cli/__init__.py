@@ -1,4 +1,4 @@
-"""The `billing-service` command: serve, dev, migrate, keys, catalog, worker, events, reconcile."""
+"""The `billing-service` command: serve, dev, migrate, keys, catalog, worker, events, jobs…"""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import asyncpg
 from billing_service import __version__
 from billing_service.cli.catalog import cmd_catalog_apply, cmd_catalog_export, cmd_catalog_sync
 from billing_service.cli.events import cmd_events_list, cmd_events_replay, cmd_reconcile
+from billing_service.cli.jobs import cmd_jobs_list, cmd_jobs_run
 from billing_service.cli.keys import cmd_keys_create, cmd_keys_list, cmd_keys_revoke, parse_expiry
 from billing_service.cli.server import cmd_dev, cmd_migrate, cmd_serve, cmd_worker
 from billing_service.config import ConfigurationError, Settings, load_settings
@@ -97,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     events_replay.add_argument("event_id", nargs="?", help="a Stripe event id (evt_…)")
     events_replay.add_argument("--failed", action="store_true", help="every failed event")
     events_replay.set_defaults(handler=cmd_events_replay)
+    jobs_commands = commands.add_parser("jobs", help="periodic jobs").add_subparsers(
+        dest="jobs_command", required=True
+    )
+    jobs_commands.add_parser("list", help="schedules, next and last runs").set_defaults(
+        handler=cmd_jobs_list
+    )
+    jobs_run = jobs_commands.add_parser("run", help="run a job now")
+    jobs_run.add_argument("name", help="reconcile or prune")
+    jobs_run.set_defaults(handler=cmd_jobs_run)
     return parser
 
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
 
-from billing_service.services import reconcile
+from billing_service.cron import Cron
+from billing_service.jobs import Job, run_once_across_replicas
+from billing_service.services import maintenance, reconcile
 from billing_service.stripe_gateway import StripeGateway
-from billing_service.worker import next_run_after, run_once_across_replicas
 from tests.routes.test_checkout import seeded
 from tests.routes.test_webhooks import (
     customer_with_stripe_account,
     drain,
     plan_of,
+    post_event,
     stripe_price,
 )
 from tests.stripe_fakes import FakeStripe, stripe_error, stripe_event
@@ -90,31 +92,45 @@ async def test_a_reconcile_error_is_recorded_in_the_run(
     assert await pool.fetchval("SELECT status FROM job_runs") == "failed"
 
 
-async def test_the_daily_job_runs_in_one_replica_only(pool: asyncpg.Pool) -> None:
-    """Replicas waking together: one runs the job, the others skip it, today and again."""
+async def test_a_due_job_runs_in_one_replica_only(pool: asyncpg.Pool) -> None:
+    """Replicas waking together for one slot: one runs the job, the others skip that slot."""
     runs = 0
 
-    async def work() -> None:
+    async def work() -> maintenance.PruneReport:
         nonlocal runs
         runs += 1
         async with pool.acquire() as conn:
             await conn.execute("INSERT INTO job_runs (job, status) VALUES ('demo', 'succeeded')")
         await asyncio.sleep(0.05)
+        return maintenance.PruneReport()
 
+    job = Job("demo", Cron.parse("0 3 * * *"), work)
+    slot = datetime.now(UTC) - timedelta(seconds=1)
     results = await asyncio.gather(
-        *(run_once_across_replicas(pool, "demo", work) for _ in range(4))
+        *(run_once_across_replicas(pool, job, slot=slot) for _ in range(4))
     )
     assert sorted(results) == [False, False, False, True]
     assert runs == 1
-    assert await run_once_across_replicas(pool, "demo", work) is False  # already ran today
+    assert await run_once_across_replicas(pool, job, slot=slot) is False  # that slot is done
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    await asyncio.sleep(1.1)
+    assert await run_once_across_replicas(pool, job, slot=later) is True  # the next slot runs
 
 
-def test_next_run_is_the_coming_occurrence_of_the_time() -> None:
-    """03:00 UTC later today if it is still ahead, else tomorrow."""
-    at = time(3, 0)
-    assert next_run_after(datetime(2026, 1, 1, 2, 59, tzinfo=UTC), at) == datetime(
-        2026, 1, 1, 3, 0, tzinfo=UTC
+async def test_the_prune_job_deletes_only_what_outlived_the_retention(
+    stripe_client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """Old processed events go, recent and pending ones stay; the run is logged."""
+    for n in range(3):
+        await post_event(stripe_client, stripe_event("customer.updated", {"id": f"cus_{n}"}))
+    await pool.execute(
+        "UPDATE stripe_events SET status = 'processed', processed_at = now() - interval '100 days' "
+        "WHERE stripe_event_id = (SELECT min(stripe_event_id) FROM stripe_events)"
     )
-    assert next_run_after(datetime(2026, 1, 1, 3, 0, tzinfo=UTC), at) == datetime(
-        2026, 1, 2, 3, 0, tzinfo=UTC
-    )
+    report = await maintenance.prune(pool, retention_days=90)
+    assert report.deleted["stripe_events"] == 1
+    assert await pool.fetchval("SELECT count(*) FROM stripe_events") == 2
+    run = await pool.fetchrow("SELECT status, counts FROM job_runs WHERE job = 'prune'")
+    assert run is not None
+    assert run["status"] == "succeeded"
+    assert run["counts"]["stripe_events"] == 1
