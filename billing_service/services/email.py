@@ -49,7 +49,8 @@ def template_values(payload: dict[str, Any], settings: Settings) -> dict[str, st
     items = ", ".join(
         f"{item.get('quantity', 1)} x {item.get('price')}" for item in payload.get("line_items", [])
     )
-    manage_url = payload.get("hosted_invoice_url") or settings.portal_login_url or ""
+    # The portal (Stripe's no-code login link) when configured, else the invoice's own page.
+    manage_url = settings.portal_login_url or payload.get("hosted_invoice_url") or ""
     values = {key: "" if value is None else str(value) for key, value in payload.items()}
     return values | {
         "items": items or "—",
