@@ -11,7 +11,7 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from billing_service.errors import BillingError, PayloadTooLarge
+from billing_service.errors import BillingError, MalformedRequest, PayloadTooLarge
 from billing_service.metrics import Metrics
 from billing_service.problems import problem_response
 
@@ -94,7 +94,8 @@ def route_template_lookup(templates: Mapping[object, str]) -> Callable[[Scope], 
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over the limit: at once by Content-Length, or while streaming if chunked."""
+    """Refuses bodies over the limit (at once by Content-Length, or while streaming if
+    chunked), and URLs carrying NUL characters."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -103,6 +104,16 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            # PostgreSQL cannot store NUL; refuse it at the edge rather than fail deep inside.
+            response = problem_response(
+                MalformedRequest("The URL must not contain NUL characters."),
+                instance=scope["path"],
+                request_id=scope.get("request_id"),
+            )
+            await response(scope, receive, send)
             return
 
         declared = Headers(scope=scope).get("content-length")

@@ -150,3 +150,16 @@ async def test_usage_responses_match_their_documented_schemas(
     assert tracked.json()["allowed"] is False
     entitlements = await client.get("/v1/customers/u1/entitlements", headers=auth)
     assert_matches_schema(entitlements.json(), "Entitlements")
+
+
+def test_operations_document_the_errors_any_request_can_get() -> None:
+    """Every JSON body can be malformed, mistyped or invalid; every path can carry a NUL."""
+    for path, item in _spec()["paths"].items():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            codes = set(operation["responses"])
+            if "requestBody" in operation and operation["operationId"] != "receiveStripeWebhook":
+                assert {"400", "415", "422"} <= codes, (method, path)
+            if "{" in path:
+                assert "400" in codes, (method, path)

@@ -51,11 +51,43 @@ async def parse_json(request: Request, model: type[ModelT]) -> ModelT:
         raise UnsupportedMediaType("Send the request body as application/json.")
     body = await request.body()
     try:
-        return model.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
         if any(error["type"] == "json_invalid" for error in exc.errors()):
             raise MalformedRequest("The request body is not valid JSON.") from None
         raise ValidationFailed(field_errors(exc)) from None
+    unstorable = _unstorable_text(parsed.model_dump(mode="json"))
+    if unstorable is not None:
+        raise ValidationFailed(
+            [FieldError(unstorable or "body", "must not contain NUL characters or lone surrogates")]
+        )
+    return parsed
+
+
+def _unstorable_text(value: Any, path: str = "") -> str | None:
+    """The path of the first string PostgreSQL cannot store (NUL, invalid UTF-8), if any."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unstorable_text(key, path) if isinstance(key, str) else None
+            found = (
+                found if found is not None else _unstorable_text(item, f"{path}.{key}".lstrip("."))
+            )
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unstorable_text(item, f"{path}.{index}".lstrip("."))
+            if found is not None:
+                return found
+    return None
 
 
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,255}$"

@@ -137,3 +137,22 @@ async def test_request_id_is_echoed_when_well_formed_and_minted_otherwise(
     replaced = await client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
     assert replaced.headers["x-request-id"] != "bad id\twith spaces"
     assert len(replaced.headers["x-request-id"]) == 32
+
+
+async def test_nul_characters_are_refused_before_they_reach_the_database(
+    client: httpx.AsyncClient, admin_key: str, pool: asyncpg.Pool
+) -> None:
+    """PostgreSQL cannot store NUL: in a body it is a 422 on that field, in a URL a 400."""
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    in_body = await client.post(
+        "/v1/api-keys", headers=auth, json={"name": "bad\u0000name", "scopes": ["usage"]}
+    )
+    body = _assert_problem(in_body, 422, "validation-failed")
+    assert body["errors"] == [
+        {"field": "name", "message": "must not contain NUL characters or lone surrogates"}
+    ]
+    in_path = await client.get("/v1/plans/pro%00", headers=auth)
+    _assert_problem(in_path, 400, "malformed-request")
+    in_query = await client.get("/v1/events?status=failed%00", headers=auth)
+    assert in_query.status_code == 400
+    assert await pool.fetchval("SELECT count(*) FROM api_keys") == 1
