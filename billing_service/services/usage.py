@@ -116,9 +116,8 @@ async def _one(
     return resolve(contexts[0], now=now, grace=grace)
 
 
-def _decision(
-    entitlement: Entitlement, amount: int, *, allowed: bool, reason: str | None
-) -> dict[str, Any]:
+def _decision(entitlement: Entitlement, *, allowed: bool, reason: str | None) -> dict[str, Any]:
+    """The answer callers see, as of the entitlement's counter."""
     limit = entitlement.limit
     soft = entitlement.soft_limit
     body: dict[str, Any] = {
@@ -151,7 +150,7 @@ def _fits(entitlement: Entitlement, amount: int) -> bool:
 async def _denial(
     conn: Connection | asyncpg.Pool, entitlement: Entitlement, amount: int, reason: str
 ) -> dict[str, Any]:
-    body = _decision(entitlement, amount, allowed=False, reason=reason)
+    body = _decision(entitlement, allowed=False, reason=reason)
     options = await db.select_upgrade_options(
         conn, entitlement.context.feature_id, entitlement.used + max(amount, 1)
     )
@@ -172,7 +171,7 @@ async def check(
         return await _denial(pool, entitlement, amount, "feature_not_in_plan")
     if not _fits(entitlement, amount):
         return await _denial(pool, entitlement, amount, "limit_reached")
-    return _decision(entitlement, amount, allowed=True, reason=None)
+    return _decision(entitlement, allowed=True, reason=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,9 +264,7 @@ async def _record(
     if not entitlement.enabled:
         return await _denial(conn, entitlement, amount, "feature_not_in_plan"), False
     if not entitlement.metered:
-        return _decision(entitlement, amount, allowed=True, reason=None) | {
-            "recorded": False
-        }, False
+        return _decision(entitlement, allowed=True, reason=None) | {"recorded": False}, False
     period = entitlement.period
     assert period is not None
     key = db.CounterKey(customer_id, entitlement.context.feature_id, period.start, period.end)
@@ -291,7 +288,7 @@ async def _record(
         entitlement = _with_usage(entitlement, used, credits - credits_spent)
     else:
         entitlement = _with_usage(entitlement, used, entitlement.credits)
-    body = _decision(entitlement, amount, allowed=True, reason=None)
+    body = _decision(entitlement, allowed=True, reason=None)
     body["recorded"] = True
     if overage:
         body["overage"] = True
