@@ -25,6 +25,7 @@ from billing_service.middleware import (
     RequestContextMiddleware,
     route_template_lookup,
 )
+from billing_service.ratelimit import FailureWindows, TokenBuckets
 from billing_service.resources import migrations_dir
 from billing_service.routes import (
     api_keys,
@@ -40,7 +41,7 @@ from billing_service.services.api_keys import KeyCache
 from billing_service.services.email import EmailWorker
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
-from billing_service.state import AppState
+from billing_service.state import AppState, Limits
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import PollingWorker
 
@@ -94,6 +95,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
                 worker=worker,
                 clock=clock,
                 key_cache=KeyCache(settings.api_key_cache_seconds),
+                limits=limits,
             )
         finally:
             for task in tasks:
@@ -105,6 +107,14 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
             await pool.close()
             logger.info("app.stopped")
 
+    per_key = (
+        TokenBuckets(
+            settings.rate_limit_per_key, settings.rate_limit_burst or settings.rate_limit_per_key
+        )
+        if settings.rate_limit_per_key > 0
+        else None
+    )
+    limits = Limits(per_key=per_key, failures=FailureWindows(settings.auth_failures_per_minute))
     route_of = route_template_lookup({route.endpoint: route.path for route in routes})
     return Starlette(
         routes=routes,

@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from billing_service.db.api_keys import ApiKey
-from billing_service.errors import Forbidden, Unauthenticated
+from billing_service.errors import Forbidden, RateLimited, Unauthenticated
+from billing_service.ratelimit import retry_after_seconds
 from billing_service.services import api_keys, customer_tokens
 from billing_service.services.api_keys import Scope
 from billing_service.state import app_state
@@ -31,7 +32,27 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _refuse_if_blocked(request: Request) -> None:
+    """Too many failed logins from this address: wait, whatever is presented now."""
+    wait = app_state(request)["limits"].failures.blocked_for(_client_address(request))
+    if wait is not None:
+        raise RateLimited(
+            "Too many failed authentications from this address; try again later.",
+            retry_after=retry_after_seconds(wait),
+        )
+
+
+def _unauthenticated(request: Request) -> Unauthenticated:
+    app_state(request)["limits"].failures.record_failure(_client_address(request))
+    return Unauthenticated(_UNAUTHENTICATED_DETAIL)
+
+
 async def authenticated_key(request: Request) -> ApiKey:
+    _refuse_if_blocked(request)
     token = bearer_token(request)
     state = app_state(request)
     key = (
@@ -40,16 +61,22 @@ async def authenticated_key(request: Request) -> ApiKey:
         else await api_keys.authenticate(state["pool"], token, state["key_cache"])
     )
     if key is None:
-        raise Unauthenticated(_UNAUTHENTICATED_DETAIL)
+        raise _unauthenticated(request)
     structlog.contextvars.bind_contextvars(key_id=str(key.id))
+    per_key = state["limits"].per_key
+    if per_key is not None and (wait := per_key.take(key.id)) is not None:
+        raise RateLimited(
+            "This API key is over its request rate.", retry_after=retry_after_seconds(wait)
+        )
     return key
 
 
 async def _admit_customer_token(request: Request, token: str, *, allowed: bool) -> None:
     """A customer token passes only where allowed, and only for its own customer."""
+    _refuse_if_blocked(request)
     customer = await customer_tokens.token_customer(app_state(request)["pool"], token)
     if customer is None:
-        raise Unauthenticated(_UNAUTHENTICATED_DETAIL)
+        raise _unauthenticated(request)
     if not allowed or request.path_params.get("customer_id") != customer:
         raise Forbidden("A customer token can only read its own customer's entitlements.")
     structlog.contextvars.bind_contextvars(caller="customer-token")

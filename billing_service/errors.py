@@ -20,6 +20,7 @@ the stable problem `type` slug that `problems.py` renders as RFC 9457 problem+js
     ├── PayloadTooLarge               413 payload-too-large
     ├── UnsupportedMediaType          415 unsupported-media-type
     ├── ValidationFailed              422 validation-failed
+    ├── RateLimited                   429 rate-limited
     ├── StripeRequestFailed           502 stripe-request-failed
     └── ServiceUnavailable            503 service-unavailable
         ├── DatabaseUnavailable       503 database-unavailable
@@ -178,6 +179,19 @@ class ValidationFailed(BillingError):
 
     def extensions(self) -> dict[str, object]:
         return {"errors": [{"field": e.field, "message": e.message} for e in self.errors]}
+
+
+class RateLimited(BillingError):
+    """Too many requests from this key, or too many failed logins from this address."""
+
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class StripeRequestFailed(BillingError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypedDict, cast
 
@@ -12,9 +13,18 @@ from starlette.requests import Request
 from billing_service.config import Settings
 from billing_service.db.migrations import Migration
 from billing_service.metrics import Metrics
+from billing_service.ratelimit import FailureWindows, TokenBuckets
 from billing_service.services.api_keys import KeyCache
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import PollingWorker
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-process rate limits: per API key (None: off) and failed logins per address."""
+
+    per_key: TokenBuckets | None
+    failures: FailureWindows
 
 
 class AppState(TypedDict):
@@ -26,6 +36,7 @@ class AppState(TypedDict):
     worker: PollingWorker | None
     clock: Callable[[], datetime]
     key_cache: KeyCache
+    limits: Limits
 
 
 def app_state(request: Request) -> AppState:

@@ -53,12 +53,12 @@ def test_document_lists_exactly_the_apps_routes() -> None:
     assert served == documented
 
 
-def test_authenticated_operations_document_401_and_403() -> None:
-    """Operations that need a key say how they fail without one."""
+def test_authenticated_operations_document_401_403_and_429() -> None:
+    """Operations that need a key say how they fail without one, or with too many requests."""
     for path, item in _spec()["paths"].items():
         for method, operation in item.items():
             if method in HTTP_METHODS and operation.get("security") != []:
-                assert {"401", "403"} <= set(operation["responses"]), (method, path)
+                assert {"401", "403", "429"} <= set(operation["responses"]), (method, path)
 
 
 def assert_matches_schema(body: object, schema_name: str) -> None:
