@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -154,12 +156,37 @@ async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.
         yield client
 
 
+# Secrets the tests use, and a marker of raw webhook bodies: none may ever reach a log line.
+_NEVER_LOGGED = re.compile(
+    r"bsk_[A-Za-z0-9_-]{20,}|bct_[A-Za-z0-9_-]{20,}|sk_test_fake|whsec_test_|pending_webhooks"
+)
+
+
+class _Tee(io.StringIO):
+    """Keeps what is written and passes it on to the real stdout (pytest shows it on failure)."""
+
+    def write(self, text: str) -> int:
+        sys.stdout.write(text)
+        return super().write(text)
+
+
+@pytest.fixture(scope="session")
+def suite_logs() -> Iterator[io.StringIO]:
+    """Everything the service logs in-process during the whole suite, checked at the end."""
+    stream = _Tee()
+    yield stream
+    leaks = sorted(set(_NEVER_LOGGED.findall(stream.getvalue())))
+    assert not leaks, f"secrets or webhook bodies reached the logs: {leaks[:5]}"
+
+
 @pytest.fixture(autouse=True)
-def fresh_logging() -> Iterator[None]:
-    """Logging bound to the session's stdout again after each test (some capture it, or run
-    the CLI in-process with a stream that closes when the test ends)."""
+def fresh_logging(suite_logs: io.StringIO) -> Iterator[None]:
+    """Every test logs, as production would (JSON), into the suite-wide capture; afterwards the
+    logging is bound there again (some tests capture it themselves, or run the CLI in-process
+    with a stream that closes when the test ends)."""
+    configure_logging("info", "json", stream=suite_logs)
     yield
-    configure_logging("info", "console")
+    configure_logging("info", "json", stream=suite_logs)
 
 
 @pytest.fixture
