@@ -7,7 +7,9 @@ bare 500 problem, so no response is ever HTML or a traceback.
 
 from __future__ import annotations
 
+import asyncpg
 import orjson
+import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,6 +19,8 @@ from billing_service import errors
 from billing_service.errors import BillingError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+logger = structlog.get_logger(__name__)
 
 _HTTP_STATUS_ERRORS: dict[int, type[BillingError]] = {
     400: errors.MalformedRequest,
@@ -78,8 +82,29 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return problem_response(error, instance=request.url.path, request_id=_request_id(request))
 
 
+# Losing the database mid-request is an outage, not a bug: callers (and Stripe) should retry.
+DATABASE_CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    ConnectionError,
+)
+
+
+async def handle_database_unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning("database.unavailable", path=request.url.path, error=type(exc).__name__)
+    error = errors.DatabaseUnavailable(
+        "The database connection was lost; nothing was saved. Retry the request.", retry_after=2
+    )
+    return problem_response(error, instance=request.url.path, request_id=_request_id(request))
+
+
 def exception_handlers() -> dict[type[Exception] | int, ExceptionHandler]:
-    return {
+    handlers: dict[type[Exception] | int, ExceptionHandler] = dict.fromkeys(
+        DATABASE_CONNECTION_ERRORS, handle_database_unavailable
+    )
+    return handlers | {
         BillingError: handle_billing_error,
         HTTPException: handle_http_exception,
     }
