@@ -1,15 +1,27 @@
-"""Faults: a database connection killed in the middle of a request fails it cleanly, saves
-nothing, and the retry succeeds exactly once on a pool that recovered by itself."""
+"""Faults: a database connection killed mid-request, or the database down for a while; the
+request fails cleanly, nothing partial is saved, and the app recovers without a restart."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import warnings
+from pathlib import Path
 
 import asyncpg
 import httpx
+from pydantic import SecretStr
 
+from billing_service.config import Settings
+from billing_service.db.migrations import apply_migrations, discover_migrations
+from billing_service.embedded_db import embedded_postgres
+from billing_service.resources import migrations_dir
+from tests.conftest import WEBHOOK_SECRETS, app_client
 from tests.routes.test_checkout import bearer
 from tests.routes.test_usage import catalog_with
+from tests.routes.test_webhooks import post_event
+from tests.stripe_fakes import stripe_event
 
 
 async def _backend_waiting_on_a_lock(pool: asyncpg.Pool) -> int:
@@ -57,3 +69,55 @@ async def test_a_track_whose_connection_is_killed_fails_cleanly_and_retries_once
     assert retried.json()["used"] == 2
     assert await pool.fetchval("SELECT sum(used) FROM usage_counters") == 2
     assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_the_database_down_for_a_while_then_back(settings: Settings, tmp_path: Path) -> None:
+    """With PostgreSQL stopped, readiness is 503 and webhooks get a 5xx (so Stripe retries);
+    once it is back, the same app recovers without a restart."""
+    with embedded_postgres(tmp_path) as url:
+        conn = await asyncpg.connect(url)
+        await apply_migrations(conn, discover_migrations(migrations_dir()))
+        await conn.close()
+        own = settings.model_copy(
+            update={
+                "database_url": SecretStr(url),
+                "stripe_webhook_secrets": [SecretStr(WEBHOOK_SECRETS[0])],
+            }
+        )
+        pgdata = str(tmp_path / "postgres")
+        async with app_client(own) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            socket_dir = url.split("host=", 1)[1]
+            _pg_ctl(pgdata, "stop")
+            try:
+                down = await client.get("/readyz")
+                assert down.status_code == 503
+                assert down.json()["type"] == "urn:billing-service:problem:database-unavailable"
+                event = stripe_event("customer.updated", {"id": "cus_1"})
+                refused = await post_event(client, event)
+                assert refused.status_code >= 500
+            finally:
+                _pg_ctl(pgdata, "start", socket_dir=socket_dir)
+            for _ in range(50):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await client.get("/readyz")).status_code == 200
+            accepted = await post_event(client, event)
+            assert accepted.status_code == 200
+            assert accepted.json()["duplicate"] is False
+
+
+def _pg_ctl(pgdata: str, action: str, *, socket_dir: str = "") -> None:
+    """Stop or start the embedded server as it was started: on its unix socket only, as its
+    own system user when we are root."""
+    with warnings.catch_warnings():  # importing it warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", pgdata, "-w", "-m", "fast"]
+    if action == "start":
+        command += ["-o", '-h ""', "-o", f"-k {socket_dir}", "-l", f"{pgdata}/log"]
+    command.append(action)
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    subprocess.run(command, check=True, capture_output=True, user=user, timeout=60)  # noqa: S603
