@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck format clean
+.PHONY: install dev test test-faults lint typecheck format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ dev: $(STAMP)
 ## Lint, type-check and run the tests against PostgreSQL.
 test: lint typecheck
 	$(BIN)/pytest
+
+## The fault suite alone (also part of `make test`): killed connections, a stopped database,
+## SIGKILL under load.
+test-faults: $(STAMP)
+	$(BIN)/pytest tests/test_faults.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

