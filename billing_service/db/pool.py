@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TypeAlias
 
 import asyncpg
@@ -42,3 +44,14 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
     )
     assert pool is not None
     return pool
+
+
+@asynccontextmanager
+async def session_lock(conn: Connection, name: str) -> AsyncIterator[None]:
+    """Hold the session advisory lock `name` on `conn` for the block (no transaction needed,
+    so the block may call Stripe); holders of the same name take turns, in any replica."""
+    await conn.execute("SELECT pg_advisory_lock(hashtext($1))", name)
+    try:
+        yield
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", name)

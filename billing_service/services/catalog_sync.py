@@ -18,7 +18,7 @@ import structlog
 
 from billing_service.db import catalog_drift, plans, prices
 from billing_service.db.plans import Plan
-from billing_service.db.pool import Connection
+from billing_service.db.pool import Connection, session_lock
 from billing_service.db.prices import Price
 from billing_service.stripe_gateway import StripeGateway
 
@@ -166,17 +166,13 @@ async def _run_step(conn: Connection, gateway: StripeGateway, step: SyncStep) ->
 async def sync_catalog(pool: asyncpg.Pool, gateway: StripeGateway) -> SyncReport:
     """Push every pending catalog change to Stripe; safe to run from several places at once."""
     done: list[str] = []
-    async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock(hashtext('billing.catalog_sync'))")
-        try:
-            for step in await plan_sync(conn):
-                touched = await _run_step(conn, gateway, step)
-                if touched is not None:
-                    await catalog_drift.resolve_drift(conn, [touched])
-                if step.calls_stripe:
-                    done.append(step.describe())
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtext('billing.catalog_sync'))")
+    async with pool.acquire() as conn, session_lock(conn, "billing.catalog_sync"):
+        for step in await plan_sync(conn):
+            touched = await _run_step(conn, gateway, step)
+            if touched is not None:
+                await catalog_drift.resolve_drift(conn, [touched])
+            if step.calls_stripe:
+                done.append(step.describe())
     if done:
         logger.info("catalog.synced", steps=done)
     return SyncReport(done=done)

@@ -13,7 +13,7 @@ from billing_service.db import customers as db
 from billing_service.db import outbox, plans, subscriptions
 from billing_service.db.customers import Customer
 from billing_service.db.plans import Plan
-from billing_service.db.pool import Connection
+from billing_service.db.pool import Connection, session_lock
 from billing_service.db.subscriptions import Subscription
 from billing_service.errors import NotFound
 from billing_service.services.access import grants_plan
@@ -131,9 +131,7 @@ async def sync_customer_subscriptions(
     so an older fetch can never overwrite a newer one. With `unless_fetched_since`, a customer
     fetched since that moment is not fetched again: that state already reflects the signal.
     """
-    lock = f"billing.customer:{customer.id}"
-    await conn.execute("SELECT pg_advisory_lock(hashtext($1))", lock)
-    try:
+    async with session_lock(conn, f"billing.customer:{customer.id}"):
         fetched: list[StripeSubscription] = []
         started = None
         last_fetch = await db.subscriptions_fetched_at(conn, customer.id)
@@ -156,8 +154,6 @@ async def sync_customer_subscriptions(
             after = await subscriptions.select_current_subscription(conn, customer.id)
             await _announce_subscription_change(conn, customer, before, after)
         return True
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)
 
 
 def _facts(subscription: Subscription | None) -> tuple[object, ...] | None:
