@@ -207,6 +207,13 @@ def stripe_mock() -> Iterator[respx.MockRouter]:
 
 
 @pytest.fixture
+def cli_env(database_url: str) -> dict[str, str]:
+    """The process environment with only our database settings, none leaking from the shell."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
+    return env | {"BILLING_DATABASE_URL": database_url, "BILLING_ENV": "test"}
+
+
+@pytest.fixture
 def stripe_settings(settings: Settings) -> Settings:
     """Settings with a (test-mode) Stripe key, pointed at the fake Stripe."""
     return settings.model_copy(

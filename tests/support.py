@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -45,3 +46,11 @@ async def billing_service(env: dict[str, str], *args: str) -> CommandRun:
     out, err = await process.communicate()
     assert process.returncode is not None
     return CommandRun(process.returncode, out.decode(), err.decode())
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now, for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -6,25 +6,16 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 
 from billing_service.catalog_spec import load_catalog_yaml
 from billing_service.resources import example_catalog_path
 from billing_service.services import api_keys
-from tests.support import billing_service
-
-
-@pytest.fixture
-def cli_env(database_url: str) -> dict[str, str]:
-    """The process environment with only our database settings, none leaking from the shell."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
-    return env | {"BILLING_DATABASE_URL": database_url, "BILLING_ENV": "test"}
+from tests.support import billing_service, free_port
 
 
 async def test_key_lifecycle_through_the_command(
@@ -120,7 +111,7 @@ async def test_dev_migrates_mints_a_key_loads_the_example_catalog_and_serves(
 ) -> None:
     """`billing-service dev` on an empty database: ready to use, with nothing set up by hand."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
-    env |= {"BILLING_DATABASE_URL": empty_database, "BILLING_PORT": str(_free_port())}
+    env |= {"BILLING_DATABASE_URL": empty_database, "BILLING_PORT": str(free_port())}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "billing_service", "dev",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -139,13 +130,6 @@ async def test_dev_migrates_mints_a_key_loads_the_example_catalog_and_serves(
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 10)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def _wait_ready(http: httpx.AsyncClient) -> httpx.Response:

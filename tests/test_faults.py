@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import warnings
@@ -25,6 +24,7 @@ from tests.routes.test_checkout import bearer
 from tests.routes.test_usage import catalog_with
 from tests.routes.test_webhooks import post_event
 from tests.stripe_fakes import stripe_event
+from tests.support import free_port
 
 
 async def _backend_waiting_on_a_lock(pool: asyncpg.Pool) -> int:
@@ -133,7 +133,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_write_and_doubles_none(
     every acknowledged event and usage record is there once; resending everything then
     completes the set, still once each."""
     await catalog_with(pool, limit=10**9, reset="month")
-    port = _free_port()
+    port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
     env |= {
         "BILLING_DATABASE_URL": database_url,
@@ -212,13 +212,6 @@ async def _send_all(
     jobs = [job for pair in zip(events, tracks, strict=True) for job in (
         one("event", pair[0]), one("track", pair[1]))]  # fmt: skip
     await asyncio.gather(*jobs)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def _serve(env: dict[str, str], base: str) -> asyncio.subprocess.Process:

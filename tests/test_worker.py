@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import asyncpg
 import httpx
-import pytest
 
 from billing_service.config import Settings
 from billing_service.stripe_gateway import StripeGateway
@@ -65,12 +63,6 @@ async def test_metrics_report_the_oldest_pending_event(
         if line.startswith("billing_webhook_oldest_pending_age_seconds ")
     )  # fmt: skip
     assert float(age.split()[1]) >= 90
-
-
-@pytest.fixture
-def cli_env(database_url: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
-    return env | {"BILLING_DATABASE_URL": database_url, "BILLING_ENV": "test"}
 
 
 async def test_events_command_lists_and_replays_failed_events(

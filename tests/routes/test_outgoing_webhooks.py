@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from tests.routes.test_webhooks import (
     stripe_price,
 )
 from tests.stripe_fakes import FakeStripe, stripe_event
+from tests.support import free_port
 
 
 @dataclass
@@ -47,9 +47,7 @@ class Receiver:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     state = Receiver(url=f"http://127.0.0.1:{port}/hooks")
 
     async def hooks(request: Request) -> Response:

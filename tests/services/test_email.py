@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -29,6 +28,7 @@ from tests.routes.test_webhooks import (
     stripe_price,
 )
 from tests.stripe_fakes import FakeStripe, stripe_event
+from tests.support import free_port
 
 OWNER = "owner@example.com"
 
@@ -55,9 +55,7 @@ class Mailbox:
 
 @pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
+    port = free_port()
     box = Mailbox()
     controller = Controller(box, hostname="127.0.0.1", port=port)
     controller.start()
