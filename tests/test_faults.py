@@ -74,6 +74,30 @@ async def test_a_track_whose_connection_is_killed_fails_cleanly_and_retries_once
     assert (await client.get("/readyz")).status_code == 200
 
 
+async def test_a_webhook_whose_connection_is_killed_is_refused_then_stored_once(
+    stripe_client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """pg_terminate_backend while the event is being stored: a 503 (so Stripe retries), no row;
+    Stripe's retry is stored once, and a duplicate after it changes nothing."""
+    event = stripe_event("customer.updated", {"id": "cus_1"})
+    async with pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("LOCK TABLE stripe_events IN SHARE MODE")  # the insert will wait
+        request = asyncio.create_task(post_event(stripe_client, event))
+        victim = await _backend_waiting_on_a_lock(pool)
+        assert await blocker.fetchval("SELECT pg_terminate_backend($1)", victim)
+    failed = await request
+
+    assert failed.status_code == 503
+    assert failed.json()["type"] == "urn:billing-service:problem:database-unavailable"
+    assert await pool.fetchval("SELECT count(*) FROM stripe_events") == 0
+
+    retried = await post_event(stripe_client, event)
+    duplicate = await post_event(stripe_client, event)
+    assert retried.status_code == duplicate.status_code == 200
+    assert await pool.fetchval("SELECT count(*) FROM stripe_events") == 1
+    assert (await stripe_client.get("/readyz")).status_code == 200
+
+
 async def test_the_database_down_for_a_while_then_back(settings: Settings, tmp_path: Path) -> None:
     """With PostgreSQL stopped, readiness is 503 and webhooks get a 5xx (so Stripe retries);
     once it is back, the same app recovers without a restart."""
