@@ -22,10 +22,10 @@ dev: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest
 
-## The fault suite alone (also part of `make test`): killed connections, a stopped database,
-## SIGKILL under load.
+## The fault suites alone (also part of `make test`): killed connections, a stopped database,
+## SIGKILL under load, and a slow, failing or resetting Stripe.
 test-faults: $(STAMP)
-	$(BIN)/pytest tests/test_faults.py
+	$(BIN)/pytest tests/test_faults.py tests/test_stripe_faults.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

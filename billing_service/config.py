@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     stripe_webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     stripe_api_version: str | None = None
     stripe_api_base: HttpUrl = HttpUrl("https://api.stripe.com")
+    stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=5)
 
     allowed_redirect_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     downgrade_at: Literal["period_end", "now"] = "period_end"

@@ -6,13 +6,17 @@ Each mutation carries an idempotency key chosen by the caller from our own row i
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import asyncpg
 import stripe
 import structlog
 
 from billing_service.config import Settings
+from billing_service.db.pool import Connection
 from billing_service.errors import (
     BillingError,
     PaymentFailed,
@@ -30,9 +34,7 @@ from billing_service.stripe_objects import (
 
 ResultT = TypeVar("ResultT", bound=stripe.StripeObject)
 
-# The SDK retries connection failures, 409s, 429s and 5xx with backoff, reusing the idempotency key.
-MAX_NETWORK_RETRIES = 2
-TIMEOUT_SECONDS = 10.0
+# What callers are told to wait after Stripe failed or was too slow.
 RETRY_AFTER_SECONDS = 5
 
 logger = structlog.get_logger(__name__)
@@ -54,27 +56,47 @@ def translate_stripe_error(exc: stripe.StripeError) -> BillingError:
 class StripeGateway:
     """Stripe operations the service needs, each returning plain values."""
 
-    def __init__(self, client: stripe.StripeClient, http_client: stripe.HTTPXClient) -> None:
+    def __init__(
+        self,
+        client: stripe.StripeClient,
+        http_client: stripe.HTTPXClient,
+        *,
+        connections_held: int = 1,
+    ) -> None:
         self._client = client
         self._http_client = http_client
+        self._connection_slots = asyncio.Semaphore(connections_held)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StripeGateway | None:
         """A gateway for the configured key and API base, or None when no key is set."""
         if settings.stripe_secret_key is None:
             return None
-        http_client = stripe.HTTPXClient(timeout=TIMEOUT_SECONDS)
+        # The SDK retries connection failures, timeouts, 409s and 5xx (not 429s) with backoff,
+        # reusing the idempotency key, so one call takes at most (retries + 1) x timeout plus
+        # the backoff between attempts (at most 0.5 s, 1 s, 2 s, ...).
+        http_client = stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds)
         client = stripe.StripeClient(
             settings.stripe_secret_key.get_secret_value(),
             base_addresses={"api": str(settings.stripe_api_base).rstrip("/")},
             stripe_version=settings.stripe_api_version,
             http_client=http_client,
-            max_network_retries=MAX_NETWORK_RETRIES,
+            max_network_retries=settings.stripe_max_network_retries,
         )
-        return cls(client, http_client)
+        # Half the pool at most may wait on Stripe; the rest stays with the hot path.
+        return cls(client, http_client, connections_held=max(1, settings.database_pool_max // 2))
 
     async def close(self) -> None:
         await self._http_client.close_async()  # type: ignore[no-untyped-call]
+
+    @asynccontextmanager
+    async def holding_connection(self, pool: asyncpg.Pool) -> AsyncIterator[Connection]:
+        """A pool connection for work that keeps it while calling Stripe (a lock held around a
+        fetch and its write). Only so many are lent at once, so a slow Stripe can never take
+        the pool away from usage checks, tracks and webhook intake; the others wait here,
+        holding nothing."""
+        async with self._connection_slots, pool.acquire() as conn:
+            yield conn
 
     async def _call(
         self,

@@ -166,7 +166,10 @@ async def _run_step(conn: Connection, gateway: StripeGateway, step: SyncStep) ->
 async def sync_catalog(pool: asyncpg.Pool, gateway: StripeGateway) -> SyncReport:
     """Push every pending catalog change to Stripe; safe to run from several places at once."""
     done: list[str] = []
-    async with pool.acquire() as conn, session_lock(conn, "billing.catalog_sync"):
+    async with (
+        gateway.holding_connection(pool) as conn,
+        session_lock(conn, "billing.catalog_sync"),
+    ):
         for step in await plan_sync(conn):
             touched = await _run_step(conn, gateway, step)
             if touched is not None:

@@ -109,7 +109,7 @@ async def sync_subscriptions_from_stripe(
     pool: asyncpg.Pool, gateway: StripeGateway, customer: Customer
 ) -> None:
     """Mirror every Stripe subscription of the customer as Stripe has it now."""
-    async with pool.acquire() as conn:
+    async with gateway.holding_connection(pool) as conn:
         await sync_customer_subscriptions(conn, gateway, customer)
 
 

@@ -372,7 +372,7 @@ class EventProcessor:
     async def process(self, event: StoredEvent) -> None:
         log = logger.bind(stripe_event_id=event.stripe_event_id, type=event.type)
         try:
-            async with self.pool.acquire() as conn:
+            async with self.gateway.holding_connection(self.pool) as conn:
                 await handler_for(event.type)(EventContext(conn, self.gateway, event))
         except Exception as exc:
             give_up = event.attempts >= self.max_attempts
