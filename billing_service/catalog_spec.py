@@ -30,6 +30,13 @@ Overage = Literal["deny", "allow"]
 FeatureKind = Literal["boolean", "metered"]
 
 
+# Stripe's largest unit amount (999,999.99 in a two-decimal currency).
+MAX_AMOUNT = 99_999_999
+# Allowances and grants: far beyond any real quota, and exact in every JSON reader (< 2**53).
+MAX_UNITS = 10**15
+MAX_DISPLAY_ORDER = 1_000_000
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -44,18 +51,18 @@ class MeteredLimit(_Strict):
     """A metered feature's allowance in a plan. `limit: null` means unlimited."""
 
     enabled: bool = True
-    limit: int | None = Field(default=None, ge=0)
-    soft_limit: int | None = Field(default=None, ge=0)
+    limit: int | None = Field(default=None, ge=0, le=MAX_UNITS)
+    soft_limit: int | None = Field(default=None, ge=0, le=MAX_UNITS)
     reset: Reset = "month"
     overage: Overage = "deny"
 
 
 class PriceSpec(_Strict):
-    amount: int = Field(ge=0, description="In the currency's minor units (cents).")
+    amount: int = Field(ge=0, le=MAX_AMOUNT, description="In the currency's minor units (cents).")
     currency: Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
     type: Literal["recurring", "one_time"] = "recurring"
     interval: Literal["month", "year"] | None = None
-    grants: dict[Key, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
+    grants: dict[Key, Annotated[int, Field(gt=0, le=MAX_UNITS)]] = Field(default_factory=dict)
 
     @field_validator("currency", mode="before")
     @classmethod
@@ -68,7 +75,7 @@ class PlanSpec(_Strict):
     description: str = Field(default="", max_length=2000)
     default: bool = False
     trial_days: int = Field(default=0, ge=0, le=730)
-    display_order: int = 0
+    display_order: int = Field(default=0, ge=-MAX_DISPLAY_ORDER, le=MAX_DISPLAY_ORDER)
     features: dict[Key, StrictBool | MeteredLimit] = Field(default_factory=dict)
     prices: dict[Key, PriceSpec] = Field(default_factory=dict)
 

@@ -13,6 +13,7 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 from starlette.types import ExceptionHandler
 
 from billing_service import errors
@@ -67,13 +68,25 @@ async def handle_billing_error(request: Request, exc: Exception) -> Response:
     return problem_response(exc, instance=request.url.path, request_id=_request_id(request))
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method served at this path: Starlette's own `Allow` names only the first route
+    that matched the path, and each of our routes serves one method."""
+    methods = {
+        method
+        for route in request.app.router.routes
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE
+        for method in route.methods or ()
+    }
+    return ", ".join(sorted(methods))
+
+
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette raises these for unmatched routes and methods; render them as problems."""
     assert isinstance(exc, HTTPException)
     error_class = _HTTP_STATUS_ERRORS.get(exc.status_code, BillingError)
     error: BillingError
     if error_class is errors.MethodNotAllowed:
-        allow = (exc.headers or {}).get("Allow", "")
+        allow = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
         error = errors.MethodNotAllowed(f"{request.method} is not allowed here.", allow=allow)
     elif error_class is errors.NotFound:
         error = errors.NotFound(f"No route matches {request.url.path}.")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -51,7 +52,7 @@ async def parse_json(request: Request, model: type[ModelT]) -> ModelT:
         raise UnsupportedMediaType("Send the request body as application/json.")
     body = await request.body()
     try:
-        parsed = model.model_validate_json(body)
+        parsed = _validate(model, body)
     except ValidationError as exc:
         if any(error["type"] == "json_invalid" for error in exc.errors()):
             raise MalformedRequest("The request body is not valid JSON.") from None
@@ -62,6 +63,52 @@ async def parse_json(request: Request, model: type[ModelT]) -> ModelT:
             [FieldError(unstorable or "body", "must not contain NUL characters or lone surrogates")]
         )
     return parsed
+
+
+def _validate(model: type[ModelT], body: bytes) -> ModelT:
+    """Strict, so JSON types count as the contract documents them (`false` is not 0, `"5"` is
+    not 5). JSON Schema calls `5.0` an integer, so a body refused only for such numbers is
+    read again with them as integers; the usual body is parsed once."""
+    try:
+        return model.model_validate_json(body, strict=True)
+    except ValidationError as exc:
+        if not any(_is_integral_float(error.get("input")) for error in exc.errors()):
+            raise
+        try:
+            rewritten = orjson.dumps(_integral_floats_as_ints(orjson.loads(body)))
+        except orjson.JSONDecodeError:  # pydantic's reader takes a little more than orjson's
+            raise exc from None
+    return model.model_validate_json(rewritten, strict=True)
+
+
+def _is_integral_float(value: object) -> bool:
+    return isinstance(value, float) and value.is_integer() and abs(value) < 2**63
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if _is_integral_float(value):
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    """Parsed here, since under a validator pydantic's strict mode takes no text for a datetime."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2027-01-31T00:00:00Z")
+    return datetime.fromisoformat(value.upper().replace(" ", "T"))
+
+
+# A `format: date-time` field: RFC 3339 text only, not the Unix timestamps pydantic also reads.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
 
 def _unstorable_text(value: Any, path: str = "") -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -12,7 +12,7 @@ from starlette.routing import Route
 from billing_service.auth import requires
 from billing_service.db.api_keys import ApiKey
 from billing_service.errors import NotFound
-from billing_service.routes._http import JSONResponse, parse_json
+from billing_service.routes._http import JSONResponse, Timestamp, parse_json
 from billing_service.services import api_keys
 from billing_service.services.api_keys import Scope
 from billing_service.state import app_state
@@ -23,7 +23,7 @@ class CreateApiKey(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     scopes: list[Scope] = Field(min_length=1)
-    expires_at: AwareDatetime | None = None
+    expires_at: Timestamp | None = None
 
 
 def serialize(key: ApiKey) -> dict[str, object]:

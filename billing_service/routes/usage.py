@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,6 +17,7 @@ from billing_service.errors import FieldError, ValidationFailed
 from billing_service.routes._http import (
     CUSTOMER_ID_PATTERN,
     JSONResponse,
+    Timestamp,
     customer_id_param,
     field_errors,
     parse_json,
@@ -29,6 +31,29 @@ MAX_AMOUNT = 1_000_000_000
 CustomerKey = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
 FeatureKey = Annotated[str, Field(min_length=1, max_length=63)]
 MetadataValue = str | int | float | bool | None
+COST_PLACES = 12
+
+
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def _cost(value: object) -> object:
+    """A cost sent as a JSON number is inexact anyway: 12 decimal places of it are kept. A
+    decimal string is taken exactly (and refused past 12 places)."""
+    if isinstance(value, float) and abs(value) < 1e18:
+        return Decimal(repr(value)).quantize(Decimal(10) ** -COST_PLACES, context=Context(prec=40))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value):
+        return Decimal(value)
+    raise ValueError('must be a number or a decimal string such as "0.0042", below 10^18')
+
+
+Cost = Annotated[
+    Decimal,
+    BeforeValidator(_cost),
+    Field(max_digits=18 + COST_PLACES, decimal_places=COST_PLACES),
+]
 
 
 class CheckUsage(BaseModel):
@@ -45,7 +70,7 @@ class TrackUsage(BaseModel):
     customer_id: CustomerKey
     feature: FeatureKey
     amount: int = Field(default=1, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
-    cost: Decimal | None = Field(default=None, max_digits=30, decimal_places=12)
+    cost: Cost | None = None
     idempotency_key: str = Field(min_length=1, max_length=255)
     metadata: dict[Annotated[str, Field(max_length=40)], MetadataValue] = Field(
         default_factory=dict, max_length=50
@@ -62,8 +87,8 @@ class UsageQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     feature: FeatureKey | None = None
-    since: AwareDatetime | None = Field(default=None, alias="from")
-    until: AwareDatetime | None = Field(default=None, alias="to")
+    since: Timestamp | None = Field(default=None, alias="from")
+    until: Timestamp | None = Field(default=None, alias="to")
 
 
 def _now(request: Request) -> datetime:

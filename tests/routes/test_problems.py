@@ -35,7 +35,10 @@ async def test_wrong_method_is_a_405_problem_with_allow(client: httpx.AsyncClien
     """A known path with the wrong method lists the allowed methods."""
     response = await client.put("/healthz")
     _assert_problem(response, 405, "method-not-allowed")
-    assert "GET" in response.headers["allow"]
+    assert response.headers["allow"] == "GET, HEAD"
+    several = await client.options("/v1/customers/user_1")
+    _assert_problem(several, 405, "method-not-allowed")
+    assert several.headers["allow"] == "GET, HEAD, PUT"
 
 
 async def test_body_over_the_limit_by_content_length_is_413(

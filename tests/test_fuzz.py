@@ -1,0 +1,112 @@
+"""Schemathesis against `openapi.yaml` and the running service: every check, a bounded number of
+examples per operation, no 5xx, and every response as the contract documents it.
+
+The service runs as its own process (`billing-service serve`) with its Stripe calls answered by
+the fake Stripe server, so the routes that reach Stripe are fuzzed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from billing_service.config import Settings
+from billing_service.resources import openapi_path
+from billing_service.stripe_gateway import StripeGateway
+from tests.conftest import APP_HOST, WEBHOOK_SECRETS
+from tests.services.test_catalog import apply, example
+from tests.stripe_server import StripeServer, stripe_server
+from tests.support import free_port
+
+# Examples per operation and phase; CI can raise it with BILLING_FUZZ_EXAMPLES.
+EXAMPLES = int(os.environ.get("BILLING_FUZZ_EXAMPLES", "50"))
+SEED = 20261125
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[StripeServer]:
+    async with stripe_server() as server:
+        yield server
+
+
+async def _serve(env: dict[str, str], base: str) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "billing_service", "serve", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    async with httpx.AsyncClient(base_url=base) as http:
+        for _ in range(100):
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return process
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    process.kill()
+    raise AssertionError("the service did not start")
+
+
+async def test_schemathesis_finds_no_server_error_and_no_departure_from_the_contract(
+    settings: Settings,
+    database_url: str,
+    pool: asyncpg.Pool,
+    admin_key: str,
+    server: StripeServer,
+    tmp_path: Path,
+) -> None:
+    """`schemathesis run --checks all` exits 0 against the live service."""
+    gateway = StripeGateway.from_settings(
+        settings.model_copy(
+            update={"stripe_secret_key": SecretStr("sk_test_fake"), "stripe_api_base": server.url}
+        )
+    )
+    assert gateway is not None
+    await apply(pool, gateway, example())
+    await gateway.close()
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
+    env |= {
+        "BILLING_DATABASE_URL": database_url,
+        "BILLING_PORT": str(port),
+        "BILLING_ENV": "test",
+        "BILLING_LOG_LEVEL": "warning",
+        "BILLING_WORKER_ENABLED": "false",
+        "BILLING_STRIPE_SECRET_KEY": "sk_test_fake",
+        "BILLING_STRIPE_API_BASE": server.url,
+        "BILLING_STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRETS[0],
+        "BILLING_ALLOWED_REDIRECT_HOSTS": APP_HOST,
+        # The fuzzer probes unauthenticated access on purpose, thousands of times.
+        "BILLING_AUTH_FAILURES_PER_MINUTE": "1000000",
+    }
+    service = await _serve(env, base)
+    try:
+        fuzzer = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "schemathesis.cli",
+            "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+            "run", str(openapi_path()),
+            "--url", base,
+            "--checks", "all",
+            "--max-examples", str(EXAMPLES),
+            "--seed", str(SEED),
+            "--header", f"Authorization: Bearer {admin_key}",
+            "--generation-database", "none",
+            "--report", "junit", "--report-dir", str(tmp_path),
+            "--no-color",
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await asyncio.wait_for(fuzzer.communicate(), 900)
+    finally:
+        service.terminate()
+        await service.wait()
+    report = output.decode()
+    assert fuzzer.returncode == 0, report[-20_000:]
