@@ -108,11 +108,11 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(autouse=True)
-async def clean_tables(request: pytest.FixtureRequest) -> None:
-    """Every test that touches the database starts with empty tables (the migration ledger kept)."""
+async def clean_tables(request: pytest.FixtureRequest, pool: asyncpg.Pool) -> None:
+    """Every test that touches the database starts with empty tables (the migration ledger kept).
+    The pool is a parameter, not looked up: an async fixture cannot start another one."""
     if "database_url" not in request.fixturenames:
         return
-    pool: asyncpg.Pool = request.getfixturevalue("pool")
     tables = await pool.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
         "AND tablename <> 'schema_migrations'"
