@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+
 ADMIN_DATABASE = "postgres"
 
 
@@ -54,3 +56,21 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+async def start_service(env: dict[str, str], base: str) -> asyncio.subprocess.Process:
+    """`billing-service serve` as its own process, returned once `/readyz` answers 200."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "billing_service", "serve", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    async with httpx.AsyncClient(base_url=base) as http:
+        for _ in range(100):
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return process
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    process.kill()
+    raise AssertionError("the service did not start")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +24,7 @@ from tests.routes.test_checkout import bearer
 from tests.routes.test_usage import catalog_with
 from tests.routes.test_webhooks import post_event
 from tests.stripe_fakes import stripe_event
-from tests.support import free_port
+from tests.support import free_port, start_service
 
 
 async def _backend_waiting_on_a_lock(pool: asyncpg.Pool) -> int:
@@ -160,18 +159,15 @@ def _pg_ctl(pgdata: str, action: str, *, socket_dir: str = "") -> None:
 
 
 async def test_sigkill_under_load_loses_no_acknowledged_write_and_doubles_none(
-    database_url: str, pool: asyncpg.Pool, billing_key: str
+    cli_env: dict[str, str], pool: asyncpg.Pool, billing_key: str
 ) -> None:
     """`kill -9` on a serving process in the middle of webhooks and tracks: after a restart,
     every acknowledged event and usage record is there once; resending everything then
     completes the set, still once each."""
     await catalog_with(pool, limit=10**9, reset="month")
     port = free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
-    env |= {
-        "BILLING_DATABASE_URL": database_url,
+    env = cli_env | {
         "BILLING_PORT": str(port),
-        "BILLING_ENV": "test",
         "BILLING_LOG_LEVEL": "warning",
         "BILLING_WORKER_ENABLED": "false",
         "BILLING_STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRETS[0],
@@ -185,7 +181,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_write_and_doubles_none(
 
     acked: set[str] = set()
     enough = asyncio.Event()
-    server = await _serve(env, base)
+    server = await start_service(env, base)
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
         load = asyncio.create_task(_send_all(http, events, tracks, billing_key, acked, enough))
         await asyncio.wait_for(enough.wait(), 30)
@@ -194,7 +190,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_write_and_doubles_none(
         await load
     assert 60 <= len(acked) < 300
 
-    server = await _serve(env, base)
+    server = await start_service(env, base)
     try:
         stored_events = {r["stripe_event_id"] for r in await pool.fetch(
             "SELECT stripe_event_id FROM stripe_events")}  # fmt: skip
@@ -245,20 +241,3 @@ async def _send_all(
     jobs = [job for pair in zip(events, tracks, strict=True) for job in (
         one("event", pair[0]), one("track", pair[1]))]  # fmt: skip
     await asyncio.gather(*jobs)
-
-
-async def _serve(env: dict[str, str], base: str) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "billing_service", "serve", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    async with httpx.AsyncClient(base_url=base) as http:
-        for _ in range(100):
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return process
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    process.kill()
-    raise AssertionError("the service did not start")

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -24,7 +23,7 @@ from billing_service.stripe_gateway import StripeGateway
 from tests.conftest import APP_HOST, WEBHOOK_SECRETS
 from tests.services.test_catalog import apply, example
 from tests.stripe_server import StripeServer, stripe_server
-from tests.support import free_port
+from tests.support import free_port, start_service
 
 # Examples per operation and phase; CI can raise it with BILLING_FUZZ_EXAMPLES.
 EXAMPLES = int(os.environ.get("BILLING_FUZZ_EXAMPLES", "50"))
@@ -37,26 +36,9 @@ async def server() -> AsyncIterator[StripeServer]:
         yield server
 
 
-async def _serve(env: dict[str, str], base: str) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "billing_service", "serve", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    async with httpx.AsyncClient(base_url=base) as http:
-        for _ in range(100):
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return process
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    process.kill()
-    raise AssertionError("the service did not start")
-
-
 async def test_schemathesis_finds_no_server_error_and_no_departure_from_the_contract(
     settings: Settings,
-    database_url: str,
+    cli_env: dict[str, str],
     pool: asyncpg.Pool,
     admin_key: str,
     server: StripeServer,
@@ -74,11 +56,8 @@ async def test_schemathesis_finds_no_server_error_and_no_departure_from_the_cont
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
-    env |= {
-        "BILLING_DATABASE_URL": database_url,
+    env = cli_env | {
         "BILLING_PORT": str(port),
-        "BILLING_ENV": "test",
         "BILLING_LOG_LEVEL": "warning",
         "BILLING_WORKER_ENABLED": "false",
         "BILLING_STRIPE_SECRET_KEY": "sk_test_fake",
@@ -88,7 +67,7 @@ async def test_schemathesis_finds_no_server_error_and_no_departure_from_the_cont
         # The fuzzer probes unauthenticated access on purpose, thousands of times.
         "BILLING_AUTH_FAILURES_PER_MINUTE": "1000000",
     }
-    service = await _serve(env, base)
+    service = await start_service(env, base)
     try:
         fuzzer = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "schemathesis.cli",
