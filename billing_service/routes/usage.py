@@ -31,9 +31,8 @@ MAX_AMOUNT = 1_000_000_000
 CustomerKey = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
 FeatureKey = Annotated[str, Field(min_length=1, max_length=63)]
 MetadataValue = str | int | float | bool | None
+
 COST_PLACES = 12
-
-
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
