@@ -55,6 +55,12 @@ async def with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitable
         await pool.close()
 
 
+def run_with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitable[int]]) -> int:
+    """Run a command's `work` against the configured (or embedded) database; its exit status."""
+    with with_database(settings) as ready:
+        return asyncio.run(with_pool(ready, work))
+
+
 def with_gateway(
     settings: Settings, work: Callable[[asyncpg.Pool, StripeGateway], Awaitable[int]]
 ) -> int:
@@ -67,8 +73,7 @@ def with_gateway(
         finally:
             await gateway.close()
 
-    with with_database(settings) as ready:
-        return asyncio.run(with_pool(ready, run))
+    return run_with_pool(settings, run)
 
 
 def exit_on_sigterm(signum: int, _frame: object) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 import asyncpg
 
 from billing_service.catalog_spec import CatalogSpec, dump_catalog_yaml, load_catalog_yaml
-from billing_service.cli._runtime import with_database, with_gateway, with_pool
+from billing_service.cli._runtime import run_with_pool, with_gateway
 from billing_service.config import Settings
 from billing_service.errors import ValidationFailed
 from billing_service.services import catalog, catalog_sync
@@ -63,8 +62,7 @@ def cmd_catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
         _print_apply_result(result, stripe_configured=settings.stripe_secret_key is not None)
         return 0
 
-    with with_database(settings) as ready:
-        return asyncio.run(with_pool(ready, apply))
+    return run_with_pool(settings, apply)
 
 
 def cmd_catalog_export(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,8 +74,7 @@ def cmd_catalog_export(args: argparse.Namespace, settings: Settings) -> int:
             args.output.write_text(text, encoding="utf-8")
         return 0
 
-    with with_database(settings) as ready:
-        return asyncio.run(with_pool(ready, export))
+    return run_with_pool(settings, export)
 
 
 def cmd_catalog_sync(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 import asyncpg
 
-from billing_service.cli._runtime import with_database, with_gateway, with_pool
+from billing_service.cli._runtime import run_with_pool, with_gateway
 from billing_service.config import Settings
 from billing_service.db import stripe_events
 from billing_service.services import reconcile
@@ -27,8 +26,7 @@ def cmd_events_list(args: argparse.Namespace, settings: Settings) -> int:
             )
         return 0
 
-    with with_database(settings) as ready:
-        return asyncio.run(with_pool(ready, show))
+    return run_with_pool(settings, show)
 
 
 def cmd_events_replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,8 +43,7 @@ def cmd_events_replay(args: argparse.Namespace, settings: Settings) -> int:
         print(f"requeued {count} event(s); a running worker processes them next")
         return 0
 
-    with with_database(settings) as ready:
-        return asyncio.run(with_pool(ready, replay))
+    return run_with_pool(settings, replay)
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:

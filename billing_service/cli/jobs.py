@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from datetime import UTC, datetime
 
 import asyncpg
 
-from billing_service.cli._runtime import with_database, with_pool
+from billing_service.cli._runtime import run_with_pool
 from billing_service.config import Settings
 from billing_service.cron import Cron
 from billing_service.jobs import build_jobs
@@ -36,8 +35,7 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{name:10}  {expression:16}  {upcoming:25}  {previous}")
         return 0
 
-    with with_database(settings) as ready:
-        return asyncio.run(with_pool(ready, show))
+    return run_with_pool(settings, show)
 
 
 def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -60,5 +58,4 @@ def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {error}", file=sys.stderr)
         return 1 if report.errors else 0
 
-    with with_database(settings) as ready:
-        return asyncio.run(with_pool(ready, run))
+    return run_with_pool(settings, run)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from datetime import datetime
 
 import asyncpg
 
-from billing_service.cli._runtime import with_database, with_pool
+from billing_service.cli._runtime import run_with_pool
 from billing_service.config import Settings
 from billing_service.services import api_keys
 from billing_service.services.api_keys import Scope
@@ -30,8 +29,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         print(f"key (shown once): {issued.plaintext}")
         return 0
 
-    with with_database(settings) as ready:
-        return asyncio.run(with_pool(ready, create))
+    return run_with_pool(settings, create)
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -55,8 +53,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
             )
         return 0
 
-    with with_database(settings) as ready:
-        return asyncio.run(with_pool(ready, show))
+    return run_with_pool(settings, show)
 
 
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
@@ -65,5 +62,4 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         print(f"revoked {key.id} ({key.name})")
         return 0
 
-    with with_database(settings) as ready:
-        return asyncio.run(with_pool(ready, revoke))
+    return run_with_pool(settings, revoke)
