@@ -35,6 +35,7 @@ from billing_service.services import api_keys
 from billing_service.services.api_keys import Scope
 from billing_service.stripe_gateway import StripeGateway
 from tests.stripe_fakes import FakeStripe
+from tests.stripe_server import StripeServer, stripe_server
 from tests.support import ADMIN_DATABASE, with_database
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -236,6 +237,13 @@ async def gateway(
     assert gateway is not None
     yield gateway
     await gateway.close()
+
+
+@pytest.fixture
+async def stripe_http() -> AsyncIterator[StripeServer]:
+    """The fake Stripe on a real socket, with faults to switch on (tests/stripe_server.py)."""
+    async with stripe_server() as server:
+        yield server
 
 
 @pytest.fixture

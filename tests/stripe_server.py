@@ -16,10 +16,14 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from enum import Enum
 
+import asyncpg
 import h11
 import httpx
 import respx
 
+from billing_service.config import Settings
+from billing_service.stripe_gateway import StripeGateway
+from tests.services.test_catalog import apply, example
 from tests.stripe_fakes import FakeStripe, stripe_error
 
 
@@ -127,6 +131,16 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+async def sync_example_catalog(pool: asyncpg.Pool, settings: Settings) -> None:
+    """The example catalog, applied and pushed to the Stripe that `settings` point at."""
+    gateway = StripeGateway.from_settings(settings)
+    assert gateway is not None
+    try:
+        await apply(pool, gateway, example())
+    finally:
+        await gateway.close()
 
 
 @asynccontextmanager

@@ -10,19 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 from pydantic import SecretStr
 
 from billing_service.config import Settings
 from billing_service.resources import openapi_path
-from billing_service.stripe_gateway import StripeGateway
 from tests.conftest import APP_HOST, WEBHOOK_SECRETS
-from tests.services.test_catalog import apply, example
-from tests.stripe_server import StripeServer, stripe_server
+from tests.stripe_server import StripeServer, sync_example_catalog
 from tests.support import free_port, start_service
 
 # Examples per operation and phase; CI can raise it with BILLING_FUZZ_EXAMPLES.
@@ -30,29 +26,24 @@ EXAMPLES = int(os.environ.get("BILLING_FUZZ_EXAMPLES", "50"))
 SEED = 20261125
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[StripeServer]:
-    async with stripe_server() as server:
-        yield server
-
-
 async def test_schemathesis_finds_no_server_error_and_no_departure_from_the_contract(
     settings: Settings,
     cli_env: dict[str, str],
     pool: asyncpg.Pool,
     admin_key: str,
-    server: StripeServer,
+    stripe_http: StripeServer,
     tmp_path: Path,
 ) -> None:
     """`schemathesis run --checks all` exits 0 against the live service."""
-    gateway = StripeGateway.from_settings(
+    await sync_example_catalog(
+        pool,
         settings.model_copy(
-            update={"stripe_secret_key": SecretStr("sk_test_fake"), "stripe_api_base": server.url}
-        )
+            update={
+                "stripe_secret_key": SecretStr("sk_test_fake"),
+                "stripe_api_base": stripe_http.url,
+            }
+        ),
     )
-    assert gateway is not None
-    await apply(pool, gateway, example())
-    await gateway.close()
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -61,7 +52,7 @@ async def test_schemathesis_finds_no_server_error_and_no_departure_from_the_cont
         "BILLING_LOG_LEVEL": "warning",
         "BILLING_WORKER_ENABLED": "false",
         "BILLING_STRIPE_SECRET_KEY": "sk_test_fake",
-        "BILLING_STRIPE_API_BASE": server.url,
+        "BILLING_STRIPE_API_BASE": stripe_http.url,
         "BILLING_STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRETS[0],
         "BILLING_ALLOWED_REDIRECT_HOSTS": APP_HOST,
         # The fuzzer probes unauthenticated access on purpose, thousands of times.

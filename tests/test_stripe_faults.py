@@ -14,12 +14,10 @@ import pytest
 from pydantic import SecretStr
 
 from billing_service.config import Settings
-from billing_service.stripe_gateway import StripeGateway
 from tests.conftest import APP_HOST, app_client
 from tests.routes.test_checkout import bearer, checkout_body
 from tests.routes.test_usage import check
-from tests.services.test_catalog import apply, example
-from tests.stripe_server import Fault, StripeServer, stripe_server
+from tests.stripe_server import Fault, StripeServer, sync_example_catalog
 
 TIMEOUT = 0.5
 RETRIES = 1
@@ -30,17 +28,11 @@ SLOW_SECONDS = 1.0
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[StripeServer]:
-    async with stripe_server() as server:
-        yield server
-
-
-@pytest.fixture
-def faulty_settings(settings: Settings, server: StripeServer) -> Settings:
+def faulty_settings(settings: Settings, stripe_http: StripeServer) -> Settings:
     return settings.model_copy(
         update={
             "stripe_secret_key": SecretStr("sk_test_fake"),
-            "stripe_api_base": server.url,
+            "stripe_api_base": stripe_http.url,
             "stripe_timeout_seconds": TIMEOUT,
             "stripe_max_network_retries": RETRIES,
             "allowed_redirect_hosts": [APP_HOST],
@@ -54,10 +46,7 @@ async def service(
     faulty_settings: Settings, pool: asyncpg.Pool, billing_key: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The app talking to the fake Stripe over HTTP, its catalog synced and 8 customers made."""
-    gateway = StripeGateway.from_settings(faulty_settings)
-    assert gateway is not None
-    await apply(pool, gateway, example())
-    await gateway.close()
+    await sync_example_catalog(pool, faulty_settings)
     async with app_client(faulty_settings) as client:
         for n in range(8):
             made = await client.put(
@@ -80,7 +69,7 @@ async def service(
 )
 async def test_a_failing_stripe_gives_a_clear_503_in_bounded_time_and_saves_nothing(
     service: httpx.AsyncClient,
-    server: StripeServer,
+    stripe_http: StripeServer,
     pool: asyncpg.Pool,
     billing_key: str,
     fault: Fault,
@@ -88,8 +77,8 @@ async def test_a_failing_stripe_gives_a_clear_503_in_bounded_time_and_saves_noth
 ) -> None:
     """Each attempt reuses one idempotency key; once Stripe is back, the same checkout succeeds
     and Stripe holds exactly one customer, even where a timed-out attempt was carried out."""
-    server.fault, server.delay_seconds = fault, SLOW_SECONDS
-    already = len(server.attempts)
+    stripe_http.fault, stripe_http.delay_seconds = fault, SLOW_SECONDS
+    already = len(stripe_http.attempts)
 
     started = time.monotonic()
     failed = await service.post(
@@ -102,7 +91,7 @@ async def test_a_failing_stripe_gives_a_clear_503_in_bounded_time_and_saves_noth
     assert failed.json()["type"] == "urn:billing-service:problem:stripe-unavailable"
     assert int(failed.headers["retry-after"]) > 0
     assert elapsed < BOUND_SECONDS
-    made = server.attempts[already:]
+    made = stripe_http.attempts[already:]
     assert len(made) == attempts
     assert {(a.method, a.path) for a in made} == {("POST", "/v1/customers")}
     assert len({a.idempotency_key for a in made}) == 1
@@ -112,19 +101,19 @@ async def test_a_failing_stripe_gives_a_clear_503_in_bounded_time_and_saves_noth
         "SELECT stripe_customer_id FROM customers WHERE external_id = 'user_0'"
     ) is None  # fmt: skip
 
-    server.fault = Fault.NONE
+    stripe_http.fault = Fault.NONE
     await asyncio.sleep(SLOW_SECONDS)  # let late handling of timed-out attempts finish
     succeeded = await service.post(
         "/v1/checkout/sessions", headers=bearer(billing_key), json=checkout_body("user_0")
     )
     assert succeeded.status_code == 201, succeeded.text
-    assert len(server.fake.customers) == 1
-    assert len(server.fake.sessions) == 1
+    assert len(stripe_http.fake.customers) == 1
+    assert len(stripe_http.fake.sessions) == 1
     assert await pool.fetchval("SELECT count(*) FROM checkout_sessions") == 1
 
 
 async def test_a_slow_stripe_never_slows_the_hot_path(
-    service: httpx.AsyncClient, server: StripeServer, billing_key: str
+    service: httpx.AsyncClient, stripe_http: StripeServer, billing_key: str
 ) -> None:
     """Eight success pages polling completed checkouts while Stripe's subscription list hangs
     (more than the pool's 5 connections; each poll holds one across that call) leave usage
@@ -136,8 +125,9 @@ async def test_a_slow_stripe_never_slows_the_hot_path(
         )
         assert opened.status_code == 201, opened.text
         session_ids.append(opened.json()["id"])
-        server.fake.complete_checkout(opened.json()["id"])
-    server.fault, server.fault_path, server.delay_seconds = Fault.SLOW, "/v1/subscriptions", 5.0
+        stripe_http.fake.complete_checkout(opened.json()["id"])
+    stripe_http.fault, stripe_http.fault_path = Fault.SLOW, "/v1/subscriptions"
+    stripe_http.delay_seconds = 5.0
 
     polls = [
         asyncio.create_task(
