@@ -5,9 +5,17 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from decimal import Context, Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+import orjson
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -30,7 +38,31 @@ from billing_service.state import app_state
 MAX_AMOUNT = 1_000_000_000
 CustomerKey = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
 FeatureKey = Annotated[str, Field(min_length=1, max_length=63)]
-MetadataValue = str | int | float | bool | None
+
+# Usage metadata labels a call (a model, a request id) and is kept as long as the usage event:
+# the same per-entry limits as customer metadata (and Stripe's), and a bound on the whole.
+MAX_METADATA_BYTES = 4096
+MAX_METADATA_TEXT = 500
+MAX_EXACT_NUMBER = 2**53 - 1  # integers beyond this are not exact in every JSON reader
+
+
+def _metadata_value(value: object) -> object:
+    """A short string, a finite number within ±(2**53 - 1), a boolean or null."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_METADATA_TEXT:
+            raise ValueError(f"must be at most {MAX_METADATA_TEXT} characters")
+        return value
+    if isinstance(value, int | float):
+        if not abs(value) <= MAX_EXACT_NUMBER:  # also refuses NaN and infinity
+            raise ValueError(f"must be a number from -{MAX_EXACT_NUMBER} to {MAX_EXACT_NUMBER}")
+        return value
+    raise ValueError("must be a string, a number, a boolean or null")
+
+
+MetadataKey = Annotated[str, Field(min_length=1, max_length=40)]
+MetadataValue = Annotated[str | int | float | bool | None, BeforeValidator(_metadata_value)]
 
 COST_PLACES = 12
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
@@ -71,9 +103,16 @@ class TrackUsage(BaseModel):
     amount: int = Field(default=1, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
     cost: Cost | None = None
     idempotency_key: str = Field(min_length=1, max_length=255)
-    metadata: dict[Annotated[str, Field(max_length=40)], MetadataValue] = Field(
-        default_factory=dict, max_length=50
-    )
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=50)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_small(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+            raise ValueError(
+                f"must be at most {MAX_METADATA_BYTES} bytes as JSON, keys and values together"
+            )
+        return metadata
 
 
 class IssueToken(BaseModel):
