@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -114,12 +114,21 @@ _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-
 
 
 def _rfc3339(value: object) -> object:
-    """Parsed here, since under a validator pydantic's strict mode takes no text for a datetime."""
+    """Parsed here, since under a validator pydantic's strict mode takes no text for a datetime.
+    The instant must exist in UTC too (`0001-01-01T00:00:00+01:00` is in year 0 there)."""
     if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        parsed = value
+    elif isinstance(value, str) and _RFC3339.fullmatch(value):
+        parsed = datetime.fromisoformat(value.upper().replace(" ", "T"))
+    else:
         raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2027-01-31T00:00:00Z")
-    return datetime.fromisoformat(value.upper().replace(" ", "T"))
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "must lie between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z in UTC"
+        ) from None
+    return parsed
 
 
 # A `format: date-time` field: RFC 3339 text only, not the Unix timestamps pydantic also reads.

@@ -64,26 +64,31 @@ def _metadata_value(value: object) -> object:
 MetadataKey = Annotated[str, Field(min_length=1, max_length=40)]
 MetadataValue = Annotated[str | int | float | bool | None, BeforeValidator(_metadata_value)]
 
+# What one call may add to a period's cost. A period's total saturates at the counter's bound
+# (db.usage.MAX_COST) instead of overflowing; costs are never negative (see docs/usage.md).
 COST_PLACES = 12
-_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+MAX_COST_PER_CALL = Decimal(10**12)
+_DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 def _cost(value: object) -> object:
     """A cost sent as a JSON number is inexact anyway: 12 decimal places of it are kept. A
     decimal string is taken exactly (and refused past 12 places)."""
-    if isinstance(value, float) and abs(value) < 1e18:
+    if isinstance(value, float) and abs(value) < 1e18:  # also refuses NaN and infinity
         return Decimal(repr(value)).quantize(Decimal(10) ** -COST_PLACES, context=Context(prec=40))
     if isinstance(value, int) and not isinstance(value, bool):
         return Decimal(value)
     if isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value):
         return Decimal(value)
-    raise ValueError('must be a number or a decimal string such as "0.0042", below 10^18')
+    raise ValueError(
+        f'must be a number or a decimal string such as "0.0042", from 0 to {MAX_COST_PER_CALL}'
+    )
 
 
 Cost = Annotated[
     Decimal,
     BeforeValidator(_cost),
-    Field(max_digits=18 + COST_PLACES, decimal_places=COST_PLACES),
+    Field(ge=0, le=MAX_COST_PER_CALL, decimal_places=COST_PLACES),
 ]
 
 

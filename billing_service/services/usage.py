@@ -151,9 +151,8 @@ async def _denial(
     conn: Connection | asyncpg.Pool, entitlement: Entitlement, amount: int, reason: str
 ) -> dict[str, Any]:
     body = _decision(entitlement, allowed=False, reason=reason)
-    options = await db.select_upgrade_options(
-        conn, entitlement.context.feature_id, entitlement.used + max(amount, 1)
-    )
+    needed = min(entitlement.used + max(amount, 1), db.MAX_USED)  # a saturated counter
+    options = await db.select_upgrade_options(conn, entitlement.context.feature_id, needed)
     upgrade = next((o for o in options if o.plan_key != entitlement.plan_key), None)
     body["upgrade"] = (
         None if upgrade is None else {"plan": upgrade.plan_key, "price": upgrade.price_key}
