@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -37,6 +38,22 @@ MAX_UNITS = 10**15
 MAX_DISPLAY_ORDER = 1_000_000
 
 
+def _minor_units(value: object) -> object:
+    """An amount is a whole number of the currency's minor units. Text ("19.00"), decimals
+    (19.00 in YAML is a float) and booleans are refused rather than read as 19 cents or 1 cent."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    kind = {bool: "a boolean", str: "a string", float: "a decimal number"}.get(type(value))
+    raise ValueError(
+        "must be an integer number of the currency's minor units, e.g. 1900 for 19.00 USD"
+        + (f", not {kind}" if kind else "")
+    )
+
+
+# Checked before any coercion: the same rule in the YAML file and in JSON bodies.
+Amount = Annotated[int, BeforeValidator(_minor_units)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,7 +75,7 @@ class MeteredLimit(_Strict):
 
 
 class PriceSpec(_Strict):
-    amount: int = Field(ge=0, le=MAX_AMOUNT, description="In the currency's minor units (cents).")
+    amount: Amount = Field(ge=0, le=MAX_AMOUNT, description="In the currency's minor units.")
     currency: Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
     type: Literal["recurring", "one_time"] = "recurring"
     interval: Literal["month", "year"] | None = None
@@ -153,7 +170,10 @@ def _field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
         # Drop pydantic's union branch names ("bool", "MeteredLimit") from paths.
         parts = [str(part) for part in error["loc"] if part not in {"bool", "MeteredLimit"}]
         errors.append(
-            FieldError(".".join([p for p in [prefix, *parts] if p]) or "catalog", error["msg"])
+            FieldError(
+                ".".join([p for p in [prefix, *parts] if p]) or "catalog",
+                error["msg"].removeprefix("Value error, "),
+            )
         )
     return errors
 

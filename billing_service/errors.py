@@ -13,6 +13,7 @@ the stable problem `type` slug that `problems.py` renders as RFC 9457 problem+js
     ├── PaymentFailed                 402 payment-failed
     ├── Conflict                      409 conflict
     │   ├── IdempotencyKeyReused      409 idempotency-key-reused
+    │   ├── RequestInProgress         409 request-in-progress
     │   ├── SubscriptionExists        409 subscription-exists
     │   ├── NoActiveSubscription      409 no-active-subscription
     │   ├── NoBillingAccount          409 no-billing-account
@@ -130,6 +131,19 @@ class IdempotencyKeyReused(Conflict):
     """The Idempotency-Key was already used with a different request body."""
 
     slug, title = "idempotency-key-reused", "Idempotency key reused"
+
+
+class RequestInProgress(Conflict):
+    """The first request with this Idempotency-Key is still running; retry after Retry-After."""
+
+    slug, title = "request-in-progress", "Request in progress"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class SubscriptionExists(Conflict):

@@ -3,7 +3,8 @@
 The service under test talks to it through its ordinary Stripe client (`BILLING_STRIPE_API_BASE`),
 so timeouts, retries and broken connections happen on real sockets. Requests are answered by
 `FakeStripe`'s routes unless a fault is set: answer slowly, answer 500 or 429, or reset the
-connection (an RST, as a crashed proxy would).
+connection (an RST, as a crashed proxy would). As Stripe does, a request whose idempotency key
+is still being handled for an earlier request is answered 409 `idempotency_key_in_use`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class StripeServer:
     fault_path: str = "/v1/"  # only requests whose path starts with this suffer the fault
     delay_seconds: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
+    keys_in_flight: set[str] = field(default_factory=set)
     url: str = ""
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -76,23 +78,22 @@ class StripeServer:
         headers = {name.decode(): value.decode() for name, value in request.headers}
         target = request.target.decode()
         path = target.split("?")[0]
-        self.attempts.append(Attempt(request.method.decode(), path, headers.get("idempotency-key")))
+        key = headers.get("idempotency-key")
+        self.attempts.append(Attempt(request.method.decode(), path, key))
         fault = self.fault if path.startswith(self.fault_path) else Fault.NONE
         if fault is Fault.RESET:
             _reset(writer)
             return False
-        if fault is Fault.SLOW:
-            await asyncio.sleep(self.delay_seconds)
-        if fault is Fault.SERVER_ERROR:
-            response = stripe_error(500, "api_error")
-        elif fault is Fault.RATE_LIMITED:
-            response = stripe_error(429, "invalid_request_error", "rate_limit")
+        if key is not None and key in self.keys_in_flight:
+            # Stripe refuses a request while another with the same key is still being handled.
+            response = stripe_error(409, "invalid_request_error", "idempotency_key_in_use")
         else:
-            response = self.router.handler(
-                httpx.Request(
-                    request.method.decode(), f"{self.url}{target}", headers=headers, content=body
-                )
-            )
+            if key is not None:
+                self.keys_in_flight.add(key)
+            try:
+                response = await self._respond(fault, request, target, headers, body)
+            finally:
+                self.keys_in_flight.discard(key or "")
         content = response.content
         writer.write(conn.send(h11.Response(status_code=response.status_code, headers=[
             ("content-type", "application/json"),
@@ -103,6 +104,26 @@ class StripeServer:
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
         return True
+
+    async def _respond(
+        self,
+        fault: Fault,
+        request: h11.Request,
+        target: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> httpx.Response:
+        if fault is Fault.SLOW:
+            await asyncio.sleep(self.delay_seconds)
+        if fault is Fault.SERVER_ERROR:
+            return stripe_error(500, "api_error")
+        if fault is Fault.RATE_LIMITED:
+            return stripe_error(429, "invalid_request_error", "rate_limit")
+        return self.router.handler(
+            httpx.Request(
+                request.method.decode(), f"{self.url}{target}", headers=headers, content=body
+            )
+        )
 
 
 async def _read_request(

@@ -38,6 +38,19 @@ def _from_row(row: asyncpg.Record) -> StoredEvent:
     return StoredEvent(**dict(row.items()))
 
 
+def storable(value: Any) -> Any:
+    """`value` with every NUL character (in strings and in object keys, at any depth) replaced
+    by U+FFFD: PostgreSQL's text and jsonb cannot hold NUL, and an event Stripe signed must be
+    kept rather than refused. Handlers re-fetch the objects they act on from Stripe."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    return value
+
+
 async def insert_event(
     conn: Executor,
     *,
@@ -49,7 +62,8 @@ async def insert_event(
     object_id: str | None,
     payload: dict[str, Any],
 ) -> bool:
-    """Store the event once; False when it was already in the ledger."""
+    """Store the event once; False when it was already in the ledger. Text PostgreSQL cannot
+    hold is made storable first (see `storable`)."""
     inserted = await conn.fetchval(
         """
         INSERT INTO stripe_events
@@ -58,13 +72,13 @@ async def insert_event(
         ON CONFLICT (stripe_event_id) DO NOTHING
         RETURNING true
         """,
-        stripe_event_id,
-        type,
+        storable(stripe_event_id),
+        storable(type),
         livemode,
-        api_version,
+        storable(api_version),
         stripe_created_at,
-        object_id,
-        payload,
+        storable(object_id),
+        storable(payload),
     )
     return bool(inserted)
 

@@ -173,6 +173,12 @@ class CounterKey:
     period_end: datetime | None
 
 
+# A period counter never overflows its column: at these bounds it stays put (saturates), so a
+# counter that reached one keeps accepting calls instead of failing every later one.
+MAX_USED = 2**63 - 1  # bigint
+MAX_COST = Decimal("999999999999999999.999999999999")  # numeric(30, 12)
+
+
 async def add_within_cap(
     conn: Executor,
     key: CounterKey,
@@ -184,17 +190,19 @@ async def add_within_cap(
     """Add `amount` to the period's counter unless that would pass `cap`; the new total, or None.
 
     One conditional statement: concurrent calls can never push the counter past the cap.
-    Negative amounts (refunds) always apply, and the counter never goes below zero.
+    Negative amounts (refunds) always apply, and the counter never goes below zero. Both sums
+    saturate at their column's bound (`MAX_USED`, `MAX_COST`) rather than overflow.
     """
     used: int | None = await conn.fetchval(
         """
         INSERT INTO usage_counters (customer_id, feature_id, period_start, period_end, used, cost)
-        SELECT $1, $2, $3, $4, greatest($5, 0), coalesce($6::numeric, 0)
-        WHERE $7::bigint IS NULL OR $5 <= $7
+        SELECT $1, $2, $3, $4, greatest($5::bigint, 0), least(coalesce($6::numeric, 0), $9)
+        WHERE $7::bigint IS NULL OR $5::bigint <= $7::bigint
         ON CONFLICT (customer_id, feature_id, period_start) DO UPDATE
-        SET used = greatest(usage_counters.used + $5, 0),
-            cost = usage_counters.cost + coalesce($6::numeric, 0)
-        WHERE $7::bigint IS NULL OR $5 <= 0 OR usage_counters.used + $5 <= $7
+        SET used = least(greatest(usage_counters.used::numeric + $5::bigint, 0), $8)::bigint,
+            cost = least(usage_counters.cost + coalesce($6::numeric, 0), $9)
+        WHERE $7::bigint IS NULL OR $5::bigint <= 0
+              OR usage_counters.used::numeric + $5::bigint <= $7::bigint
         RETURNING used
         """,
         key.customer_id,
@@ -204,6 +212,8 @@ async def add_within_cap(
         amount,
         cost,
         cap,
+        MAX_USED,
+        MAX_COST,
     )
     return used
 
@@ -244,10 +254,13 @@ async def add_locked(
     cost: Decimal | None,
     credits_spent: int,
 ) -> int:
-    """Apply a decision taken under `lock_counter_and_credits`; returns the new total."""
+    """Apply a decision taken under `lock_counter_and_credits`; returns the new total (both
+    sums saturate at their bounds, as in `add_within_cap`)."""
     used: int = await conn.fetchval(
         """
-        UPDATE usage_counters SET used = used + $4, cost = cost + coalesce($5::numeric, 0)
+        UPDATE usage_counters
+        SET used = least(used::numeric + $4::bigint, $6)::bigint,
+            cost = least(cost + coalesce($5::numeric, 0), $7)
         WHERE customer_id = $1 AND feature_id = $2 AND period_start = $3
         RETURNING used
         """,
@@ -256,6 +269,8 @@ async def add_locked(
         key.period_start,
         amount,
         cost,
+        MAX_USED,
+        MAX_COST,
     )
     if credits_spent:
         await conn.execute(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -40,7 +40,10 @@ class JSONResponse(Response):
 
 def field_errors(exc: ValidationError) -> list[FieldError]:
     return [
-        FieldError(".".join(str(part) for part in error["loc"]) or "body", error["msg"])
+        FieldError(
+            ".".join(str(part) for part in error["loc"]) or "body",
+            error["msg"].removeprefix("Value error, "),
+        )
         for error in exc.errors(include_url=False, include_input=False)
     ]
 
@@ -67,44 +70,65 @@ async def parse_json(request: Request, model: type[ModelT]) -> ModelT:
 
 def _validate(model: type[ModelT], body: bytes) -> ModelT:
     """Strict, so JSON types count as the contract documents them (`false` is not 0, `"5"` is
-    not 5). JSON Schema calls `5.0` an integer, so a body refused only for such numbers is
-    read again with them as integers; the usual body is parsed once."""
+    not 5). JSON Schema calls `5.0` an integer, so a body refused only because an integer field
+    held such a number is read again with exactly those values as integers (a field that refuses
+    fractions on purpose, such as a catalog amount, keeps its error); the usual body is parsed
+    once."""
     try:
         return model.model_validate_json(body, strict=True)
     except ValidationError as exc:
-        if not any(_is_integral_float(error.get("input")) for error in exc.errors()):
+        integral = [
+            error
+            for error in exc.errors()
+            if error["type"] == "int_type" and _is_integral_float(error.get("input"))
+        ]
+        if not integral:
             raise
         try:
-            rewritten = orjson.dumps(_integral_floats_as_ints(orjson.loads(body)))
+            document = orjson.loads(body)
         except orjson.JSONDecodeError:  # pydantic's reader takes a little more than orjson's
             raise exc from None
-    return model.model_validate_json(rewritten, strict=True)
+        for error in integral:
+            document = _with_int_at(document, error["loc"], error["input"])
+    return model.model_validate_json(orjson.dumps(document), strict=True)
 
 
 def _is_integral_float(value: object) -> bool:
     return isinstance(value, float) and value.is_integer() and abs(value) < 2**63
 
 
-def _integral_floats_as_ints(value: Any) -> Any:
-    if _is_integral_float(value):
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_integral_floats_as_ints(item) for item in value]
-    return value
+def _with_int_at(document: Any, loc: tuple[int | str, ...], value: float) -> Any:
+    """`document` with the number at `loc` written as an integer. Parts of `loc` that are not
+    in the document (pydantic's names for the members of a union) are stepped over."""
+    if not loc:
+        return int(value) if document == value and isinstance(document, float) else document
+    part, rest = loc[0], loc[1:]
+    if isinstance(document, dict) and part in document:
+        return document | {part: _with_int_at(document[part], rest, value)}
+    if isinstance(document, list) and isinstance(part, int) and 0 <= part < len(document):
+        return [*document[:part], _with_int_at(document[part], rest, value), *document[part + 1 :]]
+    return _with_int_at(document, rest, value)
 
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 def _rfc3339(value: object) -> object:
-    """Parsed here, since under a validator pydantic's strict mode takes no text for a datetime."""
+    """Parsed here, since under a validator pydantic's strict mode takes no text for a datetime.
+    The instant must exist in UTC too (`0001-01-01T00:00:00+01:00` is in year 0 there)."""
     if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        parsed = value
+    elif isinstance(value, str) and _RFC3339.fullmatch(value):
+        parsed = datetime.fromisoformat(value.upper().replace(" ", "T"))
+    else:
         raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2027-01-31T00:00:00Z")
-    return datetime.fromisoformat(value.upper().replace(" ", "T"))
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "must lie between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z in UTC"
+        ) from None
+    return parsed
 
 
 # A `format: date-time` field: RFC 3339 text only, not the Unix timestamps pydantic also reads.

@@ -21,6 +21,8 @@ from billing_service.stripe_gateway import require_stripe
 from billing_service.stripe_objects import StripeCheckoutSession
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# A first checkout creates the Stripe customer, then the session.
+CHECKOUT_STRIPE_CALLS = 2
 
 
 class CreateCheckout(BaseModel):
@@ -73,6 +75,7 @@ async def create_checkout_session(request: Request) -> Response:
         operation="checkout.session",
         key=key,
         body=body.model_dump_json().encode(),
+        patience=idempotency.Patience.for_stripe_calls(state["settings"], CHECKOUT_STRIPE_CALLS),
     )
     if isinstance(outcome, idempotency.Replay):
         return JSONResponse(outcome.body, status_code=outcome.status)

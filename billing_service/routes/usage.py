@@ -5,9 +5,17 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from decimal import Context, Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+import orjson
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -30,28 +38,57 @@ from billing_service.state import app_state
 MAX_AMOUNT = 1_000_000_000
 CustomerKey = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
 FeatureKey = Annotated[str, Field(min_length=1, max_length=63)]
-MetadataValue = str | int | float | bool | None
 
+# Usage metadata labels a call (a model, a request id) and is kept as long as the usage event:
+# the same per-entry limits as customer metadata (and Stripe's), and a bound on the whole.
+MAX_METADATA_BYTES = 4096
+MAX_METADATA_TEXT = 500
+MAX_EXACT_NUMBER = 2**53 - 1  # integers beyond this are not exact in every JSON reader
+
+
+def _metadata_value(value: object) -> object:
+    """A short string, a finite number within ±(2**53 - 1), a boolean or null."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_METADATA_TEXT:
+            raise ValueError(f"must be at most {MAX_METADATA_TEXT} characters")
+        return value
+    if isinstance(value, int | float):
+        if not abs(value) <= MAX_EXACT_NUMBER:  # also refuses NaN and infinity
+            raise ValueError(f"must be a number from -{MAX_EXACT_NUMBER} to {MAX_EXACT_NUMBER}")
+        return value
+    raise ValueError("must be a string, a number, a boolean or null")
+
+
+MetadataKey = Annotated[str, Field(min_length=1, max_length=40)]
+MetadataValue = Annotated[str | int | float | bool | None, BeforeValidator(_metadata_value)]
+
+# What one call may add to a period's cost. A period's total saturates at the counter's bound
+# (db.usage.MAX_COST) instead of overflowing; costs are never negative (see docs/usage.md).
 COST_PLACES = 12
-_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+MAX_COST_PER_CALL = Decimal(10**12)
+_DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 def _cost(value: object) -> object:
     """A cost sent as a JSON number is inexact anyway: 12 decimal places of it are kept. A
     decimal string is taken exactly (and refused past 12 places)."""
-    if isinstance(value, float) and abs(value) < 1e18:
+    if isinstance(value, float) and abs(value) < 1e18:  # also refuses NaN and infinity
         return Decimal(repr(value)).quantize(Decimal(10) ** -COST_PLACES, context=Context(prec=40))
     if isinstance(value, int) and not isinstance(value, bool):
         return Decimal(value)
     if isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value):
         return Decimal(value)
-    raise ValueError('must be a number or a decimal string such as "0.0042", below 10^18')
+    raise ValueError(
+        f'must be a number or a decimal string such as "0.0042", from 0 to {MAX_COST_PER_CALL}'
+    )
 
 
 Cost = Annotated[
     Decimal,
     BeforeValidator(_cost),
-    Field(max_digits=18 + COST_PLACES, decimal_places=COST_PLACES),
+    Field(ge=0, le=MAX_COST_PER_CALL, decimal_places=COST_PLACES),
 ]
 
 
@@ -71,9 +108,16 @@ class TrackUsage(BaseModel):
     amount: int = Field(default=1, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
     cost: Cost | None = None
     idempotency_key: str = Field(min_length=1, max_length=255)
-    metadata: dict[Annotated[str, Field(max_length=40)], MetadataValue] = Field(
-        default_factory=dict, max_length=50
-    )
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=50)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_small(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+            raise ValueError(
+                f"must be at most {MAX_METADATA_BYTES} bytes as JSON, keys and values together"
+            )
+        return metadata
 
 
 class IssueToken(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -67,7 +68,11 @@ CHECKOUT_EVENTS = frozenset(
 async def receive_event(
     pool: asyncpg.Pool, settings: Settings, body: bytes, signature: str | None
 ) -> bool:
-    """Verify and store one webhook; True when it is new, False for a duplicate."""
+    """Verify and store one webhook; True when it is new, False for a duplicate.
+
+    A verified event is stored whenever it can be told apart from others (it has a Stripe event
+    id), even with values PostgreSQL cannot hold as they are: Stripe answers a 400 by retrying for
+    days, so an event it really sent must never be refused for its content."""
     secrets = [secret.get_secret_value() for secret in settings.stripe_webhook_secrets]
     if not secrets:
         raise StripeNotConfigured(
@@ -78,18 +83,23 @@ async def receive_event(
     except SignatureError as exc:
         logger.warning("webhook.rejected", reason=str(exc))
         raise InvalidWebhook("The Stripe-Signature header does not verify.") from None
-    event = _parse_event(body)
+    try:
+        event = _parse_event(body)
+    except InvalidWebhook as exc:
+        logger.warning("webhook.rejected", reason=exc.detail)
+        raise
     if event["livemode"] is not settings.stripe_livemode:
         mode = "live" if event["livemode"] else "test"
         raise InvalidWebhook(f"A {mode}-mode event does not belong to this {settings.env} service.")
     data_object = event["data"]["object"]
+    api_version = event.get("api_version")
     inserted = await stripe_events.insert_event(
         pool,
         stripe_event_id=event["id"],
         type=event["type"],
         livemode=event["livemode"],
-        api_version=event.get("api_version"),
-        stripe_created_at=timestamp(event["created"]),  # type: ignore[arg-type]
+        api_version=api_version if isinstance(api_version, str) else None,
+        stripe_created_at=_created_at(event),
         object_id=str(data_object["id"]) if "id" in data_object else None,
         payload=event,
     )
@@ -97,6 +107,10 @@ async def receive_event(
         "webhook.received", stripe_event_id=event["id"], type=event["type"], duplicate=not inserted
     )
     return inserted
+
+
+# Stripe's ids are far shorter; a longer one cannot be a unique index entry.
+MAX_EVENT_ID_LENGTH = 255
 
 
 def _parse_event(body: bytes) -> dict[str, Any]:
@@ -109,6 +123,7 @@ def _parse_event(body: bytes) -> dict[str, Any]:
         isinstance(event, dict)
         and isinstance(event.get("id"), str)
         and event["id"].startswith("evt_")
+        and len(event["id"]) <= MAX_EVENT_ID_LENGTH
         and isinstance(event.get("type"), str)
         and isinstance(event.get("livemode"), bool)
         and isinstance(event.get("created"), int)
@@ -118,6 +133,19 @@ def _parse_event(body: bytes) -> dict[str, Any]:
     if not well_formed:
         raise InvalidWebhook("The webhook is not a Stripe event.")
     return event  # type: ignore[no-any-return]
+
+
+def _created_at(event: Mapping[str, Any]) -> datetime:
+    """When Stripe created the event; the time of receipt when `created` is no real time (a
+    datetime holds years 1 to 9999), which only orders the event among the others."""
+    try:
+        created = timestamp(event["created"])
+    except (OverflowError, ValueError, OSError):
+        created = None
+    if created is None:
+        logger.warning("webhook.created_out_of_range", stripe_event_id=event["id"])
+        return datetime.now(UTC)
+    return created
 
 
 # Processing

@@ -151,9 +151,8 @@ async def _denial(
     conn: Connection | asyncpg.Pool, entitlement: Entitlement, amount: int, reason: str
 ) -> dict[str, Any]:
     body = _decision(entitlement, allowed=False, reason=reason)
-    options = await db.select_upgrade_options(
-        conn, entitlement.context.feature_id, entitlement.used + max(amount, 1)
-    )
+    needed = min(entitlement.used + max(amount, 1), db.MAX_USED)  # a saturated counter
+    options = await db.select_upgrade_options(conn, entitlement.context.feature_id, needed)
     upgrade = next((o for o in options if o.plan_key != entitlement.plan_key), None)
     body["upgrade"] = (
         None if upgrade is None else {"plan": upgrade.plan_key, "price": upgrade.price_key}
@@ -254,6 +253,8 @@ async def _replay(
             "This idempotency_key was already used for a different usage record."
         )
     replayed: dict[str, Any] = response
+    # Refusals stored before every answer said `recorded` replay with it too.
+    replayed.setdefault("recorded", False)
     return replayed
 
 
@@ -262,7 +263,8 @@ async def _record(
 ) -> tuple[dict[str, Any], bool]:
     amount = request.amount
     if not entitlement.enabled:
-        return await _denial(conn, entitlement, amount, "feature_not_in_plan"), False
+        refused = await _denial(conn, entitlement, amount, "feature_not_in_plan")
+        return refused | {"recorded": False}, False
     if not entitlement.metered:
         return _decision(entitlement, allowed=True, reason=None) | {"recorded": False}, False
     period = entitlement.period
@@ -281,7 +283,7 @@ async def _record(
         overage = from_allowance + credits_spent < amount
         if overage and entitlement.overage != "allow":
             locked = _with_usage(entitlement, current, credits)
-            return await _denial(conn, locked, amount, "limit_reached"), False
+            return await _denial(conn, locked, amount, "limit_reached") | {"recorded": False}, False
         used = await db.add_locked(
             conn, key, amount=amount, cost=request.cost, credits_spent=credits_spent
         )

@@ -206,3 +206,29 @@ async def test_catalog_sync_pushes_pending_work(
     assert len(response.json()["synced"]) == 5
     assert response.json()["pending"] == []
     assert len(fake_stripe.prices) == 3
+
+
+@pytest.mark.parametrize(
+    ("amount", "kind"),
+    [("19.00", "a string"), ("1900", "a string"), (19.0, "a decimal number"),
+     (19.5, "a decimal number"), (True, "a boolean")],
+)  # fmt: skip
+async def test_price_amounts_must_be_integers_of_minor_units(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, admin_key: str, amount: object, kind: str
+) -> None:
+    """`"19.00"`, `19.0` or `true` is a 422 naming the amount, never 19 cents or 1 cent."""
+    await apply(pool, None, example())
+    price = {"amount": amount, "currency": "usd", "interval": "month"}
+    # Another field written as 5.0 (a JSON Schema integer) must not smuggle the amount through.
+    body = TEAM_PLAN | {"display_order": 5.0, "prices": {"team_monthly": price}}
+    response = await client.put("/v1/plans/team", headers=bearer(admin_key), json=body)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "prices.team_monthly.amount"
+    assert "integer number of the currency's minor units" in error["message"]
+    assert error["message"].endswith(f"not {kind}")
+    assert await pool.fetchval("SELECT count(*) FROM plans WHERE key = 'team'") == 0
+    integral = await client.put(
+        "/v1/plans/team", headers=bearer(admin_key), json=TEAM_PLAN | {"display_order": 5.0}
+    )
+    assert integral.status_code == 201, integral.text

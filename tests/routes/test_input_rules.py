@@ -108,3 +108,37 @@ async def test_catalog_numbers_beyond_what_stripe_or_the_database_hold_are_refus
         "/v1/plans/team", headers=bearer(admin_key), json=TEAM_PLAN | change
     )
     assert field in _fields(response)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "field"),
+    [
+        ({"prompt": "x" * 501}, "metadata.prompt"),
+        ({f"k{n}": "x" * 500 for n in range(9)}, "metadata"),  # each fits, the whole does not
+        ({"tokens": 10**30}, "metadata.tokens"),
+        ({"tokens": 2**53}, "metadata.tokens"),
+        ({"nested": {"a": 1}}, "metadata.nested"),
+    ],
+)
+async def test_usage_metadata_is_capped_per_value_and_in_total(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    billing_key: str,
+    metadata: dict[str, Any],
+    field: str,
+) -> None:
+    """Metadata is for short labels: long values, a large whole and inexact numbers are a 422
+    and nothing is kept; the same labels within the caps are recorded."""
+    await catalog_with(pool, limit=10, reset="month")
+    body = {"customer_id": "user_1", "feature": "ai_calls", "idempotency_key": "k1"}
+    refused = await client.post(
+        "/v1/usage/track", headers=bearer(billing_key), json=body | {"metadata": metadata}
+    )
+    assert field in _fields(refused)
+    assert await pool.fetchval("SELECT count(*) FROM usage_events") == 0
+    fitting = {f"k{n}": "x" * 500 for n in range(7)} | {"tokens": 2**53 - 1, "ratio": 0.5}
+    kept = await client.post(
+        "/v1/usage/track", headers=bearer(billing_key), json=body | {"metadata": fitting}
+    )
+    assert kept.status_code == 200, kept.text
+    assert await pool.fetchval("SELECT metadata FROM usage_events") == fitting

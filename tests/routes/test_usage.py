@@ -17,6 +17,7 @@ from billing_service.services.api_keys import Scope
 from tests.conftest import app_client, issue_key
 from tests.routes.test_checkout import bearer
 from tests.services.test_catalog import apply, example
+from tests.test_openapi import assert_matches_schema
 
 
 def with_free_allowance(
@@ -342,3 +343,34 @@ async def test_customer_tokens_reach_only_their_customers_entitlements(
         await pool.execute("UPDATE customer_tokens SET expires_at = now() - interval '1 second'")
         expired = await client.get("/v1/customers/user_1/entitlements", headers=bearer(token))
         assert expired.status_code == 401
+
+
+async def test_a_refused_track_says_recorded_false_as_the_contract_requires(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, usage_key: str
+) -> None:
+    """Refusals (limit reached, feature not in the plan) answer `recorded: false`, also replayed."""
+    await catalog_with(pool, limit=1, reset="month")
+    allowed = await track(client, usage_key)
+    full = await track(client, usage_key, idempotency_key="over-the-limit")
+    not_in_plan = await track(client, usage_key, feature="export_csv")
+    replayed = await track(client, usage_key, idempotency_key="over-the-limit")
+    assert (allowed.json()["allowed"], allowed.json()["recorded"]) == (True, True)
+    for refused, reason in ((full, "limit_reached"), (not_in_plan, "feature_not_in_plan")):
+        assert refused.status_code == 200, refused.text
+        assert (refused.json()["allowed"], refused.json()["reason"]) == (False, reason)
+        assert refused.json()["recorded"] is False
+        assert_matches_schema(refused.json(), "TrackedUsage")
+    assert replayed.content == full.content
+    assert await _counter(pool) == 1
+
+
+async def test_a_refusal_stored_without_recorded_replays_with_it(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, usage_key: str
+) -> None:
+    """A refusal kept from before `recorded` was always answered replays `recorded: false`."""
+    await catalog_with(pool, limit=0, reset="month")
+    first = await track(client, usage_key, idempotency_key="old-refusal")
+    await pool.execute("UPDATE usage_events SET response = (response::jsonb - 'recorded')::json")
+    replayed = await track(client, usage_key, idempotency_key="old-refusal")
+    assert replayed.json() == first.json()
+    assert replayed.json()["recorded"] is False
