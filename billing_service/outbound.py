@@ -186,9 +186,11 @@ class AllowList:
         return cls(frozenset(names), tuple(suffixes), tuple(networks))
 
     def allows_name(self, name: str) -> bool:
+        """Whether `name` is listed, or a subdomain of a listed `.domain`."""
         return name in self.names or any(name.endswith(suffix) for suffix in self.suffixes)
 
     def allows_address(self, address: Address) -> bool:
+        """Whether `address` lies in a listed network."""
         return any(address in network for network in self.networks)
 
 
@@ -209,6 +211,7 @@ class OutboundPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings, resolver: Resolver = system_resolver) -> Self:
+        """The deployment's policy: its allow-list, and https only in production."""
         return cls(
             allow=AllowList.parse(settings.outgoing_webhook_allow_private),
             https_only=settings.is_production,
@@ -309,12 +312,14 @@ class OutboundPolicy:
         return str(parsed)
 
     def _explain(self, problem: str, category: str) -> str:
+        """The refusal, with the way out when the allow-list offers one."""
         if category in (METADATA, "multicast", "unspecified", "reserved"):
             return f"{problem}; webhooks may only go to public addresses"
         return f"{problem}; webhooks go to public addresses unless {ALLOW_SETTING} lists the host"
 
 
 def _a(category: str) -> str:
+    """The category with its article: "a loopback", "an unspecified"."""
     return ("an " if category[0] in "aeiou" else "a ") + category
 
 
@@ -327,4 +332,5 @@ def _written_host(raw: str) -> str | None:
 
 
 def _default_port(target: httpx.URL) -> int:
+    """The port a URL without one connects to."""
     return 443 if target.scheme == "https" else 80

@@ -49,6 +49,8 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        """Resolve `host` once through the policy, then connect to the first checked address
+        that answers; a refused address raises DestinationRefused before any connection."""
         try:
             async with asyncio.timeout(timeout):
                 addresses = await self._policy.checked_addresses(host, port)
@@ -77,9 +79,11 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        """Never: a webhook goes over TCP to a checked address."""
         raise DestinationRefused("unix sockets are not a webhook destination")
 
     async def sleep(self, seconds: float) -> None:
+        """httpcore's retry pause, from the socket backend."""
         await self._sockets.sleep(seconds)
 
 
@@ -144,6 +148,7 @@ class WebhookClient:
             raise DeliveryFailed("connection failed", type(exc).__name__) from None
 
     async def aclose(self) -> None:
+        """Close the connection pool (the service's shutdown)."""
         await self._pool.aclose()
 
     async def __aenter__(self) -> Self:
