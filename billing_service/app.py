@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import asyncpg
-import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -25,6 +24,8 @@ from billing_service.middleware import (
     RequestContextMiddleware,
     route_template_lookup,
 )
+from billing_service.outbound import OutboundPolicy, Resolver, system_resolver
+from billing_service.outbound_http import WebhookClient
 from billing_service.ratelimit import FailureWindows, TokenBuckets
 from billing_service.resources import migrations_dir
 from billing_service.routes import (
@@ -52,10 +53,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Starlette:
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    resolver: Resolver = system_resolver,
+) -> Starlette:
     """Build the ASGI app; connections are opened by the lifespan, not here.
 
     `clock` is what usage periods are computed from; tests move it across period boundaries.
+    `resolver` answers the DNS questions about webhook endpoints; tests script its answers.
     """
     if settings.database_url is None:
         raise ConfigurationError("BILLING_DATABASE_URL: required to serve the API")
@@ -82,8 +89,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         )
         metrics.watch_pool(pool)
         stripe = StripeGateway.from_settings(settings)
-        http = httpx.AsyncClient(follow_redirects=False)
-        worker, tasks = _start_background_work(settings, pool, stripe, metrics, http)
+        outbound = OutboundPolicy.from_settings(settings, resolver)
+        webhooks = WebhookClient(outbound)
+        worker, tasks = _start_background_work(settings, pool, stripe, metrics, webhooks)
         logger.info("app.started", env=settings.env.value, stripe=stripe is not None)
         try:
             yield AppState(
@@ -96,6 +104,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
                 clock=clock,
                 key_cache=KeyCache(settings.api_key_cache_seconds),
                 limits=limits,
+                outbound=outbound,
             )
         finally:
             for task in tasks:
@@ -103,7 +112,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
             await asyncio.gather(*tasks, return_exceptions=True)
             if stripe is not None:
                 await stripe.close()
-            await http.aclose()
+            await webhooks.aclose()
             await pool.close()
             logger.info("app.stopped")
 
@@ -132,13 +141,13 @@ def _start_background_work(
     pool: asyncpg.Pool,
     stripe: StripeGateway | None,
     metrics: Metrics,
-    http: httpx.AsyncClient,
+    webhooks: WebhookClient,
 ) -> tuple[PollingWorker | None, list[asyncio.Task[None]]]:
     """Outgoing webhooks, emails and the job scheduler always; Stripe event processing when
     Stripe is configured. Returns the Stripe event worker, which intake wakes."""
     if not settings.worker_enabled:
         return None, []
-    deliveries = PollingWorker("outgoing-webhooks", DeliveryWorker(pool, http).deliver_due)
+    deliveries = PollingWorker("outgoing-webhooks", DeliveryWorker(pool, webhooks).deliver_due)
     emails = PollingWorker("emails", EmailWorker(pool, settings).send_due)
     scheduler = run_scheduler(pool, build_jobs(settings, pool, stripe))
     tasks = [

@@ -13,6 +13,7 @@ from pydantic import Field, HttpUrl, SecretStr, ValidationError, ValidationInfo,
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from billing_service.cron import Cron, CronError
+from billing_service.outbound import AllowList
 
 LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
@@ -79,6 +80,18 @@ class Settings(BaseSettings):
     mail_from: str = "billing@localhost"
     owner_email: str | None = None
     portal_login_url: HttpUrl | None = None
+
+    # Hosts (`name`, `.domain`) and IP networks outgoing webhooks may reach though private.
+    outgoing_webhook_allow_private: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("outgoing_webhook_allow_private", mode="before")
+    @classmethod
+    def _outgoing_webhook_allow_private(cls, value: object) -> object:
+        """`a,b,c`; each entry must read as a host or a network (see `outbound.AllowList`)."""
+        entries = _split_csv(value)
+        if isinstance(entries, list):
+            AllowList.parse(str(entry) for entry in entries)
+        return entries
 
     @field_validator("stripe_webhook_secrets", "allowed_redirect_hosts", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from billing_service.config import Settings
 from billing_service.db.migrations import Migration
 from billing_service.metrics import Metrics
+from billing_service.outbound import OutboundPolicy
 from billing_service.ratelimit import FailureWindows, TokenBuckets
 from billing_service.services.api_keys import KeyCache
 from billing_service.stripe_gateway import StripeGateway
@@ -37,6 +38,7 @@ class AppState(TypedDict):
     clock: Callable[[], datetime]
     key_cache: KeyCache
     limits: Limits
+    outbound: OutboundPolicy
 
 
 def app_state(request: Request) -> AppState:

@@ -7,7 +7,6 @@ import asyncio
 import signal
 
 import asyncpg
-import httpx
 
 from billing_service.catalog_spec import load_catalog_yaml
 from billing_service.cli._runtime import (
@@ -21,6 +20,8 @@ from billing_service.cli._runtime import (
 )
 from billing_service.cli.catalog import apply_catalog_file
 from billing_service.config import Settings
+from billing_service.outbound import OutboundPolicy
+from billing_service.outbound_http import WebhookClient
 from billing_service.resources import example_catalog_path
 from billing_service.services import api_keys, catalog
 from billing_service.services.email import EmailWorker
@@ -79,8 +80,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(pool: asyncpg.Pool, gateway: StripeGateway) -> int:
         processor = EventProcessor(pool, gateway, max_attempts=settings.webhook_max_attempts)
-        async with httpx.AsyncClient(follow_redirects=False) as http:
-            deliveries = DeliveryWorker(pool, http)
+        async with WebhookClient(OutboundPolicy.from_settings(settings)) as webhooks:
+            deliveries = DeliveryWorker(pool, webhooks)
             await asyncio.gather(
                 PollingWorker("stripe-events", processor.process_due).run(),
                 PollingWorker("outgoing-webhooks", deliveries.deliver_due).run(),

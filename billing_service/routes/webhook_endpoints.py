@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,7 +22,8 @@ from billing_service.state import app_state
 class CreateEndpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: HttpUrl
+    # Checked by the outbound policy (public http(s) only), which also normalises it.
+    url: str = Field(max_length=2048)
     event_types: list[str] = Field(min_length=1)
 
 
@@ -62,8 +63,12 @@ async def create_endpoint(request: Request) -> Response:
         raise ValidationFailed(
             [FieldError("event_types", f"unknown {', '.join(unknown)}; known: {known}")]
         )
+    state = app_state(request)
     endpoint, secret = await outgoing_webhooks.register_endpoint(
-        app_state(request)["pool"], url=str(body.url), event_types=sorted(set(body.event_types))
+        state["pool"],
+        state["outbound"],
+        url=body.url,
+        event_types=sorted(set(body.event_types)),
     )
     return JSONResponse(serialize_endpoint(endpoint) | {"secret": secret}, status_code=201)
 

@@ -3,7 +3,9 @@
 Events are written to the outbox in the transaction of the change they report, with one pending
 delivery per interested endpoint; a worker sends them. A delivery keeps its `webhook-id` (the
 event's id) across retries, so receivers can drop duplicates. Retries back off for about a day;
-an endpoint that keeps failing is disabled.
+an endpoint that keeps failing is disabled. Endpoints must be public addresses (`outbound.py`),
+checked when registered and again, after DNS, at every delivery; the delivery log records only
+the status code or a fixed phrase, never what the receiver said.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import secrets
 import time
 
 import asyncpg
-import httpx
 import orjson
 import structlog
 
 from billing_service.db import outbox
 from billing_service.db.outbox import Delivery, Endpoint
+from billing_service.errors import FieldError, ValidationFailed
+from billing_service.outbound import DestinationRefused, OutboundPolicy
+from billing_service.outbound_http import DeliveryFailed, WebhookClient
 
 logger = structlog.get_logger(__name__)
 
@@ -36,7 +40,6 @@ EVENT_TYPES = (
 RETRY_DELAYS = (5, 300, 1800, 7200, 18000, 36000, 36000)
 DISABLE_AFTER_FAILURES = 30
 LEASE_SECONDS = 60.0
-TIMEOUT_SECONDS = 10.0
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the public prefix of Standard Webhooks secrets
 
 
@@ -66,9 +69,14 @@ def message_body(delivery: Delivery) -> bytes:
 
 
 async def register_endpoint(
-    pool: asyncpg.Pool, *, url: str, event_types: list[str]
+    pool: asyncpg.Pool, policy: OutboundPolicy, *, url: str, event_types: list[str]
 ) -> tuple[Endpoint, str]:
-    """A new endpoint and its signing secret (shown once to the admin who registers it)."""
+    """A new endpoint and its signing secret (shown once to the admin who registers it); a URL
+    the policy refuses is a 422 on `url`."""
+    try:
+        url = await policy.vet_new_url(url)
+    except DestinationRefused as exc:
+        raise ValidationFailed([FieldError("url", str(exc))]) from None
     secret = new_secret()
     endpoint = await outbox.insert_endpoint(pool, url=url, event_types=event_types, secret=secret)
     return endpoint, secret
@@ -82,9 +90,9 @@ def retry_delay(attempts: int) -> float | None:
 class DeliveryWorker:
     """Sends due deliveries; several workers (replicas) may share the outbox."""
 
-    def __init__(self, pool: asyncpg.Pool, http: httpx.AsyncClient) -> None:
+    def __init__(self, pool: asyncpg.Pool, client: WebhookClient) -> None:
         self.pool = pool
-        self.http = http
+        self.client = client
 
     async def deliver_due(self, *, limit: int = 20) -> int:
         claimed = await outbox.claim_due_deliveries(
@@ -104,16 +112,14 @@ class DeliveryWorker:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(delivery.secret, msg_id, timestamp, body),
         }
+        log = logger.bind(webhook_id=msg_id, endpoint_id=str(delivery.endpoint_id))
         status_code: int | None = None
         try:
-            response = await self.http.post(
-                delivery.url, content=body, headers=headers, timeout=TIMEOUT_SECONDS
-            )
-            status_code = response.status_code
-            error = None if response.is_success else f"HTTP {status_code}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        log = logger.bind(webhook_id=msg_id, endpoint_id=str(delivery.endpoint_id))
+            status_code = await self.client.post(delivery.url, content=body, headers=headers)
+            error = None if 200 <= status_code < 300 else f"HTTP {status_code}"
+        except DeliveryFailed as exc:
+            error = exc.summary
+            log = log.bind(reason=exc.reason)
         async with self.pool.acquire() as conn:
             if error is None:
                 await outbox.mark_delivered(conn, delivery, status_code or 200)

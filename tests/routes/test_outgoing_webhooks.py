@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 import respx
-import uvicorn
 from standardwebhooks import Webhook
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from billing_service.services.outgoing_webhooks import DeliveryWorker
+from billing_service.config import Settings
 from billing_service.stripe_gateway import StripeGateway
 from tests.routes.test_checkout import bearer, seeded
 from tests.routes.test_usage import catalog_with, track
@@ -29,51 +23,23 @@ from tests.routes.test_webhooks import (
     post_event,
     stripe_price,
 )
+from tests.routes.webhook_receivers import Receiver, deliver_all, running_receiver
 from tests.stripe_fakes import FakeStripe, stripe_event
-from tests.support import free_port
 
 
-@dataclass
-class Receiver:
-    """A real HTTP server standing in for a calling app's webhook endpoint."""
-
-    url: str
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    fail_next: int = 0
-
-    def of_type(self, event_type: str) -> list[tuple[dict[str, str], bytes]]:
-        return [(h, b) for h, b in self.received if f'"type":"{event_type}"'.encode() in b]
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The receivers run on 127.0.0.1, so loopback is listed as allowed; the tests run the
+    delivery worker themselves."""
+    return settings.model_copy(
+        update={"outgoing_webhook_allow_private": ["127.0.0.1"], "worker_enabled": False}
+    )
 
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    port = free_port()
-    state = Receiver(url=f"http://127.0.0.1:{port}/hooks")
-
-    async def hooks(request: Request) -> Response:
-        state.received.append((dict(request.headers), await request.body()))
-        if state.fail_next > 0:
-            state.fail_next -= 1
-            return Response(status_code=500)
-        return Response(status_code=204)
-
-    app = Starlette(routes=[Route("/hooks", hooks, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
-        await asyncio.sleep(0.01)
-    yield state
-    server.should_exit = True
-    await task
-
-
-async def deliver_all(pool: asyncpg.Pool) -> int:
-    async with httpx.AsyncClient() as http:
-        worker = DeliveryWorker(pool, http)
-        total = 0
-        while sent := await worker.deliver_due():
-            total += sent
-        return total
+    async with running_receiver() as state:
+        yield state
 
 
 async def register(
