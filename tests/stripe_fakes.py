@@ -671,10 +671,18 @@ class FakeStripe:
         return schedule
 
     def _release_schedule(self, request: httpx.Request, object_id: str) -> httpx.Response:
-        self._record(request)
+        """Only an active (or not yet started) schedule can be released."""
+        _fields, key = self._record(request)
+        if key is not None and key in self._responses:
+            return httpx.Response(200, json=self._responses[key])
         schedule = self.schedules[object_id]
-        schedule["status"] = "released"
+        if schedule["status"] not in {"active", "not_started"}:
+            return stripe_error(400, "invalid_request_error", "schedule_not_active")
+        schedule.update(status="released", current_phase=None, released_at=int(time.time()),
+                        released_subscription=schedule["subscription"])  # fmt: skip
         self.subscriptions[schedule["subscription"]]["schedule"] = None
+        if key is not None:
+            self._responses[key] = copy.deepcopy(schedule)
         return httpx.Response(200, json=schedule)
 
     # Reads

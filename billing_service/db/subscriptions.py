@@ -251,6 +251,15 @@ async def set_scheduled_change(
     )
 
 
+async def forget_schedule(conn: Executor, stripe_subscription_id: str) -> None:
+    """The schedule was released in Stripe: no change is pending any more."""
+    await conn.execute(
+        "UPDATE subscriptions SET stripe_schedule_id = NULL, scheduled_price_id = NULL, "
+        "scheduled_change_at = NULL WHERE stripe_subscription_id = $1",
+        stripe_subscription_id,
+    )
+
+
 async def start_new_version(conn: Executor, subscription_id: uuid.UUID, seen: datetime) -> None:
     """Move the row to a new version (`updated_at`) unless something else already did.
 

@@ -109,11 +109,16 @@ async def _attempt(pool: asyncpg.Pool, subscription: Subscription) -> AsyncItera
         raise
 
 
-async def _release_schedule(gateway: StripeGateway, subscription: Subscription) -> None:
+async def _release_schedule(
+    pool: asyncpg.Pool, gateway: StripeGateway, subscription: Subscription
+) -> None:
+    """Drop a scheduled change before changing the subscription directly; the mirror forgets
+    it at once, so a later attempt does not release it again."""
     if subscription.stripe_schedule_id is not None:
         await gateway.release_schedule(
             subscription.stripe_schedule_id, idempotency_key=_key(subscription, "release")
         )
+        await subscriptions.forget_schedule(pool, subscription.stripe_subscription_id)
 
 
 async def change_plan(
@@ -155,7 +160,7 @@ async def change_plan(
 
     async with _attempt(pool, subscription):
         if upgrade or downgrade_at == "now":
-            await _release_schedule(gateway, subscription)
+            await _release_schedule(pool, gateway, subscription)
             updated = await gateway.change_subscription_price(
                 subscription.stripe_subscription_id,
                 item_id=subscription.stripe_item_id,
@@ -199,7 +204,7 @@ async def cancel(
             '({"at_period_end": false}) or resume it first.'
         )
     async with _attempt(pool, subscription):
-        await _release_schedule(gateway, subscription)
+        await _release_schedule(pool, gateway, subscription)
         if at_period_end:
             updated = await gateway.set_cancel_at_period_end(
                 subscription.stripe_subscription_id,

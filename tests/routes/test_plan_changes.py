@@ -129,6 +129,35 @@ async def test_a_retry_after_a_declined_upgrade_is_a_new_attempt_with_a_new_key(
     assert (await customer(stripe_client, billing_key))["plan"]["key"] == "pro"
 
 
+async def test_a_declined_upgrade_over_a_scheduled_downgrade_can_be_tried_again(
+    stripe_client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    fake_stripe: FakeStripe,
+    billing_key: str,
+) -> None:
+    """The upgrade releases the scheduled downgrade, then the card is declined; the second
+    attempt does not release the schedule again (Stripe would refuse) and goes through."""
+    stripe_customer = await tiered(stripe_client, pool, gateway, billing_key)
+    subscription = fake_stripe.add_subscription(stripe_customer, await price_id(pool, "pro_yearly"))
+    await mirrored(stripe_client, pool, gateway, subscription)
+    await change(stripe_client, billing_key, "pro_monthly")
+    schedule_id = subscription["schedule"]
+    path = f"/v1/subscriptions/{subscription['id']}"
+    fake_stripe.failures[path] = stripe_error(402, "card_error", "card_declined")
+
+    assert (await change(stripe_client, billing_key, "enterprise_monthly")).status_code == 402
+    fake_stripe.failures.clear()
+    retried = await change(stripe_client, billing_key, "enterprise_monthly")
+
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["subscription"]["scheduled_change"] is None
+    assert (
+        len(fake_stripe.calls_to("POST", f"/v1/subscription_schedules/{schedule_id}/release")) == 1
+    )
+    assert (await customer(stripe_client, billing_key))["plan"]["key"] == "enterprise"
+
+
 async def test_concurrent_duplicate_upgrades_reach_stripe_under_one_key(
     stripe_client: httpx.AsyncClient,
     pool: asyncpg.Pool,
@@ -166,9 +195,7 @@ async def test_a_change_that_already_happened_is_no_longer_shown_as_scheduled(
     subscription is monthly and nothing is pending. A second downgrade builds its phases from
     the phase in effect, not from the one that ended."""
     stripe_customer = await tiered(stripe_client, pool, gateway, billing_key)
-    subscription = fake_stripe.add_subscription(
-        stripe_customer, await price_id(pool, "pro_yearly")
-    )
+    subscription = fake_stripe.add_subscription(stripe_customer, await price_id(pool, "pro_yearly"))
     await mirrored(stripe_client, pool, gateway, subscription)
     first = await change(stripe_client, billing_key, "pro_monthly")
     assert first.json()["change"] == {"direction": "downgrade", "effective": "period_end"}
