@@ -13,6 +13,7 @@ from billing_service.stripe_gateway import StripeGateway
 from tests.routes.test_checkout import bearer, checkout_body
 from tests.routes.tiers import allowance, customer, mirrored, price_id, tiered
 from tests.stripe_fakes import FakeStripe
+from tests.test_openapi import assert_matches_schema
 
 DAY = 86_400
 
@@ -54,6 +55,7 @@ async def test_a_portal_cancellation_is_pending_everywhere_and_resume_undoes_it(
     assert shown["cancel_at_period_end"] is False
     assert shown["cancellation_pending"] is True
     assert shown["cancel_at"] == shown["current_period_end"]
+    assert_matches_schema(shown, "Subscription")
 
     resumed = await stripe_client.post(
         "/v1/customers/user_1/subscription/resume", headers=bearer(billing_key)
@@ -134,6 +136,7 @@ async def test_a_paused_subscription_grants_nothing_and_resumes_through_the_serv
     )
     assert resumed.status_code == 200, resumed.text
     assert resumed.json()["status"] == "active"
+    assert_matches_schema(changed.json(), "Problem")
     [call] = fake_stripe.calls_to("POST", f"/v1/subscriptions/{subscription['id']}/resume")
     assert call.idempotency_key is not None
     assert (await customer(stripe_client, billing_key))["plan"]["key"] == "pro"

@@ -12,6 +12,7 @@ from billing_service.stripe_gateway import StripeGateway
 from tests.routes.test_checkout import bearer, checkout_body
 from tests.routes.tiers import allowance, customer, mirrored, price_id, tiered
 from tests.stripe_fakes import FakeStripe
+from tests.test_openapi import assert_matches_schema
 
 DAY = 86_400
 
@@ -161,6 +162,7 @@ async def test_the_plan_comes_from_the_catalog_item_whatever_the_item_order(
         {"price": "pro_monthly", "quantity": 1, "metered": False},
         {"price": None, "quantity": 3, "metered": False},
     ]
+    assert_matches_schema(view, "Customer")
     assert (await allowance(stripe_client, billing_key, "ai_calls"))["limit"] == 500
 
 
