@@ -16,11 +16,13 @@ the stable problem `type` slug that `problems.py` renders as RFC 9457 problem+js
     │   ├── RequestInProgress         409 request-in-progress
     │   ├── SubscriptionExists        409 subscription-exists
     │   ├── NoActiveSubscription      409 no-active-subscription
+    │   ├── SubscriptionPaused        409 subscription-paused
     │   ├── NoBillingAccount          409 no-billing-account
     │   └── PriceNotSynced            409 price-not-synced
     ├── PayloadTooLarge               413 payload-too-large
     ├── UnsupportedMediaType          415 unsupported-media-type
     ├── ValidationFailed              422 validation-failed
+    │   └── CurrencyMismatch          422 currency-mismatch
     ├── RateLimited                   429 rate-limited
     ├── StripeRequestFailed           502 stripe-request-failed
     └── ServiceUnavailable            503 service-unavailable
@@ -158,6 +160,12 @@ class NoActiveSubscription(Conflict):
     slug, title = "no-active-subscription", "No active subscription"
 
 
+class SubscriptionPaused(Conflict):
+    """The subscription is paused: resume it before changing it."""
+
+    slug, title = "subscription-paused", "Subscription paused"
+
+
 class NoBillingAccount(Conflict):
     """The customer has never been to checkout, so Stripe does not know them yet."""
 
@@ -193,6 +201,12 @@ class ValidationFailed(BillingError):
 
     def extensions(self) -> dict[str, object]:
         return {"errors": [{"field": e.field, "message": e.message} for e in self.errors]}
+
+
+class CurrencyMismatch(ValidationFailed):
+    """The new price is in another currency than the subscription; Stripe cannot switch it."""
+
+    slug, title = "currency-mismatch", "Currency mismatch"
 
 
 class RateLimited(BillingError):

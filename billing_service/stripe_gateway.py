@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -27,8 +28,9 @@ from billing_service.errors import (
 from billing_service.stripe_objects import (
     StripeCheckoutSession,
     StripeSubscription,
-    first_schedule_phase,
+    StripeSubscriptionItem,
     parse_checkout_session,
+    parse_schedule,
     parse_subscription,
 )
 
@@ -38,6 +40,19 @@ ResultT = TypeVar("ResultT", bound=stripe.StripeObject)
 RETRY_AFTER_SECONDS = 5
 
 logger = structlog.get_logger(__name__)
+
+
+def stripe_answered(error: BaseException) -> bool:
+    """Whether a failed call got an answer from Stripe that Stripe keeps under its idempotency
+    key (every answer but 409 and 429, which are given before the request runs): repeating the
+    key would only replay that answer for 24 hours, so a new attempt needs a new key. Without an
+    answer (a timeout, a broken connection) the outcome is unknown and the key must be reused."""
+    cause = error.__cause__
+    return (
+        isinstance(cause, stripe.StripeError)
+        and cause.http_status is not None
+        and cause.http_status not in (409, 429)
+    )
 
 
 def translate_stripe_error(exc: stripe.StripeError) -> BillingError:
@@ -292,13 +307,28 @@ class StripeGateway:
     # Subscriptions
 
     async def list_subscriptions(self, customer: str) -> list[StripeSubscription]:
-        """Every subscription of the customer, ended ones included."""
+        """Every subscription of the customer, ended ones included, each with its latest
+        invoice (which says since when an unpaid one is past due)."""
         page = await self._call(
             "subscription.list",
             self._client.v1.subscriptions.list_async,
-            {"customer": customer, "status": "all", "limit": 100},
+            {
+                "customer": customer,
+                "status": "all",
+                "limit": 100,
+                "expand": ["data.latest_invoice"],
+            },
         )
         return [parse_subscription(item.to_dict(for_json=True)) for item in page.data]
+
+    async def retrieve_subscription(self, subscription_id: str) -> StripeSubscription:
+        found = await self._call(
+            "subscription.retrieve",
+            self._client.v1.subscriptions.retrieve_async,
+            subscription_id,
+            None,
+        )
+        return parse_subscription(found.to_dict(for_json=True))
 
     async def change_subscription_price(
         self,
@@ -309,7 +339,8 @@ class StripeGateway:
         proration_behavior: str,
         idempotency_key: str,
     ) -> StripeSubscription:
-        """Switch the price now; with an immediate invoice, it must be paid or nothing changes."""
+        """Switch one item's price now (the other items stay as they are); with an immediate
+        invoice, it must be paid or nothing changes."""
         params: dict[str, Any] = {
             "items": [{"id": item_id, "price": price}],
             "proration_behavior": proration_behavior,
@@ -324,6 +355,27 @@ class StripeGateway:
         return await self._update_subscription(
             subscription_id, {"cancel_at_period_end": cancel}, idempotency_key
         )
+
+    async def clear_cancel_at(
+        self, subscription_id: str, *, idempotency_key: str
+    ) -> StripeSubscription:
+        """Undo a cancellation set for a date (`cancel_at`, as the portal sets it in flexible
+        billing mode); an empty value unsets the field."""
+        return await self._update_subscription(subscription_id, {"cancel_at": ""}, idempotency_key)
+
+    async def resume_subscription(
+        self, subscription_id: str, *, idempotency_key: str
+    ) -> StripeSubscription:
+        """Resume a paused subscription: a new billing period starts now and its invoice is
+        charged; Stripe makes it active once that invoice is paid."""
+        subscription = await self._call(
+            "subscription.resume",
+            self._client.v1.subscriptions.resume_async,
+            subscription_id,
+            None,
+            idempotency_key=idempotency_key,
+        )
+        return parse_subscription(subscription.to_dict(for_json=True))
 
     async def _update_subscription(
         self, subscription_id: str, params: dict[str, Any], idempotency_key: str
@@ -350,46 +402,43 @@ class StripeGateway:
         return parse_subscription(subscription.to_dict(for_json=True))
 
     async def schedule_price_change(
-        self,
-        subscription_id: str,
-        *,
-        schedule_id: str | None,
-        current_price: str,
-        new_price: str,
-        quantity: int,
-        idempotency_key: str,
-    ) -> str:
-        """Keep the current price until the period ends, then switch without proration.
+        self, subscription_id: str, *, item_id: str, new_price: str, idempotency_key: str
+    ) -> tuple[str, datetime | None]:
+        """Keep the subscription as it is until the item's period ends, then switch that item
+        to `new_price` without proration; returns the schedule's id and when the switch comes.
 
-        Uses a subscription schedule: the first phase is the current period as it stands, the
-        second the new price; the schedule releases the subscription once it has switched.
+        The phases are built from the subscription as Stripe has it now (every item, its
+        discounts, a running trial), never from an earlier phase: the phase in effect keeps its
+        start, and the schedule releases the subscription once it has switched.
         """
+        subscription = await self.retrieve_subscription(subscription_id)
         schedules = self._client.v1.subscription_schedules
-        if schedule_id is None:
-            schedule = await self._call(
+        if subscription.schedule_id is None:
+            found = await self._call(
                 "subscription_schedule.create",
                 schedules.create_async,
                 {"from_subscription": subscription_id},
                 idempotency_key=f"{idempotency_key}:schedule",
             )
         else:
-            schedule = await self._call(
-                "subscription_schedule.retrieve", schedules.retrieve_async, schedule_id, None
+            found = await self._call(
+                "subscription_schedule.retrieve",
+                schedules.retrieve_async,
+                subscription.schedule_id,
+                None,
             )
-        phase = first_schedule_phase(schedule.to_dict(for_json=True))
-        params: dict[str, Any] = {
+        schedule = parse_schedule(found.to_dict(for_json=True))
+        item = subscription.item(item_id)
+        switch_at = item.current_period_end if item is not None else None
+        params = {
             "end_behavior": "release",
-            "phases": [
-                {
-                    "items": [{"price": current_price, "quantity": quantity}],
-                    "start_date": phase.start_date,
-                    "end_date": phase.end_date,
-                },
-                {
-                    "items": [{"price": new_price, "quantity": quantity}],
-                    "proration_behavior": "none",
-                },
-            ],
+            "phases": price_change_phases(
+                subscription,
+                start=schedule.current_phase_start,
+                end=switch_at,
+                item_id=item_id,
+                new_price=new_price,
+            ),
         }
         await self._call(
             "subscription_schedule.update",
@@ -398,7 +447,7 @@ class StripeGateway:
             params,
             idempotency_key=idempotency_key,
         )
-        return str(schedule.id)
+        return schedule.id, switch_at
 
     async def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> None:
         """Drop a pending scheduled change; the subscription carries on as it is."""
@@ -432,6 +481,51 @@ class StripeGateway:
             {"delivery_success": False, "created": {"gte": since}, "limit": 100},
         )
         return [event.to_dict(for_json=True) for event in page.data]
+
+
+def _phase_items(
+    items: tuple[StripeSubscriptionItem, ...], *, item_id: str, price: str | None = None
+) -> list[dict[str, Any]]:
+    """Every item for a schedule phase: the one being changed gets `price`; metered items
+    carry no quantity (Stripe refuses one)."""
+    phase_items: list[dict[str, Any]] = []
+    for item in items:
+        entry: dict[str, Any] = {"price": price if price and item.id == item_id else item.price_id}
+        if item.quantity is not None:
+            entry["quantity"] = item.quantity
+        if item.discounts:
+            entry["discounts"] = [{"discount": discount} for discount in item.discounts]
+        phase_items.append(entry)
+    return phase_items
+
+
+def price_change_phases(
+    subscription: StripeSubscription,
+    *,
+    start: int,
+    end: datetime | None,
+    item_id: str,
+    new_price: str,
+) -> list[dict[str, Any]]:
+    """The phase in effect (the subscription as it is, until `end`) and the one after it
+    (the same with one item's price changed), keeping discounts and a running trial."""
+    discounts = [{"discount": discount} for discount in subscription.discounts]
+    current: dict[str, Any] = {
+        "items": _phase_items(subscription.items, item_id=item_id),
+        "start_date": start,
+    }
+    if end is not None:
+        current["end_date"] = int(end.timestamp())
+    if subscription.status == "trialing" and subscription.trial_end is not None:
+        current["trial_end"] = int(subscription.trial_end.timestamp())
+    following: dict[str, Any] = {
+        "items": _phase_items(subscription.items, item_id=item_id, price=new_price),
+        "proration_behavior": "none",
+    }
+    if discounts:
+        current["discounts"] = discounts
+        following["discounts"] = discounts
+    return [current, following]
 
 
 def require_stripe(gateway: StripeGateway | None) -> StripeGateway:

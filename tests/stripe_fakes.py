@@ -2,7 +2,9 @@
 
 Responses start from `fixtures/stripe_objects.json` (Stripe's published fixtures) so they have
 Stripe's real shapes. Like Stripe, the fake honours idempotency keys: a repeated key returns the
-first response and creates nothing.
+first response and creates nothing. Stripe also keeps a failed answer under its key for 24 hours
+once the request started to run; the fake replays declined cards (402) that way, the failure a
+customer fixes and tries again.
 """
 
 from __future__ import annotations
@@ -71,10 +73,12 @@ class FakeStripe:
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.schedules: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
+        self.invoices: dict[str, dict[str, Any]] = {}
         self.undelivered_events: list[dict[str, Any]] = []
         self.calls: list[Call] = []
         self.failures: dict[str, httpx.Response | Exception] = {}
         self._responses: dict[str, dict[str, Any]] = {}
+        self._answered_failures: dict[str, httpx.Response] = {}
         self._ids = itertools.count(1)
         routes = {
             ("POST", r"^/v1/products$"): self._create_product,
@@ -87,6 +91,10 @@ class FakeStripe:
             ("GET", r"^/v1/checkout/sessions/(?P<object_id>[^/]+)$"): self._get_session,
             ("POST", r"^/v1/billing_portal/sessions$"): self._create_portal_session,
             ("GET", r"^/v1/subscriptions$"): self._list_subscriptions,
+            ("GET", r"^/v1/subscriptions/(?P<object_id>[^/]+)$"): self._get_subscription,
+            ("POST", r"^/v1/subscriptions/(?P<object_id>[^/]+)/resume$"): (
+                self._resume_subscription
+            ),
             ("POST", r"^/v1/subscriptions/(?P<object_id>[^/]+)$"): self._update_subscription,
             ("DELETE", r"^/v1/subscriptions/(?P<object_id>[^/]+)$"): self._cancel_subscription,
             ("POST", r"^/v1/subscription_schedules$"): self._create_schedule,
@@ -108,11 +116,17 @@ class FakeStripe:
 
     def _unless_failing(self, handler: Any) -> Any:
         def respond(request: httpx.Request, **params: str) -> httpx.Response:
+            key = request.headers.get("idempotency-key")
+            if key is not None and key in self._answered_failures:
+                self._record(request)
+                return self._answered_failures[key]
             failure = self.failures.get(request.url.path)
             if failure is not None:
                 self._record(request)
                 if isinstance(failure, Exception):
                     raise failure
+                if key is not None and _kept_for_key(failure):
+                    self._answered_failures[key] = failure
                 return failure
             response: httpx.Response = handler(request, **params)
             return response
@@ -282,23 +296,41 @@ class FakeStripe:
         return session
 
     def add_subscription(
-        self, customer: str, price: str, *, status: str = "active", quantity: int = 1
+        self,
+        customer: str,
+        price: str,
+        *,
+        status: str = "active",
+        quantity: int = 1,
+        created: int | None = None,
+        trial_end: int | None = None,
+        discounts: list[str] | None = None,
     ) -> dict[str, Any]:
+        """A subscription in Stripe with one item; `add_item` adds more. A trial makes the
+        first period end with the trial, as Stripe does."""
         now = int(time.time())
         subscription_id = self._new_id("sub")
+        period_end = trial_end or now + 30 * 86_400
         subscription = stripe_object(
             "subscription",
             id=subscription_id,
             customer=customer,
             status=status,
-            created=now,
-            start_date=now,
+            created=created or now,
+            start_date=created or now,
             cancel_at_period_end=False,
             cancel_at=None,
             canceled_at=None,
             ended_at=None,
-            trial_end=None,
+            trial_start=now if trial_end else None,
+            trial_end=trial_end,
             schedule=None,
+            discounts=list(discounts or []),
+            latest_invoice=None,
+            pause_collection=None,
+            pending_update=None,
+            status_details=None,
+            billing_mode={"type": "classic"},
         )
         item = subscription["items"]["data"][0]
         item.update(
@@ -306,11 +338,72 @@ class FakeStripe:
             subscription=subscription_id,
             quantity=quantity,
             current_period_start=now,
-            current_period_end=now + 30 * 86_400,
+            current_period_end=period_end,
         )
         item["price"] = self.prices.get(price, item["price"]) | {"id": price}
+        subscription["currency"] = item["price"]["currency"]
         self.subscriptions[subscription_id] = subscription
         return subscription
+
+    def add_price(
+        self, *, currency: str = "usd", amount: int | None = 500, metered: bool = False
+    ) -> str:
+        """A monthly price made in the Stripe dashboard, outside our catalog (an add-on, or a
+        metered price billed on usage, which has no unit amount here and no quantity)."""
+        price = stripe_object(
+            "price", id=self._new_id("price"), currency=currency, lookup_key=None,
+            unit_amount=None if metered else amount,
+            unit_amount_decimal=None if metered else str(amount), type="recurring",
+        )  # fmt: skip
+        price["recurring"] = price["recurring"] | {
+            "interval": "month",
+            "usage_type": "metered" if metered else "licensed",
+        }
+        self.prices[price["id"]] = price
+        return str(price["id"])
+
+    def add_item(
+        self, subscription: dict[str, Any], price: str, *, first: bool = False, quantity: int = 1
+    ) -> dict[str, Any]:
+        """Another item on the subscription, sharing its period; metered items carry no
+        quantity. `first` lists it before the others."""
+        items = subscription["items"]["data"]
+        item: dict[str, Any] = copy.deepcopy(items[0]) | {"id": self._new_id("si"), "discounts": []}
+        item["price"] = self.prices[price]
+        if item["price"]["recurring"]["usage_type"] == "metered":
+            item.pop("quantity", None)
+        else:
+            item["quantity"] = quantity
+        items.insert(0 if first else len(items), item)
+        return item
+
+    def portal_cancel(self, subscription_id: str) -> dict[str, Any]:
+        """Play the customer cancelling in the portal, in flexible billing mode: Stripe sets
+        `cancel_at` to the end of the period and leaves `cancel_at_period_end` false."""
+        subscription = self.subscriptions[subscription_id]
+        subscription["billing_mode"] = {"type": "flexible", "flexible": {}}
+        subscription.update(
+            cancel_at=_period_end(subscription), cancel_at_period_end=False,
+            canceled_at=int(time.time()),
+        )  # fmt: skip
+        return subscription
+
+    def renewal_payment_fails(self, subscription_id: str, *, attempted_at: int) -> dict[str, Any]:
+        """Play a renewal whose charge failed at `attempted_at`: the invoice is finalized and
+        attempted then, stays open, and the subscription turns past_due."""
+        subscription = self.subscriptions[subscription_id]
+        invoice = stripe_object(
+            "invoice", id=self._new_id("in"), customer=subscription["customer"],
+            status="open", attempted=True, attempt_count=1, billing_reason="subscription_cycle",
+            collection_method="charge_automatically", created=attempted_at - 3600, due_date=None,
+            status_transitions={"finalized_at": attempted_at, "marked_uncollectible_at": None,
+                                "paid_at": None, "voided_at": None},
+            parent={"type": "subscription_details", "quote_details": None,
+                    "subscription_details": {"metadata": {}, "subscription": subscription_id}},
+        )  # fmt: skip
+        self.invoices[invoice["id"]] = invoice
+        subscription.update(status="past_due", latest_invoice=invoice["id"])
+        return invoice
 
     def _create_portal_session(self, request: httpx.Request) -> httpx.Response:
         fields, _key = self._record(request)
@@ -327,26 +420,92 @@ class FakeStripe:
 
     # Subscriptions and schedules
 
+    def _expanded(self, subscription: dict[str, Any], expand: list[str]) -> dict[str, Any]:
+        """The subscription as sent, with `latest_invoice` expanded when asked for."""
+        shown = copy.deepcopy(subscription)
+        invoice = shown.get("latest_invoice")
+        if "latest_invoice" in expand and isinstance(invoice, str) and invoice in self.invoices:
+            shown["latest_invoice"] = copy.deepcopy(self.invoices[invoice])
+        return shown
+
     def _list_subscriptions(self, request: httpx.Request) -> httpx.Response:
         self._record(request)
         customer = request.url.params.get("customer")
-        data = [s for s in self.subscriptions.values() if s["customer"] == customer]
+        expand = [e.removeprefix("data.") for k, e in request.url.params.multi_items()
+                  if k.startswith("expand")]  # fmt: skip
+        data = [
+            self._expanded(s, expand)
+            for s in self.subscriptions.values()
+            if s["customer"] == customer
+        ]
         return httpx.Response(
             200,
             json={"object": "list", "data": data, "has_more": False, "url": "/v1/subscriptions"},
         )
 
+    def _get_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        self._record(request)
+        subscription = self.subscriptions.get(object_id)
+        if subscription is None:
+            return stripe_error(404, "invalid_request_error", "resource_missing")
+        expand = [e for k, e in request.url.params.multi_items() if k.startswith("expand")]
+        return httpx.Response(200, json=self._expanded(subscription, expand))
+
     def _update_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        """Items are changed by id (the others stay), in the subscription's currency only;
+        `cancel_at_period_end` and `cancel_at` set or clear a pending cancellation."""
         fields, key = self._record(request)
         subscription = self.subscriptions[object_id]
         if key is not None and key in self._responses:
             return httpx.Response(200, json=self._responses[key])
-        if "items[0][price]" in fields:
-            item = subscription["items"]["data"][0]
-            new_price = fields["items[0][price]"]
-            item["price"] = self.prices.get(new_price, item["price"]) | {"id": new_price}
+        items = subscription["items"]["data"]
+        changes = []
+        for n in itertools.count():
+            if f"items[{n}][id]" not in fields and f"items[{n}][price]" not in fields:
+                break
+            item = next((i for i in items if i["id"] == fields.get(f"items[{n}][id]")), None)
+            if item is None:
+                return stripe_error(400, "invalid_request_error", "resource_missing")
+            new_price = fields.get(f"items[{n}][price]")
+            if new_price is not None:
+                price = self.prices.get(new_price)
+                if price is None:
+                    return stripe_error(400, "invalid_request_error", "resource_missing")
+                if price["currency"] != subscription["currency"]:
+                    return stripe_error(400, "invalid_request_error", "currency_mismatch")
+                changes.append((item, price))
+        for item, price in changes:
+            item["price"] = copy.deepcopy(price)
         if "cancel_at_period_end" in fields:
-            subscription["cancel_at_period_end"] = fields["cancel_at_period_end"] == "true"
+            cancel = fields["cancel_at_period_end"] == "true"
+            subscription.update(
+                cancel_at_period_end=cancel, cancel_at=_period_end(subscription) if cancel else None
+            )
+        if "cancel_at" in fields:
+            wanted = fields["cancel_at"]
+            subscription["cancel_at_period_end"] = False
+            subscription["cancel_at"] = (
+                None if wanted == ""
+                else _period_end(subscription) if wanted == "min_period_end"
+                else int(wanted)
+            )  # fmt: skip
+        if key is not None:
+            self._responses[key] = copy.deepcopy(subscription)
+        return httpx.Response(200, json=subscription)
+
+    def _resume_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        """Only a paused subscription resumes: a new period starts now (the default billing
+        cycle anchor), its invoice is paid, and the subscription is active again."""
+        _fields, key = self._record(request)
+        if key is not None and key in self._responses:
+            return httpx.Response(200, json=self._responses[key])
+        subscription = self.subscriptions[object_id]
+        if subscription["status"] != "paused":
+            return stripe_error(400, "invalid_request_error", "subscription_not_paused")
+        now = int(time.time())
+        for item in subscription["items"]["data"]:
+            item.update(current_period_start=now, current_period_end=now + 30 * 86_400)
+        subscription.update(status="active", status_details=None)
         if key is not None:
             self._responses[key] = copy.deepcopy(subscription)
         return httpx.Response(200, json=subscription)
@@ -359,44 +518,171 @@ class FakeStripe:
         return httpx.Response(200, json=subscription)
 
     def _create_schedule(self, request: httpx.Request) -> httpx.Response:
+        """A schedule from a subscription: one phase, the subscription as it is (every item,
+        its discounts, a running trial) until the end of its current period."""
         fields, key = self._record(request)
-
-        def build() -> dict[str, Any]:
-            subscription = self.subscriptions[fields["from_subscription"]]
-            item = subscription["items"]["data"][0]
-            schedule = {
-                "id": self._new_id("sub_sched"),
-                "object": "subscription_schedule",
-                "subscription": subscription["id"],
-                "status": "active",
-                "end_behavior": "release",
-                "phases": [
-                    {
-                        "start_date": item["current_period_start"],
-                        "end_date": item["current_period_end"],
-                        "items": [{"price": item["price"]["id"], "quantity": item["quantity"]}],
-                    }
-                ],
-            }
-            subscription["schedule"] = schedule["id"]
-            self.schedules[schedule["id"]] = schedule
-            return schedule
-
-        return self._respond(key, build)
+        if key is not None and key in self._responses:
+            return httpx.Response(200, json=self._responses[key])
+        subscription = self.subscriptions[fields["from_subscription"]]
+        if subscription["schedule"] is not None:
+            return stripe_error(400, "invalid_request_error", "subscription_schedule_exists")
+        first = subscription["items"]["data"][0]
+        phase: dict[str, Any] = {
+            "start_date": first["current_period_start"],
+            "end_date": _period_end(subscription),
+            "items": [_phase_item(item) for item in subscription["items"]["data"]],
+            "discounts": [{"discount": d, "coupon": None, "promotion_code": None}
+                          for d in subscription["discounts"]],
+            "trial_end": subscription["trial_end"] if subscription["status"] == "trialing"
+            else None,
+            "proration_behavior": "create_prorations",
+        }  # fmt: skip
+        schedule = {
+            "id": self._new_id("sub_sched"),
+            "object": "subscription_schedule",
+            "subscription": subscription["id"],
+            "customer": subscription["customer"],
+            "status": "active",
+            "end_behavior": "release",
+            "current_phase": {"start_date": phase["start_date"], "end_date": phase["end_date"]},
+            "phases": [phase],
+            "released_at": None,
+            "released_subscription": None,
+        }
+        subscription["schedule"] = schedule["id"]
+        self.schedules[schedule["id"]] = schedule
+        if key is not None:
+            self._responses[key] = copy.deepcopy(schedule)
+        return httpx.Response(200, json=schedule)
 
     def _get_schedule(self, request: httpx.Request, object_id: str) -> httpx.Response:
         self._record(request)
         return httpx.Response(200, json=self.schedules[object_id])
 
     def _update_schedule(self, request: httpx.Request, object_id: str) -> httpx.Response:
-        self._record(request)
-        return httpx.Response(200, json=self.schedules[object_id])
+        """New phases for an active schedule; the phase in effect applies to the subscription
+        at once (its items, discounts and trial become the subscription's)."""
+        fields, key = self._record(request)
+        if key is not None and key in self._responses:
+            return httpx.Response(200, json=self._responses[key])
+        schedule = self.schedules[object_id]
+        phases = _phases_from_form(fields)
+        refusal = self._phases_refusal(schedule, phases)
+        if refusal is not None:
+            return stripe_error(400, "invalid_request_error", refusal)
+        current_start = schedule["current_phase"]["start_date"]
+        current = next(p for p in phases if p["start_date"] == current_start)
+        for before, after in itertools.pairwise(phases):
+            after["start_date"] = after["start_date"] or before["end_date"]
+        schedule["phases"] = phases
+        schedule["end_behavior"] = fields.get("end_behavior", schedule["end_behavior"])
+        schedule["current_phase"]["end_date"] = current["end_date"]
+        self._enter_phase(schedule, current)
+        if key is not None:
+            self._responses[key] = copy.deepcopy(schedule)
+        return httpx.Response(200, json=schedule)
+
+    def _phases_refusal(self, schedule: dict[str, Any], phases: list[dict[str, Any]]) -> str | None:
+        """Why Stripe would refuse these phases, if it would: the schedule is no longer active;
+        a phase that already ended is changed (it may be left out); the phase in effect does
+        not keep its start; a price is in another currency than the subscription; a metered
+        price is given a quantity."""
+        if schedule["status"] != "active":
+            return "schedule_not_active"
+        subscription = self.subscriptions[schedule["subscription"]]
+        now = int(time.time())
+        ended = {p["start_date"]: p for p in schedule["phases"] if (p["end_date"] or now) < now}
+        current_start = schedule["current_phase"]["start_date"]
+        for phase in phases:
+            start, old = phase["start_date"], ended.get(phase["start_date"])
+            past = start is not None and start < current_start
+            if past and (old is None or _phase_prices(old) != _phase_prices(phase)):
+                return "phase_already_ended"
+            for item in phase["items"]:
+                price = self.prices[item["price"]]
+                if price["currency"] != subscription["currency"]:
+                    return "currency_mismatch"
+                metered = price["recurring"]["usage_type"] == "metered"
+                if metered and item.get("quantity") is not None:
+                    return "parameter_invalid_integer"
+        if all(p["start_date"] != current_start for p in phases):
+            return "phase_start_mismatch"
+        return None
+
+    def _enter_phase(self, schedule: dict[str, Any], phase: dict[str, Any]) -> None:
+        """Make the subscription what the phase says: its items (an item keeps its id while
+        its price stays), discounts and trial."""
+        subscription = self.subscriptions[schedule["subscription"]]
+        old_items = subscription["items"]["data"]
+        template = old_items[0]
+        items: list[dict[str, Any]] = []
+        for wanted in phase["items"]:
+            kept = next((i for i in old_items if i["price"]["id"] == wanted["price"]), None)
+            item = copy.deepcopy(kept or template)
+            if kept is None or any(i["id"] == item["id"] for i in items):
+                item["id"] = self._new_id("si")
+            item["price"] = copy.deepcopy(self.prices[wanted["price"]])
+            item["discounts"] = [d["discount"] for d in wanted.get("discounts", [])]
+            item.pop("quantity", None)
+            if wanted.get("quantity") is not None:
+                item["quantity"] = wanted["quantity"]
+            elif item["price"]["recurring"]["usage_type"] == "licensed":
+                item["quantity"] = 1
+            items.append(item)
+        subscription["items"]["data"] = items
+        subscription["discounts"] = [d["discount"] for d in phase.get("discounts", [])]
+        if phase.get("trial_end") is None and subscription["status"] == "trialing":
+            subscription.update(status="active", trial_end=int(time.time()))
+
+    def advance_schedule(self, schedule_id: str) -> dict[str, Any]:
+        """Play time up to the end of the phase in effect: every date moves back so that phase
+        ends now, and the next phase starts (a new period, without the trial it does not
+        carry). At the end of the last phase, the schedule releases the subscription."""
+        schedule = self.schedules[schedule_id]
+        subscription = self.subscriptions[schedule["subscription"]]
+        phases = schedule["phases"]
+        current_start = schedule["current_phase"]["start_date"]
+        index = next(n for n, p in enumerate(phases) if p["start_date"] == current_start)
+        now = int(time.time())
+        shift = (phases[index]["end_date"] or now) - now
+        for phase in phases:
+            phase["start_date"] -= shift
+            phase["end_date"] = phase["end_date"] and phase["end_date"] - shift
+        for item in subscription["items"]["data"]:
+            item["current_period_start"] -= shift
+            item["current_period_end"] -= shift
+        if subscription["trial_end"]:
+            subscription["trial_end"] -= shift
+        if index + 1 == len(phases):
+            schedule.update(status="released", current_phase=None, released_at=now,
+                            released_subscription=subscription["id"])  # fmt: skip
+            subscription["schedule"] = None
+            return schedule
+        following = phases[index + 1]
+        following["start_date"] = now
+        following["end_date"] = following["end_date"] or now + 30 * 86_400
+        schedule["current_phase"] = {
+            "start_date": following["start_date"],
+            "end_date": following["end_date"],
+        }
+        self._enter_phase(schedule, following)
+        for item in subscription["items"]["data"]:
+            item.update(current_period_start=now, current_period_end=following["end_date"])
+        return schedule
 
     def _release_schedule(self, request: httpx.Request, object_id: str) -> httpx.Response:
-        self._record(request)
+        """Only an active (or not yet started) schedule can be released."""
+        _fields, key = self._record(request)
+        if key is not None and key in self._responses:
+            return httpx.Response(200, json=self._responses[key])
         schedule = self.schedules[object_id]
-        schedule["status"] = "released"
+        if schedule["status"] not in {"active", "not_started"}:
+            return stripe_error(400, "invalid_request_error", "schedule_not_active")
+        schedule.update(status="released", current_phase=None, released_at=int(time.time()),
+                        released_subscription=schedule["subscription"])  # fmt: skip
         self.subscriptions[schedule["subscription"]]["schedule"] = None
+        if key is not None:
+            self._responses[key] = copy.deepcopy(schedule)
         return httpx.Response(200, json=schedule)
 
     # Reads
@@ -442,6 +728,73 @@ def stripe_event(event_type: str, obj: dict[str, Any], **overrides: Any) -> dict
         )
         | overrides
     )
+
+
+def _kept_for_key(failure: httpx.Response) -> bool:
+    """Whether the fake keeps this failure under the request's idempotency key, as Stripe keeps
+    a declined payment: the same key answers the same decline until the key expires."""
+    return failure.status_code == 402
+
+
+def _period_end(subscription: dict[str, Any]) -> int:
+    """The earliest end of the items' current periods (what `min_period_end` resolves to)."""
+    return min(int(item["current_period_end"]) for item in subscription["items"]["data"])
+
+
+def _phase_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A subscription item as a schedule phase lists it."""
+    return {
+        "price": item["price"]["id"],
+        "quantity": item.get("quantity"),
+        "discounts": [{"discount": d} for d in item.get("discounts") or []],
+    }
+
+
+def _phase_prices(phase: dict[str, Any]) -> list[tuple[str, int | None]]:
+    return [(item["price"], item.get("quantity")) for item in phase["items"]]
+
+
+def _int_field(fields: dict[str, str], name: str) -> int | None:
+    return int(fields[name]) if name in fields else None
+
+
+def _discounts_from_form(fields: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"discount": v} for k, v in fields.items() if k.startswith("discounts][")]
+
+
+def _phases_from_form(fields: dict[str, str]) -> list[dict[str, Any]]:
+    """`phases[n][...]` form fields as phase objects, in order."""
+    phases = []
+    for n in itertools.count():
+        phase_fields = _nested(fields, f"phases[{n}]")
+        if not phase_fields:
+            break
+        items = []
+        for m in itertools.count():
+            prefix = f"items][{m}]["
+            item = {
+                k.removeprefix(prefix): v for k, v in phase_fields.items() if k.startswith(prefix)
+            }
+            if not item:
+                break
+            items.append(
+                {
+                    "price": item["price"],
+                    "quantity": _int_field(item, "quantity"),
+                    "discounts": _discounts_from_form(item),
+                }
+            )
+        phases.append(
+            {
+                "start_date": _int_field(phase_fields, "start_date"),
+                "end_date": _int_field(phase_fields, "end_date"),
+                "items": items,
+                "discounts": _discounts_from_form(phase_fields),
+                "trial_end": _int_field(phase_fields, "trial_end"),
+                "proration_behavior": phase_fields.get("proration_behavior", "create_prorations"),
+            }
+        )
+    return phases
 
 
 def _public(obj: dict[str, Any]) -> dict[str, Any]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from billing_service.db.pool import Executor
-from billing_service.db.subscriptions import LIVE_STATUSES
+from billing_service.db.subscriptions import ranking_sql
 
 _ALLOWANCE = 'enabled, "limit", soft_limit, reset, overage'
 
@@ -20,13 +20,15 @@ WITH f AS (
 ), c AS (
     SELECT id FROM customers WHERE external_id = $1
 ), s AS (
+    -- Of all the customer's subscriptions, the one granting the best plan now ($3, grace $4);
+    -- a pending cancellation ends its billing period early.
     SELECT s.status, p.plan_id, pl.key AS plan_key, s.past_due_since,
-           s.current_period_start, s.current_period_end
+           s.current_period_start, least(s.current_period_end, s.cancel_at) AS current_period_end
     FROM subscriptions s
     JOIN c ON s.customer_id = c.id
     LEFT JOIN prices p ON p.id = s.price_id
     LEFT JOIN plans pl ON pl.id = p.plan_id
-    ORDER BY s.status = ANY($3::text[]) DESC, s.stripe_created_at DESC
+    ORDER BY {ranking_sql("$3", "$4")}
     LIMIT 1
 ), d AS (
     SELECT id, key FROM plans WHERE is_default
@@ -85,9 +87,14 @@ class FeatureContext:
 
 
 async def select_context(
-    conn: Executor, customer_key: str, feature_key: str | None
+    conn: Executor,
+    customer_key: str,
+    feature_key: str | None,
+    *,
+    now: datetime,
+    grace: timedelta,
 ) -> list[FeatureContext]:
-    rows = await conn.fetch(_CONTEXT, customer_key, feature_key, list(LIVE_STATUSES))
+    rows = await conn.fetch(_CONTEXT, customer_key, feature_key, now, grace)
     return [FeatureContext(**dict(row.items())) for row in rows]
 
 
@@ -325,22 +332,34 @@ class UpgradeOption:
 
 
 async def select_upgrade_options(
-    conn: Executor, feature_id: uuid.UUID, needed: int
+    conn: Executor, feature_id: uuid.UUID, needed: int, customer_id: uuid.UUID | None
 ) -> list[UpgradeOption]:
-    """Live plans whose allowance covers `needed`: the cheapest plan (by monthly equivalent)
-    first, and within a plan its smallest payment (monthly before yearly)."""
+    """Live plans whose allowance covers `needed`, in the customer's currency: the cheapest
+    plan (by monthly equivalent) first, and within a plan its smallest payment (monthly before
+    yearly). The customer's currency is their latest subscription's, else their latest
+    order's; a customer who never paid is offered every currency."""
     rows = await conn.fetch(
         """
+        WITH currency AS (
+            SELECT coalesce(
+                (SELECT currency FROM subscriptions WHERE customer_id = $3 AND currency IS NOT NULL
+                 ORDER BY stripe_created_at DESC LIMIT 1),
+                (SELECT currency FROM orders WHERE customer_id = $3 AND currency <> ''
+                 ORDER BY created_at DESC LIMIT 1)) AS code
+        )
         SELECT pl.key AS plan_key, p.lookup_key AS price_key
         FROM plan_features pf
         JOIN plans pl ON pl.id = pf.plan_id AND pl.active
         JOIN prices p ON p.plan_id = pl.id AND p.active AND p.type = 'recurring'
+        CROSS JOIN currency
         WHERE pf.feature_id = $1 AND pf.enabled AND (pf."limit" IS NULL OR pf."limit" >= $2)
+          AND (currency.code IS NULL OR p.currency = currency.code)
         ORDER BY min(p.amount::numeric / CASE p.recurring_interval WHEN 'year' THEN 12 ELSE 1 END)
                      OVER (PARTITION BY pl.id),
                  pl.display_order, p.amount
         """,
         feature_id,
         needed,
+        customer_id,
     )
     return [UpgradeOption(**dict(row.items())) for row in rows]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
@@ -46,25 +46,31 @@ class CancelSubscription(BaseModel):
     at_period_end: bool = True
 
 
-def serialize_subscription(subscription: Subscription | None) -> dict[str, object] | None:
+def serialize_subscription(
+    subscription: Subscription | None, *, now: datetime
+) -> dict[str, object] | None:
+    """The subscription as callers see it. A pending cancellation shows whether Stripe will
+    end it at the period end or at a date; a scheduled change shows only until it happens."""
     if subscription is None:
         return None
     scheduled = subscription.scheduled_price_key
+    effective_at = subscription.scheduled_change_at
+    upcoming = scheduled is not None and (effective_at is None or effective_at > now)
     return {
         "status": subscription.status,
         "plan": subscription.plan_key,
         "price": subscription.price_key,
         "quantity": subscription.quantity,
+        "items": subscription.items,
         "current_period_start": subscription.current_period_start,
         "current_period_end": subscription.current_period_end,
         "cancel_at_period_end": subscription.cancel_at_period_end,
         "cancel_at": subscription.cancel_at,
+        "cancellation_pending": subscription.cancellation_pending,
         "canceled_at": subscription.canceled_at,
         "trial_end": subscription.trial_end,
         "scheduled_change": (
-            None
-            if scheduled is None
-            else {"price": scheduled, "effective_at": subscription.current_period_end}
+            {"price": scheduled, "effective_at": effective_at} if upcoming else None
         ),
     }
 
@@ -77,16 +83,21 @@ def serialize_customer(view: CustomerView) -> dict[str, object]:
         "name": customer.name,
         "metadata": customer.metadata,
         "plan": None if view.plan is None else {"key": view.plan.key, "name": view.plan.name},
-        "subscription": serialize_subscription(view.subscription),
+        "subscription": serialize_subscription(view.subscription, now=view.as_of),
         "created_at": customer.created_at,
     }
+
+
+def _grace(request: Request) -> timedelta:
+    return timedelta(days=app_state(request)["settings"].past_due_grace_days)
 
 
 async def view_of(request: Request, customer: Customer) -> CustomerView:
     """The customer's current plan and subscription, under the configured grace period."""
     state = app_state(request)
-    grace = timedelta(days=state["settings"].past_due_grace_days)
-    return await customers.customer_view(state["pool"], customer, grace=grace)
+    return await customers.customer_view(
+        state["pool"], customer, grace=_grace(request), now=state["clock"]()
+    )
 
 
 async def _view(request: Request, customer_id: str) -> CustomerView:
@@ -122,7 +133,7 @@ async def get_subscription(request: Request) -> Response:
     view = await _view(request, customer_id)
     if view.subscription is None:
         raise NotFound(f"Customer '{customer_id}' has never subscribed.")
-    return JSONResponse(serialize_subscription(view.subscription))
+    return JSONResponse(serialize_subscription(view.subscription, now=view.as_of))
 
 
 @requires(Scope.BILLING)
@@ -138,12 +149,13 @@ async def change_subscription(request: Request) -> Response:
         customer,
         price_key=body.price,
         downgrade_at=state["settings"].downgrade_at,
+        grace=_grace(request),
     )
     view = await _view(request, customer_id)
     return JSONResponse(
         {
             "change": {"direction": change.direction, "effective": change.effective},
-            "subscription": serialize_subscription(view.subscription),
+            "subscription": serialize_subscription(view.subscription, now=view.as_of),
         }
     )
 
@@ -155,9 +167,11 @@ async def cancel_subscription(request: Request) -> Response:
     state = app_state(request)
     gateway = require_stripe(state["stripe"])
     customer = await customers.get_customer(state["pool"], customer_id)
-    await subscriptions.cancel(state["pool"], gateway, customer, at_period_end=body.at_period_end)
+    await subscriptions.cancel(
+        state["pool"], gateway, customer, at_period_end=body.at_period_end, grace=_grace(request)
+    )
     view = await _view(request, customer_id)
-    return JSONResponse(serialize_subscription(view.subscription))
+    return JSONResponse(serialize_subscription(view.subscription, now=view.as_of))
 
 
 @requires(Scope.BILLING)
@@ -166,9 +180,9 @@ async def resume_subscription(request: Request) -> Response:
     state = app_state(request)
     gateway = require_stripe(state["stripe"])
     customer = await customers.get_customer(state["pool"], customer_id)
-    await subscriptions.resume(state["pool"], gateway, customer)
+    await subscriptions.resume(state["pool"], gateway, customer, grace=_grace(request))
     view = await _view(request, customer_id)
-    return JSONResponse(serialize_subscription(view.subscription))
+    return JSONResponse(serialize_subscription(view.subscription, now=view.as_of))
 
 
 @requires(Scope.BILLING)

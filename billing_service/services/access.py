@@ -1,8 +1,14 @@
-"""The access policy: which plan a customer is entitled to, given their subscription.
+"""The access policy: which plan a customer is entitled to, given their subscriptions.
 
-`active` and `trialing` grant the subscribed plan (a pending cancellation keeps it until Stripe
-ends the subscription at period end); `past_due` keeps it for a grace period; anything else falls
-back to the default plan.
+`active` and `trialing` grant the subscribed plan (a pending cancellation, at the period end or
+at a date, keeps it until Stripe ends the subscription); `past_due` keeps it for a grace period;
+anything else (`paused` included) falls back to the default plan. A subscription grants a plan
+only through an item whose price is in the catalog.
+
+Over several subscriptions, the best plan granted now wins: the one with the highest
+`display_order` (plans are listed from the smallest to the largest). Its allowances apply as
+they are; allowances of two plans never add up. The same policy runs in SQL
+(`db.subscriptions.grants_sql`), which picks the subscription; this module decides on it.
 """
 
 from __future__ import annotations

@@ -99,11 +99,22 @@ async def create_checkout_session(
 
 
 async def _refuse_second_subscription(pool: asyncpg.Pool, customer: Customer) -> None:
+    """A live subscription carrying a plan (the one that matters, see db/subscriptions.py)
+    blocks another: change it, resume it when paused, or use the portal. Subscriptions whose
+    prices are outside the catalog (add-ons sold elsewhere) block nothing."""
     current = await subscriptions.select_current_subscription(pool, customer.id)
-    if current is not None and current.status in subscriptions.LIVE_STATUSES:
+    if current is None or current.plan_id is None:
+        return
+    key = customer.external_id
+    if current.status == "paused":
         raise SubscriptionExists(
-            f"Customer '{customer.external_id}' already has a {current.status} subscription. "
-            f"Change it with POST /v1/customers/{customer.external_id}/subscription/change "
+            f"Customer '{key}' already has a paused subscription to '{current.plan_key}'. "
+            f"Resume it with POST /v1/customers/{key}/subscription/resume."
+        )
+    if current.status in subscriptions.LIVE_STATUSES:
+        raise SubscriptionExists(
+            f"Customer '{key}' already has a {current.status} subscription. "
+            f"Change it with POST /v1/customers/{key}/subscription/change "
             "or send the customer to the portal (POST /v1/portal/sessions)."
         )
 

@@ -25,11 +25,13 @@ logger = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CustomerView:
-    """A customer with the plan they are entitled to right now and the subscription behind it."""
+    """A customer with the plan they are entitled to right now and the subscription behind it
+    (of several, the one granting the best plan), as of `as_of`."""
 
     customer: Customer
     plan: Plan | None
     subscription: Subscription | None
+    as_of: datetime
 
 
 async def upsert_customer(
@@ -69,15 +71,19 @@ async def get_customer(pool: asyncpg.Pool, external_id: str) -> Customer:
 
 
 async def customer_view(
-    pool: asyncpg.Pool, customer: Customer, *, grace: timedelta
+    pool: asyncpg.Pool, customer: Customer, *, grace: timedelta, now: datetime | None = None
 ) -> CustomerView:
+    """The plan granted now, decided over all the customer's subscriptions."""
+    now = now or datetime.now(UTC)
     async with pool.acquire() as conn:
-        subscription = await subscriptions.select_current_subscription(conn, customer.id)
+        subscription = await subscriptions.select_current_subscription(
+            conn, customer.id, now=now, grace=grace
+        )
         all_plans = await plans.select_plans(conn)
-    entitled = grants_plan(subscription, now=datetime.now(UTC), grace=grace)
+    entitled = grants_plan(subscription, now=now, grace=grace)
     plan_id = subscription.plan_id if entitled and subscription is not None else None
     plan = next((p for p in all_plans if (p.id == plan_id if plan_id else p.is_default)), None)
-    return CustomerView(customer=customer, plan=plan, subscription=subscription)
+    return CustomerView(customer=customer, plan=plan, subscription=subscription, as_of=now)
 
 
 async def ensure_stripe_customer(
@@ -161,9 +167,20 @@ def _facts(subscription: Subscription | None) -> tuple[object, ...] | None:
         return None
     return (
         subscription.stripe_subscription_id, subscription.status, subscription.plan_key,
-        subscription.price_key, subscription.cancel_at_period_end,
+        subscription.price_key, subscription.cancel_at_period_end, subscription.cancel_at,
         subscription.current_period_end, subscription.scheduled_price_key,
     )  # fmt: skip
+
+
+def _ending(subscription: Subscription | None) -> bool:
+    """Cancelled, or set to cancel at the period end or at a date (the portal's way)."""
+    return subscription is not None and (
+        subscription.status == "canceled" or subscription.cancellation_pending
+    )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 def _paid_plan(subscription: Subscription | None) -> str | None:
@@ -183,11 +200,7 @@ async def _announce_subscription_change(
     emails: list[tuple[str, str | None]] = []
     if _paid_plan(after) and not _paid_plan(before):
         emails.append(("owner_new_subscription", None))
-    cancelling = after.status == "canceled" or after.cancel_at_period_end
-    was_cancelling = before is not None and (
-        before.status == "canceled" or before.cancel_at_period_end
-    )
-    if cancelling and not was_cancelling and before is not None:
+    if _ending(after) and not _ending(before) and before is not None:
         emails.append(("owner_cancellation", None))
     await outbox.emit(
         conn,
@@ -198,9 +211,10 @@ async def _announce_subscription_change(
             "plan": after.plan_key,
             "price": after.price_key,
             "cancel_at_period_end": after.cancel_at_period_end,
-            "current_period_end": (
-                after.current_period_end.isoformat() if after.current_period_end else None
-            ),
+            "cancel_at": _iso(after.cancel_at),
+            "cancellation_pending": after.cancellation_pending,
+            "ends_at": _iso(after.ended_at or after.ends_at),
+            "current_period_end": _iso(after.current_period_end),
         },
         emails=emails,
     )

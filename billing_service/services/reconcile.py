@@ -45,13 +45,13 @@ class ReconcileReport:
 
 
 async def _snapshot(pool: asyncpg.Pool, customer: Customer) -> Any:
-    current = await subscriptions.select_current_subscription(pool, customer.id)
-    if current is None:
-        return None
-    return (
-        current.stripe_subscription_id, current.status, current.stripe_price_id,
-        current.cancel_at_period_end, current.current_period_end, current.stripe_schedule_id,
-    )  # fmt: skip
+    """What a repair could change, over every subscription of the customer and their items."""
+    found = await subscriptions.select_subscriptions(pool, customer.id)
+    return [
+        (s.stripe_subscription_id, s.status, s.stripe_price_id, s.items, s.cancel_at_period_end,
+         s.cancel_at, s.current_period_end, s.stripe_schedule_id)
+        for s in found
+    ]  # fmt: skip
 
 
 async def reconcile(

@@ -102,7 +102,7 @@ async def entitlements(
     pool: asyncpg.Pool, customer_key: str, *, now: datetime, grace: timedelta
 ) -> list[Entitlement]:
     """Every live feature as the customer may use it now (unknown customers: default plan)."""
-    contexts = await db.select_context(pool, customer_key, None)
+    contexts = await db.select_context(pool, customer_key, None, now=now, grace=grace)
     return [resolve(context, now=now, grace=grace) for context in contexts]
 
 
@@ -110,7 +110,7 @@ async def _one(
     conn: Connection | asyncpg.Pool, customer_key: str, feature_key: str, *, now: datetime,
     grace: timedelta,
 ) -> Entitlement:  # fmt: skip
-    contexts = await db.select_context(conn, customer_key, feature_key)
+    contexts = await db.select_context(conn, customer_key, feature_key, now=now, grace=grace)
     if not contexts:
         raise NotFound(f"No feature has key '{feature_key}'.")
     return resolve(contexts[0], now=now, grace=grace)
@@ -152,7 +152,9 @@ async def _denial(
 ) -> dict[str, Any]:
     body = _decision(entitlement, allowed=False, reason=reason)
     needed = min(entitlement.used + max(amount, 1), db.MAX_USED)  # a saturated counter
-    options = await db.select_upgrade_options(conn, entitlement.context.feature_id, needed)
+    options = await db.select_upgrade_options(
+        conn, entitlement.context.feature_id, needed, entitlement.context.customer_id
+    )
     upgrade = next((o for o in options if o.plan_key != entitlement.plan_key), None)
     body["upgrade"] = (
         None if upgrade is None else {"plan": upgrade.plan_key, "price": upgrade.price_key}
