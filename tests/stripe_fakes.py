@@ -2,7 +2,8 @@
 
 Responses start from `fixtures/stripe_objects.json` (Stripe's published fixtures) so they have
 Stripe's real shapes. Like Stripe, the fake honours idempotency keys: a repeated key returns the
-first response and creates nothing.
+first response and creates nothing, for 24 hours (`pass_time` moves the fake's clock); a key
+that is not 1-255 printable ASCII characters cannot be sent as a header, and is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -48,6 +50,12 @@ class Call:
     idempotency_key: str | None
 
 
+# How long Stripe keeps an idempotency key's first response: "at least 24 hours".
+IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
+# What an HTTP header value can carry (printable ASCII), within Stripe's 255-character limit.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
 def stripe_error(status: int, error_type: str, code: str | None = None) -> httpx.Response:
     """An error response in Stripe's shape."""
     message = {"card_error": "Your card was declined."}.get(error_type, "Request failed.")
@@ -71,10 +79,14 @@ class FakeStripe:
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.schedules: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
+        self.invoices: dict[str, dict[str, Any]] = {}
+        self.disputes: dict[str, dict[str, Any]] = {}
         self.undelivered_events: list[dict[str, Any]] = []
         self.calls: list[Call] = []
         self.failures: dict[str, httpx.Response | Exception] = {}
         self._responses: dict[str, dict[str, Any]] = {}
+        self._responded_at: dict[str, float] = {}
+        self.elapsed = 0.0  # seconds the fake's clock is ahead (see `pass_time`)
         self._ids = itertools.count(1)
         routes = {
             ("POST", r"^/v1/products$"): self._create_product,
@@ -83,8 +95,10 @@ class FakeStripe:
             ("POST", r"^/v1/prices/(?P<object_id>[^/]+)$"): self._update_price,
             ("POST", r"^/v1/customers$"): self._create_customer,
             ("POST", r"^/v1/customers/(?P<object_id>[^/]+)$"): self._update_customer,
+            ("DELETE", r"^/v1/customers/(?P<object_id>[^/]+)$"): self._delete_customer,
             ("POST", r"^/v1/checkout/sessions$"): self._create_session,
             ("GET", r"^/v1/checkout/sessions/(?P<object_id>[^/]+)$"): self._get_session,
+            ("GET", r"^/v1/checkout/sessions$"): self._list_sessions,
             ("POST", r"^/v1/billing_portal/sessions$"): self._create_portal_session,
             ("GET", r"^/v1/subscriptions$"): self._list_subscriptions,
             ("POST", r"^/v1/subscriptions/(?P<object_id>[^/]+)$"): self._update_subscription,
@@ -97,6 +111,8 @@ class FakeStripe:
             ),
             ("GET", r"^/v1/customers/(?P<object_id>[^/]+)$"): self._getter(self.customers),
             ("GET", r"^/v1/charges/(?P<object_id>[^/]+)$"): self._getter(self.charges),
+            ("GET", r"^/v1/invoices/(?P<object_id>[^/]+)$"): self._getter(self.invoices),
+            ("GET", r"^/v1/disputes/(?P<object_id>[^/]+)$"): self._getter(self.disputes),
             ("GET", r"^/v1/products/(?P<object_id>[^/]+)$"): self._getter(self.products),
             ("GET", r"^/v1/prices/(?P<object_id>[^/]+)$"): self._getter(self.prices),
             ("GET", r"^/v1/events$"): self._list_events,
@@ -108,6 +124,10 @@ class FakeStripe:
 
     def _unless_failing(self, handler: Any) -> Any:
         def respond(request: httpx.Request, **params: str) -> httpx.Response:
+            key = request.headers.get("idempotency-key")
+            if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+                self._record(request)
+                return stripe_error(400, "invalid_request_error", "idempotency_key_invalid")
             failure = self.failures.get(request.url.path)
             if failure is not None:
                 self._record(request)
@@ -131,12 +151,24 @@ class FakeStripe:
         self.calls.append(Call(request.method, request.url.path, fields, key))
         return fields, key
 
+    def pass_time(self, seconds: float) -> None:
+        """Move the fake's clock on: idempotency keys older than 24 hours are forgotten."""
+        self.elapsed += seconds
+
+    def _replayable(self, key: str | None) -> bool:
+        """Whether Stripe still holds a first response for the key (kept for 24 hours)."""
+        if key is None or key not in self._responses:
+            return False
+        age = time.time() + self.elapsed - self._responded_at.get(key, 0.0)
+        return age < IDEMPOTENCY_WINDOW_SECONDS
+
     def _respond(self, key: str | None, build: Any) -> httpx.Response:
-        if key is not None and key in self._responses:
+        if key is not None and self._replayable(key):
             return httpx.Response(200, json=self._responses[key])
         body: dict[str, Any] = build()
         if key is not None:
             self._responses[key] = body
+            self._responded_at[key] = time.time() + self.elapsed
         return httpx.Response(200, json=body)
 
     def _create_product(self, request: httpx.Request) -> httpx.Response:
@@ -225,14 +257,37 @@ class FakeStripe:
 
     def _update_customer(self, request: httpx.Request, object_id: str) -> httpx.Response:
         fields, _key = self._record(request)
-        customer = self.customers[object_id]
+        customer = self.customers.get(object_id)
+        if customer is None or customer.get("deleted"):
+            return stripe_error(404, "invalid_request_error", "resource_missing")
         customer.update({k: v for k, v in fields.items() if k in {"email", "name"}})
         return httpx.Response(200, json=customer)
+
+    def _delete_customer(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        self._record(request)
+        if object_id not in self.customers:
+            return stripe_error(404, "invalid_request_error", "resource_missing")
+        return httpx.Response(200, json=self.delete_customer(object_id))
+
+    def delete_customer(self, customer_id: str) -> dict[str, Any]:
+        """Delete the customer as Stripe does (the API or the dashboard): every subscription of
+        theirs is cancelled at once, and retrieving them returns only the deleted stub."""
+        now = int(time.time())
+        for subscription in self.subscriptions.values():
+            if subscription["customer"] == customer_id and subscription["status"] not in {
+                "canceled", "incomplete_expired"
+            }:  # fmt: skip
+                subscription.update(status="canceled", canceled_at=now, ended_at=now)
+        self.customers[customer_id] = stripe_object("deleted_customer", id=customer_id)
+        return self.customers[customer_id]
 
     # Checkout and the portal
 
     def _create_session(self, request: httpx.Request) -> httpx.Response:
         fields, key = self._record(request)
+        customer = self.customers.get(fields["customer"])
+        if not self._replayable(key) and (customer is None or customer.get("deleted")):
+            return stripe_error(400, "invalid_request_error", "resource_missing")
 
         def build() -> dict[str, Any]:
             session_id = self._new_id("cs_test")
@@ -265,6 +320,20 @@ class FakeStripe:
         if session is None:
             return stripe_error(404, "invalid_request_error", "resource_missing")
         return httpx.Response(200, json=_public(session))
+
+    def _list_sessions(self, request: httpx.Request) -> httpx.Response:
+        self._record(request)
+        payment_intent = request.url.params.get("payment_intent")
+        data = [
+            _public(session)
+            for session in self.sessions.values()
+            if payment_intent is None or session["payment_intent"] == payment_intent
+        ]
+        return httpx.Response(
+            200,
+            json={"object": "list", "data": data, "has_more": False,
+                  "url": "/v1/checkout/sessions"},
+        )  # fmt: skip
 
     def complete_checkout(self, session_id: str, *, status: str = "active") -> dict[str, Any]:
         """Play the customer paying: the session completes and, in subscription mode, the
@@ -419,12 +488,67 @@ class FakeStripe:
                   "url": "/v1/events"},
         )  # fmt: skip
 
-    def add_charge(self, payment_intent: str, *, refunded: bool) -> dict[str, Any]:
+    def add_charge(
+        self,
+        payment_intent: str,
+        *,
+        refunded: bool = False,
+        customer: str | None = None,
+        amount: int | None = None,
+    ) -> dict[str, Any]:
         charge = stripe_object(
-            "charge", id=self._new_id("ch"), payment_intent=payment_intent, refunded=refunded
-        )
+            "charge", id=self._new_id("ch"), payment_intent=payment_intent, refunded=refunded,
+            customer=customer,
+        )  # fmt: skip
+        if amount is not None:
+            charge.update(amount=amount, amount_captured=amount)
+        if refunded:
+            charge["amount_refunded"] = charge["amount"]
         self.charges[charge["id"]] = charge
         return charge
+
+    def refund_charge(self, charge_id: str, amount: int | None = None) -> dict[str, Any]:
+        """Refund the charge, wholly or in part; `refunded` is true only once the refunds add
+        up to the whole amount (Stripe: "if partially refunded, this attribute is false")."""
+        charge = self.charges[charge_id]
+        refund = charge["amount"] - charge["amount_refunded"] if amount is None else amount
+        charge["amount_refunded"] += refund
+        charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+        return charge
+
+    def add_invoice(
+        self, customer: str, *, status: str = "open", hosted_invoice_url: str | None = None
+    ) -> dict[str, Any]:
+        """An invoice of the customer; an open one has its Stripe-hosted payment page."""
+        invoice_id = self._new_id("in")
+        invoice = stripe_object(
+            "invoice",
+            id=invoice_id,
+            customer=customer,
+            status=status,
+            attempt_count=1,
+            hosted_invoice_url=hosted_invoice_url
+            or f"https://invoice.stripe.com/i/acct_fake/test_{invoice_id}",
+        )
+        self.invoices[invoice_id] = invoice
+        return invoice
+
+    def add_dispute(self, charge_id: str, *, status: str = "needs_response") -> dict[str, Any]:
+        """The cardholder disputes the charge: Stripe opens a dispute for its whole amount."""
+        charge = self.charges[charge_id]
+        charge["disputed"] = True
+        dispute = stripe_object(
+            "dispute",
+            id=self._new_id("dp"),
+            charge=charge_id,
+            payment_intent=charge["payment_intent"],
+            amount=charge["amount"],
+            currency=charge["currency"],
+            status=status,
+            reason="fraudulent",
+        )
+        self.disputes[dispute["id"]] = dispute
+        return dispute
 
 
 def stripe_event(event_type: str, obj: dict[str, Any], **overrides: Any) -> dict[str, Any]:
