@@ -1,7 +1,10 @@
 """structlog set-up: JSON in production, console in development, secrets redacted everywhere.
 
 Our own loggers and the standard-library ones (uvicorn, asyncpg) share one processor chain, so the
-redaction applies to every line the process writes.
+redaction applies to every line the process writes. Personal data (customer emails, names,
+metadata, request bodies) is kept out at the source: our lines never carry it, and the HTTP and
+Stripe client libraries, whose debug output holds whole requests and responses, are held at
+warnings whatever the level.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from structlog.types import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
 
+# Fields that hold a secret whatever their value.
 _SECRET_KEY_NAMES = re.compile(
-    r"authorization|api[_-]?key|secret|password|passwd|token|signature|cookie|credential",
+    r"authorization|api[_-]?key|secret|password|passwd|signature|cookie|credential",
     re.IGNORECASE,
 )
+# Fields named after tokens hold one only when their value is text (`customer_tokens=3` is a count).
+_TOKEN_KEY_NAMES = re.compile(r"token", re.IGNORECASE)
 _SECRET_VALUES = re.compile(
     r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]+"  # Stripe API keys
     r"|whsec_[A-Za-z0-9+/=]+"  # Stripe webhook signing secrets
@@ -30,6 +36,12 @@ _SECRET_VALUES = re.compile(
     r"|(?i:bearer)\s+[^\s\"',]+"  # any bearer credential
     r"|postgres(?:ql)?://[^\s\"']*:[^\s\"'@]*@",  # database URLs with a password
 )
+
+
+# Libraries whose info and debug lines carry request and response bodies, headers or URLs with
+# customer data (the Stripe SDK logs every parameter it sends and every response at debug;
+# uvicorn's ASGI message log holds request bodies). They only ever log warnings and errors.
+QUIET_LOGGERS = ("stripe", "httpx", "httpcore", "hpack", "h2", "h11", "uvicorn.asgi")
 
 
 # Every secret pattern above contains one of these; most strings contain none, and skip the regex.
@@ -50,13 +62,18 @@ def _redact_value(value: Any) -> Any:
 
 
 def _redact_item(key: str, value: Any) -> Any:
-    if _SECRET_KEY_NAMES.search(key) and value is not None:
+    if value is None:
+        return value
+    if _SECRET_KEY_NAMES.search(key):
+        return REDACTED
+    if _TOKEN_KEY_NAMES.search(key) and isinstance(value, str | bytes):
         return REDACTED
     return _redact_value(value)
 
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """Mask values under secret-looking keys and secret-looking strings anywhere in a line."""
+    """Mask secret fields, text under token fields, and secret-looking strings anywhere in a
+    line; numbers and flags under token-like names (counts of tokens) stay readable."""
     return {key: _redact_item(key, value) for key, value in event_dict.items()}
 
 
@@ -116,3 +133,5 @@ def configure_logging(
         uvicorn_logger.propagate = True
     # One summary line per request comes from our middleware; uvicorn's own would repeat it.
     logging.getLogger("uvicorn.access").disabled = True
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric_level, logging.WARNING))

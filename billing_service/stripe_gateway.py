@@ -1,12 +1,15 @@
 """The only module that talks to Stripe: typed calls in, our errors out, every mutation logged.
 
 Each mutation carries an idempotency key chosen by the caller from our own row ids, so a retry
-(the SDK's own bounded retries, or ours after a crash) can never create a second object.
+(the SDK's own bounded retries, or ours after a crash) can never create a second object. Keys
+travel in an HTTP header and in our logs: they are printable ASCII, at most 255 characters, and
+never carry personal data (a digest stands in for customer values).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -39,6 +42,16 @@ ResultT = TypeVar("ResultT", bound=stripe.StripeObject)
 # What callers are told to wait after Stripe failed or was too slow.
 RETRY_AFTER_SECONDS = 5
 
+# What Stripe accepts as an Idempotency-Key (an HTTP header value of at most 255 characters).
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+# Where Stripe hosts the pages a customer may be sent to (invoices, the portal, payment pages).
+STRIPE_HOSTED_PREFIXES = (
+    "https://invoice.stripe.com/",
+    "https://billing.stripe.com/",
+    "https://pay.stripe.com/",
+)
+
 logger = structlog.get_logger(__name__)
 
 
@@ -53,6 +66,13 @@ def stripe_answered(error: BaseException) -> bool:
         and cause.http_status is not None
         and cause.http_status not in (409, 429)
     )
+
+
+def stripe_hosted_url(value: object) -> str | None:
+    """`value` if it is a page Stripe hosts, else None: only those may reach emails and apps."""
+    if isinstance(value, str) and value.startswith(STRIPE_HOSTED_PREFIXES):
+        return value
+    return None
 
 
 def translate_stripe_error(exc: stripe.StripeError) -> BillingError:
@@ -121,6 +141,8 @@ class StripeGateway:
         idempotency_key: str | None = None,
     ) -> ResultT:
         """Run one Stripe call, logging it (with Stripe's request id) and translating failures."""
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise ValueError(f"{operation}: an idempotency key is 1-255 printable ASCII characters")
         options = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
         try:
             result = await method(*args, options=options)
@@ -295,6 +317,15 @@ class StripeGateway:
         )
         return parse_checkout_session(session.to_dict(for_json=True))
 
+    async def find_checkout_session(self, payment_intent: str) -> str | None:
+        """The id of the Checkout session that made the payment, or None (not a checkout's)."""
+        page = await self._call(
+            "checkout.session.list",
+            self._client.v1.checkout.sessions.list_async,
+            {"payment_intent": payment_intent, "limit": 1},
+        )
+        return str(page.data[0].id) if page.data else None
+
     async def create_portal_session(self, *, customer: str, return_url: str) -> str:
         sessions = self._client.v1.billing_portal.sessions
         session = await self._call(
@@ -462,10 +493,13 @@ class StripeGateway:
     # Webhook support: fresh objects and undelivered events
 
     async def retrieve_object(self, kind: str, object_id: str) -> dict[str, Any]:
-        """The current state of a customer, charge, product or price, as a plain mapping."""
+        """The current state of a customer (a deleted one is `{"id", "object", "deleted": true}`),
+        invoice, charge, dispute, product or price, as a plain mapping."""
         services: dict[str, Any] = {
             "customer": self._client.v1.customers,
+            "invoice": self._client.v1.invoices,
             "charge": self._client.v1.charges,
+            "dispute": self._client.v1.disputes,
             "product": self._client.v1.products,
             "price": self._client.v1.prices,
         }

@@ -157,10 +157,27 @@ async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.
         yield client
 
 
-# Secrets the tests use, and a marker of raw webhook bodies: none may ever reach a log line.
+# A customer whose personal data the tests send through every path (the API, Stripe calls,
+# webhooks, emails): none of it may ever reach a log line, at any level.
+PII_METADATA = {"favourite_colour": "ultramarine-canary-value"}
+PII_CUSTOMER: dict[str, object] = {
+    "email": "zoe.quillfeather@pii-canary.example",
+    "name": "Zoë Quillfeather-Ødegård",
+    "metadata": PII_METADATA,
+}
+PII_RENAMED = {"email": "zoe.q@pii-canary.example", "name": "Zoe Q. Quillfeather"}
+
+# Secrets the tests use, a marker of raw webhook bodies, and that customer's data (matched on
+# ASCII parts, so escaped or URL-encoded copies are caught too): none may reach a log line.
 _NEVER_LOGGED = re.compile(
     r"bsk_[A-Za-z0-9_-]{20,}|bct_[A-Za-z0-9_-]{20,}|sk_test_fake|whsec_test_|pending_webhooks"
+    r"|(?i:quillfeather|pii-canary|ultramarine-canary)"
 )
+
+
+def log_leaks(text: str) -> list[str]:
+    """What of the above occurs in `text` (log output), each once."""
+    return sorted(set(_NEVER_LOGGED.findall(text)))
 
 
 class _Tee(io.StringIO):
@@ -176,8 +193,8 @@ def suite_logs() -> Iterator[io.StringIO]:
     """Everything the service logs in-process during the whole suite, checked at the end."""
     stream = _Tee()
     yield stream
-    leaks = sorted(set(_NEVER_LOGGED.findall(stream.getvalue())))
-    assert not leaks, f"secrets or webhook bodies reached the logs: {leaks[:5]}"
+    leaks = log_leaks(stream.getvalue())
+    assert not leaks, f"secrets, webhook bodies or personal data reached the logs: {leaks[:5]}"
 
 
 @pytest.fixture(autouse=True)

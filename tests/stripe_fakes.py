@@ -2,9 +2,11 @@
 
 Responses start from `fixtures/stripe_objects.json` (Stripe's published fixtures) so they have
 Stripe's real shapes. Like Stripe, the fake honours idempotency keys: a repeated key returns the
-first response and creates nothing. Stripe also keeps a failed answer under its key for 24 hours
-once the request started to run; the fake replays declined cards (402) that way, the failure a
-customer fixes and tries again.
+first response and creates nothing, for 24 hours (`pass_time` moves the fake's clock); a key
+that is not 1-255 printable ASCII characters cannot be sent as a header, and is refused.
+Stripe also keeps a failed answer under its key for 24 hours once the request started to
+run; the fake replays declined cards (402) that way, the failure a customer fixes and tries
+again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,6 +53,12 @@ class Call:
     idempotency_key: str | None
 
 
+# How long Stripe keeps an idempotency key's first response: "at least 24 hours".
+IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
+# What an HTTP header value can carry (printable ASCII), within Stripe's 255-character limit.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
 def stripe_error(status: int, error_type: str, code: str | None = None) -> httpx.Response:
     """An error response in Stripe's shape."""
     message = {"card_error": "Your card was declined."}.get(error_type, "Request failed.")
@@ -74,11 +83,14 @@ class FakeStripe:
         self.schedules: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
         self.invoices: dict[str, dict[str, Any]] = {}
+        self.disputes: dict[str, dict[str, Any]] = {}
         self.undelivered_events: list[dict[str, Any]] = []
         self.calls: list[Call] = []
         self.failures: dict[str, httpx.Response | Exception] = {}
         self._responses: dict[str, dict[str, Any]] = {}
         self._answered_failures: dict[str, httpx.Response] = {}
+        self._responded_at: dict[str, float] = {}
+        self.elapsed = 0.0  # seconds the fake's clock is ahead (see `pass_time`)
         self._ids = itertools.count(1)
         routes = {
             ("POST", r"^/v1/products$"): self._create_product,
@@ -87,8 +99,10 @@ class FakeStripe:
             ("POST", r"^/v1/prices/(?P<object_id>[^/]+)$"): self._update_price,
             ("POST", r"^/v1/customers$"): self._create_customer,
             ("POST", r"^/v1/customers/(?P<object_id>[^/]+)$"): self._update_customer,
+            ("DELETE", r"^/v1/customers/(?P<object_id>[^/]+)$"): self._delete_customer,
             ("POST", r"^/v1/checkout/sessions$"): self._create_session,
             ("GET", r"^/v1/checkout/sessions/(?P<object_id>[^/]+)$"): self._get_session,
+            ("GET", r"^/v1/checkout/sessions$"): self._list_sessions,
             ("POST", r"^/v1/billing_portal/sessions$"): self._create_portal_session,
             ("GET", r"^/v1/subscriptions$"): self._list_subscriptions,
             ("GET", r"^/v1/subscriptions/(?P<object_id>[^/]+)$"): self._get_subscription,
@@ -105,6 +119,8 @@ class FakeStripe:
             ),
             ("GET", r"^/v1/customers/(?P<object_id>[^/]+)$"): self._getter(self.customers),
             ("GET", r"^/v1/charges/(?P<object_id>[^/]+)$"): self._getter(self.charges),
+            ("GET", r"^/v1/invoices/(?P<object_id>[^/]+)$"): self._getter(self.invoices),
+            ("GET", r"^/v1/disputes/(?P<object_id>[^/]+)$"): self._getter(self.disputes),
             ("GET", r"^/v1/products/(?P<object_id>[^/]+)$"): self._getter(self.products),
             ("GET", r"^/v1/prices/(?P<object_id>[^/]+)$"): self._getter(self.prices),
             ("GET", r"^/v1/events$"): self._list_events,
@@ -117,6 +133,9 @@ class FakeStripe:
     def _unless_failing(self, handler: Any) -> Any:
         def respond(request: httpx.Request, **params: str) -> httpx.Response:
             key = request.headers.get("idempotency-key")
+            if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+                self._record(request)
+                return stripe_error(400, "invalid_request_error", "idempotency_key_invalid")
             if key is not None and key in self._answered_failures:
                 self._record(request)
                 return self._answered_failures[key]
@@ -145,12 +164,28 @@ class FakeStripe:
         self.calls.append(Call(request.method, request.url.path, fields, key))
         return fields, key
 
+    def pass_time(self, seconds: float) -> None:
+        """Move the fake's clock on: idempotency keys older than 24 hours are forgotten."""
+        self.elapsed += seconds
+
+    def _replayable(self, key: str | None) -> bool:
+        """Whether Stripe still holds a first response for the key (kept for 24 hours)."""
+        if key is None or key not in self._responses:
+            return False
+        age = time.time() + self.elapsed - self._responded_at.get(key, 0.0)
+        return age < IDEMPOTENCY_WINDOW_SECONDS
+
+    def _remember(self, key: str, body: dict[str, Any]) -> None:
+        """Keep the first response under its key, as Stripe does for 24 hours."""
+        self._responses[key] = body
+        self._responded_at[key] = time.time() + self.elapsed
+
     def _respond(self, key: str | None, build: Any) -> httpx.Response:
-        if key is not None and key in self._responses:
+        if key is not None and self._replayable(key):
             return httpx.Response(200, json=self._responses[key])
         body: dict[str, Any] = build()
         if key is not None:
-            self._responses[key] = body
+            self._remember(key, body)
         return httpx.Response(200, json=body)
 
     def _create_product(self, request: httpx.Request) -> httpx.Response:
@@ -239,14 +274,37 @@ class FakeStripe:
 
     def _update_customer(self, request: httpx.Request, object_id: str) -> httpx.Response:
         fields, _key = self._record(request)
-        customer = self.customers[object_id]
+        customer = self.customers.get(object_id)
+        if customer is None or customer.get("deleted"):
+            return stripe_error(404, "invalid_request_error", "resource_missing")
         customer.update({k: v for k, v in fields.items() if k in {"email", "name"}})
         return httpx.Response(200, json=customer)
+
+    def _delete_customer(self, request: httpx.Request, object_id: str) -> httpx.Response:
+        self._record(request)
+        if object_id not in self.customers:
+            return stripe_error(404, "invalid_request_error", "resource_missing")
+        return httpx.Response(200, json=self.delete_customer(object_id))
+
+    def delete_customer(self, customer_id: str) -> dict[str, Any]:
+        """Delete the customer as Stripe does (the API or the dashboard): every subscription of
+        theirs is cancelled at once, and retrieving them returns only the deleted stub."""
+        now = int(time.time())
+        for subscription in self.subscriptions.values():
+            if subscription["customer"] == customer_id and subscription["status"] not in {
+                "canceled", "incomplete_expired"
+            }:  # fmt: skip
+                subscription.update(status="canceled", canceled_at=now, ended_at=now)
+        self.customers[customer_id] = stripe_object("deleted_customer", id=customer_id)
+        return self.customers[customer_id]
 
     # Checkout and the portal
 
     def _create_session(self, request: httpx.Request) -> httpx.Response:
         fields, key = self._record(request)
+        customer = self.customers.get(fields["customer"])
+        if not self._replayable(key) and (customer is None or customer.get("deleted")):
+            return stripe_error(400, "invalid_request_error", "resource_missing")
 
         def build() -> dict[str, Any]:
             session_id = self._new_id("cs_test")
@@ -279,6 +337,20 @@ class FakeStripe:
         if session is None:
             return stripe_error(404, "invalid_request_error", "resource_missing")
         return httpx.Response(200, json=_public(session))
+
+    def _list_sessions(self, request: httpx.Request) -> httpx.Response:
+        self._record(request)
+        payment_intent = request.url.params.get("payment_intent")
+        data = [
+            _public(session)
+            for session in self.sessions.values()
+            if payment_intent is None or session["payment_intent"] == payment_intent
+        ]
+        return httpx.Response(
+            200,
+            json={"object": "list", "data": data, "has_more": False,
+                  "url": "/v1/checkout/sessions"},
+        )  # fmt: skip
 
     def complete_checkout(self, session_id: str, *, status: str = "active") -> dict[str, Any]:
         """Play the customer paying: the session completes and, in subscription mode, the
@@ -456,7 +528,7 @@ class FakeStripe:
         `cancel_at_period_end` and `cancel_at` set or clear a pending cancellation."""
         fields, key = self._record(request)
         subscription = self.subscriptions[object_id]
-        if key is not None and key in self._responses:
+        if key is not None and self._replayable(key):
             return httpx.Response(200, json=self._responses[key])
         items = subscription["items"]["data"]
         changes = []
@@ -490,14 +562,14 @@ class FakeStripe:
                 else int(wanted)
             )  # fmt: skip
         if key is not None:
-            self._responses[key] = copy.deepcopy(subscription)
+            self._remember(key, copy.deepcopy(subscription))
         return httpx.Response(200, json=subscription)
 
     def _resume_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
         """Only a paused subscription resumes: a new period starts now (the default billing
         cycle anchor), its invoice is paid, and the subscription is active again."""
         _fields, key = self._record(request)
-        if key is not None and key in self._responses:
+        if key is not None and self._replayable(key):
             return httpx.Response(200, json=self._responses[key])
         subscription = self.subscriptions[object_id]
         if subscription["status"] != "paused":
@@ -507,7 +579,7 @@ class FakeStripe:
             item.update(current_period_start=now, current_period_end=now + 30 * 86_400)
         subscription.update(status="active", status_details=None)
         if key is not None:
-            self._responses[key] = copy.deepcopy(subscription)
+            self._remember(key, copy.deepcopy(subscription))
         return httpx.Response(200, json=subscription)
 
     def _cancel_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
@@ -521,7 +593,7 @@ class FakeStripe:
         """A schedule from a subscription: one phase, the subscription as it is (every item,
         its discounts, a running trial) until the end of its current period."""
         fields, key = self._record(request)
-        if key is not None and key in self._responses:
+        if key is not None and self._replayable(key):
             return httpx.Response(200, json=self._responses[key])
         subscription = self.subscriptions[fields["from_subscription"]]
         if subscription["schedule"] is not None:
@@ -552,7 +624,7 @@ class FakeStripe:
         subscription["schedule"] = schedule["id"]
         self.schedules[schedule["id"]] = schedule
         if key is not None:
-            self._responses[key] = copy.deepcopy(schedule)
+            self._remember(key, copy.deepcopy(schedule))
         return httpx.Response(200, json=schedule)
 
     def _get_schedule(self, request: httpx.Request, object_id: str) -> httpx.Response:
@@ -563,7 +635,7 @@ class FakeStripe:
         """New phases for an active schedule; the phase in effect applies to the subscription
         at once (its items, discounts and trial become the subscription's)."""
         fields, key = self._record(request)
-        if key is not None and key in self._responses:
+        if key is not None and self._replayable(key):
             return httpx.Response(200, json=self._responses[key])
         schedule = self.schedules[object_id]
         phases = _phases_from_form(fields)
@@ -579,7 +651,7 @@ class FakeStripe:
         schedule["current_phase"]["end_date"] = current["end_date"]
         self._enter_phase(schedule, current)
         if key is not None:
-            self._responses[key] = copy.deepcopy(schedule)
+            self._remember(key, copy.deepcopy(schedule))
         return httpx.Response(200, json=schedule)
 
     def _phases_refusal(self, schedule: dict[str, Any], phases: list[dict[str, Any]]) -> str | None:
@@ -673,7 +745,7 @@ class FakeStripe:
     def _release_schedule(self, request: httpx.Request, object_id: str) -> httpx.Response:
         """Only an active (or not yet started) schedule can be released."""
         _fields, key = self._record(request)
-        if key is not None and key in self._responses:
+        if key is not None and self._replayable(key):
             return httpx.Response(200, json=self._responses[key])
         schedule = self.schedules[object_id]
         if schedule["status"] not in {"active", "not_started"}:
@@ -682,7 +754,7 @@ class FakeStripe:
                         released_subscription=schedule["subscription"])  # fmt: skip
         self.subscriptions[schedule["subscription"]]["schedule"] = None
         if key is not None:
-            self._responses[key] = copy.deepcopy(schedule)
+            self._remember(key, copy.deepcopy(schedule))
         return httpx.Response(200, json=schedule)
 
     # Reads
@@ -705,12 +777,67 @@ class FakeStripe:
                   "url": "/v1/events"},
         )  # fmt: skip
 
-    def add_charge(self, payment_intent: str, *, refunded: bool) -> dict[str, Any]:
+    def add_charge(
+        self,
+        payment_intent: str,
+        *,
+        refunded: bool = False,
+        customer: str | None = None,
+        amount: int | None = None,
+    ) -> dict[str, Any]:
         charge = stripe_object(
-            "charge", id=self._new_id("ch"), payment_intent=payment_intent, refunded=refunded
-        )
+            "charge", id=self._new_id("ch"), payment_intent=payment_intent, refunded=refunded,
+            customer=customer,
+        )  # fmt: skip
+        if amount is not None:
+            charge.update(amount=amount, amount_captured=amount)
+        if refunded:
+            charge["amount_refunded"] = charge["amount"]
         self.charges[charge["id"]] = charge
         return charge
+
+    def refund_charge(self, charge_id: str, amount: int | None = None) -> dict[str, Any]:
+        """Refund the charge, wholly or in part; `refunded` is true only once the refunds add
+        up to the whole amount (Stripe: "if partially refunded, this attribute is false")."""
+        charge = self.charges[charge_id]
+        refund = charge["amount"] - charge["amount_refunded"] if amount is None else amount
+        charge["amount_refunded"] += refund
+        charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+        return charge
+
+    def add_invoice(
+        self, customer: str, *, status: str = "open", hosted_invoice_url: str | None = None
+    ) -> dict[str, Any]:
+        """An invoice of the customer; an open one has its Stripe-hosted payment page."""
+        invoice_id = self._new_id("in")
+        invoice = stripe_object(
+            "invoice",
+            id=invoice_id,
+            customer=customer,
+            status=status,
+            attempt_count=1,
+            hosted_invoice_url=hosted_invoice_url
+            or f"https://invoice.stripe.com/i/acct_fake/test_{invoice_id}",
+        )
+        self.invoices[invoice_id] = invoice
+        return invoice
+
+    def add_dispute(self, charge_id: str, *, status: str = "needs_response") -> dict[str, Any]:
+        """The cardholder disputes the charge: Stripe opens a dispute for its whole amount."""
+        charge = self.charges[charge_id]
+        charge["disputed"] = True
+        dispute = stripe_object(
+            "dispute",
+            id=self._new_id("dp"),
+            charge=charge_id,
+            payment_intent=charge["payment_intent"],
+            amount=charge["amount"],
+            currency=charge["currency"],
+            status=status,
+            reason="fraudulent",
+        )
+        self.disputes[dispute["id"]] = dispute
+        return dispute
 
 
 def stripe_event(event_type: str, obj: dict[str, Any], **overrides: Any) -> dict[str, Any]:

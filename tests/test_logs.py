@@ -1,15 +1,24 @@
-"""Structured logs: one line per request with its id, and secrets never written."""
+"""Structured logs: one line per request with its id; secrets and personal data never written."""
 
 from __future__ import annotations
 
 import io
+import json
+import logging
+from urllib.parse import urlencode
 
 import asyncpg
 import httpx
 import orjson
 import structlog
 
-from billing_service.logs import REDACTED
+from billing_service.logs import QUIET_LOGGERS, REDACTED, configure_logging
+from billing_service.services import maintenance
+from billing_service.stripe_gateway import StripeGateway
+from tests.conftest import PII_CUSTOMER, PII_METADATA, PII_RENAMED, log_leaks
+from tests.routes.test_checkout import bearer, checkout_body, seeded
+from tests.routes.test_webhooks import drain, post_event
+from tests.stripe_fakes import FakeStripe, stripe_event
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -92,3 +101,121 @@ def test_redaction_applies_to_exception_text(captured_logs: io.StringIO) -> None
     logger.error("boom", exc_info=error)
     assert "sk_test_leaky123" not in captured_logs.getvalue()
     assert "Stripe rejected key" in captured_logs.getvalue()
+
+
+def test_the_log_scan_catches_planted_secrets_and_personal_data(
+    captured_logs: io.StringIO,
+) -> None:
+    """The suite-wide scan is not vacuous: each kind of value it guards, planted in a real log
+    line (also JSON-escaped or form-encoded, as libraries write them), is found."""
+    assert log_leaks(captured_logs.getvalue()) == []
+    logger = structlog.get_logger("test")
+    logger.info("planted", note="sk_test_fake")  # redacted by the processor: not a leak
+    assert log_leaks(captured_logs.getvalue()) == []
+    planted = {
+        "name": str(PII_CUSTOMER["name"]),
+        "escaped": json.dumps(PII_CUSTOMER["name"]),  # "Zo\u00eb Quillfeather-…"
+        "form": urlencode({"email": PII_CUSTOMER["email"]}),  # zoe.quillfeather%40pii-canary…
+        "metadata": PII_METADATA["favourite_colour"],
+        "body": '{"object": "event", "pending_webhooks": 1}',
+    }
+    for field, value in planted.items():
+        stream = io.StringIO()
+        configure_logging("debug", "json", stream=stream)
+        logging.getLogger("some.library").debug("payload %s", value)
+        structlog.get_logger("test").info("planted", **{field: value})
+        assert log_leaks(stream.getvalue()), f"the scan missed a planted {field}"
+
+
+async def walk_customer_through_stripe(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    fake_stripe: FakeStripe,
+    key: str,
+) -> None:
+    """The customer with personal data goes everywhere it can: created, sent to Stripe at
+    checkout, renamed (a Stripe update), mirrored back from Stripe, sent a failed invoice."""
+    await seeded(client, pool, gateway, key)
+    created = await client.put("/v1/customers/pii_1", headers=bearer(key), json=PII_CUSTOMER)
+    assert created.status_code == 201, created.text
+    opened = await client.post(
+        "/v1/checkout/sessions", headers=bearer(key), json=checkout_body("pii_1")
+    )
+    assert opened.status_code == 201, opened.text
+    renamed = await client.put(
+        "/v1/customers/pii_1", headers=bearer(key), json=PII_CUSTOMER | PII_RENAMED
+    )
+    assert renamed.status_code == 200, renamed.text
+    [stripe_customer] = fake_stripe.customers.values()
+    await post_event(client, stripe_event("customer.updated", stripe_customer))
+    invoice = fake_stripe.add_invoice(stripe_customer["id"])
+    invoice.update(customer_email=PII_RENAMED["email"], customer_name=PII_RENAMED["name"])
+    await post_event(client, stripe_event("invoice.payment_failed", invoice))
+    await drain(pool, gateway)
+    assert await pool.fetchval("SELECT count(*) FROM email_deliveries") == 1
+    viewed = await client.get("/v1/customers/pii_1", headers=bearer(key))
+    assert viewed.json()["name"] == PII_RENAMED["name"]
+
+
+async def test_customer_data_never_reaches_the_logs_at_debug_level(
+    captured_logs: io.StringIO,
+    stripe_client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    fake_stripe: FakeStripe,
+    billing_key: str,
+) -> None:
+    """With the service logging at debug, Stripe calls, webhooks and emails of a customer leave
+    no email, name or metadata value in any line (the SDK's and httpx's debug output included:
+    those libraries are held at warnings)."""
+    assert logging.getLogger().getEffectiveLevel() == logging.DEBUG
+    await walk_customer_through_stripe(stripe_client, pool, gateway, fake_stripe, billing_key)
+
+    lines = _lines(captured_logs)
+    assert [line for line in lines if line["event"] == "stripe.request"]  # Stripe was called
+    assert log_leaks(captured_logs.getvalue()) == []
+    for name in QUIET_LOGGERS:
+        assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING
+
+
+async def test_customer_data_never_reaches_the_suite_logs(
+    suite_logs: io.StringIO,
+    stripe_client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    fake_stripe: FakeStripe,
+    billing_key: str,
+) -> None:
+    """At the production level (info) the same walk leaves the suite-wide capture clean; the
+    scan at the end of the session guards every other test the same way."""
+    already = len(suite_logs.getvalue())
+    await walk_customer_through_stripe(stripe_client, pool, gateway, fake_stripe, billing_key)
+    written = suite_logs.getvalue()[already:]
+    assert '"event":"stripe.request"' in written
+    assert log_leaks(written) == []
+
+
+def test_token_counts_stay_readable_and_token_values_are_masked(
+    captured_logs: io.StringIO,
+) -> None:
+    """Redaction follows values: a count of tokens is shown, text under a token-named field
+    and secret-named fields are masked."""
+    structlog.get_logger("test").info(
+        "probe", customer_tokens=3, refresh_token="opaque-abc123", access_token=None,
+        cookie=7, api_key=12345, expired_tokens={"deleted": 2},
+    )  # fmt: skip
+    [line] = _lines(captured_logs)
+    assert line["customer_tokens"] == 3
+    assert line["expired_tokens"] == {"deleted": 2}
+    assert line["access_token"] is None
+    assert (line["refresh_token"], line["cookie"], line["api_key"]) == (REDACTED,) * 3
+
+
+async def test_the_prune_job_logs_how_many_customer_tokens_it_deleted(
+    captured_logs: io.StringIO, pool: asyncpg.Pool
+) -> None:
+    """prune.finished shows the number of expired customer tokens deleted, not [REDACTED]."""
+    await maintenance.prune(pool, retention_days=90)
+    [line] = [line for line in _lines(captured_logs) if line["event"] == "prune.finished"]
+    assert line["customer_tokens"] == 0

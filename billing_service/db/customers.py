@@ -10,7 +10,10 @@ import asyncpg
 
 from billing_service.db.pool import Executor
 
-_COLUMNS = "id, external_id, email, name, metadata, stripe_customer_id, created_at"
+_COLUMNS = (
+    "id, external_id, email, name, metadata, stripe_customer_id, stripe_customer_generation, "
+    "created_at, updated_at"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +24,11 @@ class Customer:
     name: str | None
     metadata: dict[str, str]
     stripe_customer_id: str | None
+    # How many Stripe customers of this customer Stripe has deleted (it names the next one's key).
+    stripe_customer_generation: int
     created_at: datetime
+    # Moves with every write to the row: a change's Stripe idempotency key is derived from it.
+    updated_at: datetime
 
 
 def _from_row(row: asyncpg.Record) -> Customer:
@@ -62,6 +69,14 @@ async def select_customer(conn: Executor, external_id: str) -> Customer | None:
     return None if row is None else _from_row(row)
 
 
+async def select_customer_by_id(conn: Executor, customer_id: uuid.UUID) -> Customer | None:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM customers WHERE id = $1",  # noqa: S608
+        customer_id,
+    )
+    return None if row is None else _from_row(row)
+
+
 async def select_customer_by_stripe_id(conn: Executor, stripe_customer_id: str) -> Customer | None:
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM customers WHERE stripe_customer_id = $1",  # noqa: S608
@@ -71,19 +86,23 @@ async def select_customer_by_stripe_id(conn: Executor, stripe_customer_id: str) 
 
 
 async def claim_stripe_customer_id(
-    conn: Executor, customer_id: uuid.UUID, stripe_customer_id: str
-) -> str:
-    """Store the Stripe customer unless one is already stored; returns the one that stands."""
-    stored: str = await conn.fetchval(
+    conn: Executor, customer_id: uuid.UUID, stripe_customer_id: str, *, generation: int
+) -> str | None:
+    """Store the Stripe customer unless one is already stored; returns the one that stands.
+
+    None when a deletion was mirrored since the Stripe customer was created under `generation`:
+    what Stripe answered may be the deleted customer, so it is not stored."""
+    row = await conn.fetchrow(
         """
         UPDATE customers SET stripe_customer_id = coalesce(stripe_customer_id, $2)
-        WHERE id = $1
+        WHERE id = $1 AND stripe_customer_generation = $3
         RETURNING stripe_customer_id
         """,
         customer_id,
         stripe_customer_id,
+        generation,
     )
-    return stored
+    return None if row is None else str(row["stripe_customer_id"])
 
 
 async def subscriptions_fetched_at(conn: Executor, customer_id: uuid.UUID) -> datetime | None:
@@ -113,12 +132,19 @@ async def update_contact(
     )
 
 
-async def forget_stripe_customer(conn: Executor, stripe_customer_id: str) -> None:
-    """The Stripe customer was deleted; the next checkout creates a new one."""
-    await conn.execute(
-        "UPDATE customers SET stripe_customer_id = NULL WHERE stripe_customer_id = $1",
+async def forget_stripe_customer(conn: Executor, stripe_customer_id: str) -> bool:
+    """The Stripe customer was deleted: the next checkout creates a new one, under the next
+    generation's idempotency key. False when no customer had it (already forgotten)."""
+    forgotten = await conn.fetchval(
+        """
+        UPDATE customers SET stripe_customer_id = NULL,
+            stripe_customer_generation = stripe_customer_generation + 1
+        WHERE stripe_customer_id = $1
+        RETURNING true
+        """,
         stripe_customer_id,
     )
+    return bool(forgotten)
 
 
 async def select_customers_with_stripe(conn: Executor) -> list[Customer]:

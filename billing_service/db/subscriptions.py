@@ -271,3 +271,20 @@ async def start_new_version(conn: Executor, subscription_id: uuid.UUID, seen: da
         subscription_id,
         seen,
     )
+
+
+async def end_subscriptions(conn: Executor, customer_id: uuid.UUID, *, ended_at: datetime) -> int:
+    """Mark every subscription of the customer that has not ended as canceled at `ended_at`
+    (never later than now): Stripe cancels them all when it deletes the customer."""
+    result: str = await conn.execute(
+        """
+        UPDATE subscriptions SET status = 'canceled',
+            canceled_at = coalesce(canceled_at, least($2, now())),
+            ended_at = coalesce(ended_at, least($2, now())),
+            stripe_schedule_id = NULL, scheduled_price_id = NULL, past_due_since = NULL
+        WHERE customer_id = $1 AND status NOT IN ('canceled', 'incomplete_expired')
+        """,
+        customer_id,
+        ended_at,
+    )
+    return int(result.rsplit(maxsplit=1)[-1])

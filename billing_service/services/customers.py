@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 import structlog
 
 from billing_service.db import customers as db
@@ -56,11 +58,32 @@ async def upsert_customer(
             existing.stripe_customer_id,
             email=email,
             name=name,
-            idempotency_key=f"customer:{existing.id}:update:{email}:{name}",
+            idempotency_key=update_key(existing, email=email, name=name),
         )
     return await db.upsert_customer(
         pool, external_id=external_id, email=email, name=name, metadata=metadata
     )
+
+
+def update_key(customer: Customer, *, email: str | None, name: str | None) -> str:
+    """The Stripe idempotency key of a contact change: ASCII, bounded, and free of personal data.
+
+    A digest of the row's version and the new values: a retry of the same change reuses it, and
+    any later change gets a new one (so A → B → A → B is never answered with a stale replay).
+    """
+    version = int(customer.updated_at.timestamp() * 1_000_000)
+    change = orjson.dumps([version, email, name])
+    return f"customer:{customer.id}:update:{hashlib.sha256(change).hexdigest()[:32]}"
+
+
+def create_key(customer: Customer) -> str:
+    """The Stripe idempotency key that creates the customer's Stripe customer exactly once.
+
+    A new one after each deletion Stripe reported: within 24 h Stripe would otherwise replay the
+    deleted customer's id for the old key."""
+    if customer.stripe_customer_generation == 0:
+        return f"customer:{customer.id}:create"
+    return f"customer:{customer.id}:create:{customer.stripe_customer_generation}"
 
 
 async def get_customer(pool: asyncpg.Pool, external_id: str) -> Customer:
@@ -92,7 +115,8 @@ async def ensure_stripe_customer(
     """The customer's Stripe id, creating the Stripe customer on first use, exactly once.
 
     Concurrent first uses send the same idempotency key, so Stripe creates one customer and
-    answers all of them with it; the database keeps whichever id is stored first.
+    answers all of them with it; the database keeps whichever id is stored first. A deletion
+    mirrored meanwhile refuses the answer (it may be the deleted customer), and we start over.
     """
     if customer.stripe_customer_id is not None:
         return customer.stripe_customer_id
@@ -103,9 +127,15 @@ async def ensure_stripe_customer(
             "billing_customer_id": str(customer.id),
             "billing_customer_key": customer.external_id,
         },
-        idempotency_key=f"customer:{customer.id}:create",
+        idempotency_key=create_key(customer),
     )
-    stored = await db.claim_stripe_customer_id(pool, customer.id, created)
+    stored = await db.claim_stripe_customer_id(
+        pool, customer.id, created, generation=customer.stripe_customer_generation
+    )
+    if stored is None:
+        return await ensure_stripe_customer(
+            pool, gateway, await get_customer(pool, customer.external_id)
+        )
     if stored != created:
         logger.warning("customer.duplicate_stripe_customer", kept=stored, unused=created)
     return stored
@@ -137,7 +167,7 @@ async def sync_customer_subscriptions(
     so an older fetch can never overwrite a newer one. With `unless_fetched_since`, a customer
     fetched since that moment is not fetched again: that state already reflects the signal.
     """
-    async with session_lock(conn, f"billing.customer:{customer.id}"):
+    async with session_lock(conn, customer_lock(customer)):
         fetched: list[StripeSubscription] = []
         started = None
         last_fetch = await db.subscriptions_fetched_at(conn, customer.id)
@@ -160,6 +190,30 @@ async def sync_customer_subscriptions(
             after = await subscriptions.select_current_subscription(conn, customer.id)
             await _announce_subscription_change(conn, customer, before, after)
         return True
+
+
+async def mirror_stripe_deletion(
+    conn: Connection, customer: Customer, stripe_customer_id: str, *, deleted_at: datetime
+) -> None:
+    """Stripe deleted the customer's Stripe customer and, with it, cancelled every subscription.
+
+    Mirror both in the caller's transaction: the subscriptions end here too (so the paid plan
+    stops whichever of the deletion events comes first), and the Stripe id is forgotten under a
+    new generation, so the next checkout creates a new Stripe customer. The caller holds the
+    customer's sync lock, so no sync fetched before the deletion can write after it.
+    """
+    before = await subscriptions.select_current_subscription(conn, customer.id)
+    if not await db.forget_stripe_customer(conn, stripe_customer_id):
+        return  # already mirrored
+    await subscriptions.end_subscriptions(conn, customer.id, ended_at=deleted_at)
+    after = await subscriptions.select_current_subscription(conn, customer.id)
+    await _announce_subscription_change(conn, customer, before, after)
+    logger.info("customer.stripe_customer_deleted", customer_id=customer.external_id)
+
+
+def customer_lock(customer: Customer) -> str:
+    """The session lock that serializes every fetch-and-write of one customer's mirror."""
+    return f"billing.customer:{customer.id}"
 
 
 def _facts(subscription: Subscription | None) -> tuple[object, ...] | None:

@@ -23,6 +23,7 @@ from billing_service.config import Settings
 from billing_service.db import outbox
 from billing_service.db.outbox import EmailDelivery
 from billing_service.services.outgoing_webhooks import LEASE_SECONDS, retry_delay
+from billing_service.stripe_gateway import stripe_hosted_url
 
 logger = structlog.get_logger(__name__)
 
@@ -49,15 +50,22 @@ def template_values(payload: dict[str, Any], settings: Settings) -> dict[str, st
     items = ", ".join(
         f"{item.get('quantity', 1)} x {item.get('price')}" for item in payload.get("line_items", [])
     )
-    # The portal (Stripe's no-code login link) when configured, else the invoice's own page.
-    manage_url = settings.portal_login_url or payload.get("hosted_invoice_url") or ""
+    credits = "; ".join(
+        f"{c.get('clawed_back')} of {c.get('granted')} {c.get('feature')} taken back"
+        + (f", {c.get('unrecovered')} already spent" if c.get("unrecovered") else "")
+        for c in payload.get("credits_clawed_back", [])
+    )
+    # The portal (Stripe's no-code login link) when configured, else the invoice's own page,
+    # and only if Stripe hosts it: a link in our email must never lead anywhere else.
+    manage_url = settings.portal_login_url or stripe_hosted_url(payload.get("hosted_invoice_url"))
     values = {key: "" if value is None else str(value) for key, value in payload.items()}
+    amount = payload.get("amount_total", payload.get("amount_due", payload.get("amount")))
     return values | {
         "items": items or "—",
-        "total": money(
-            payload.get("amount_total", payload.get("amount_due")), payload.get("currency")
-        ),
-        "manage_url": str(manage_url),
+        "credits": credits or "none",
+        "total": money(amount, payload.get("currency")),
+        "manage_url": str(manage_url or ""),
+        "hosted_invoice_url": stripe_hosted_url(payload.get("hosted_invoice_url")) or "",
     }
 
 
@@ -122,7 +130,8 @@ class EmailWorker:
                 error=f"{type(exc).__name__}: {exc}"[:2000],
                 retry_in_seconds=delay,
             )
-            log.warning("email.failed", attempts=email.attempts, error=str(exc))
+            # The exception's text may name the recipient; the log line carries its type only.
+            log.warning("email.failed", attempts=email.attempts, error=type(exc).__name__)
             return
         await outbox.finish_email(self.pool, email.id, status="sent")
         log.info("email.sent", duration_ms=round((time.monotonic() - started) * 1000, 1))

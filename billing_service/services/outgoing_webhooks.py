@@ -35,6 +35,7 @@ EVENT_TYPES = (
     "order.completed",
     "subscription.updated",
     "payment.failed",
+    "dispute.updated",
 )
 # Seconds before each retry: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (about a day in all).
 RETRY_DELAYS = (5, 300, 1800, 7200, 18000, 36000, 36000)

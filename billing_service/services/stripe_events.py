@@ -23,12 +23,12 @@ from billing_service.config import Settings
 from billing_service.db import checkout_sessions, orders, outbox, prices, stripe_events
 from billing_service.db import customers as customers_db
 from billing_service.db.customers import Customer
-from billing_service.db.pool import Connection
+from billing_service.db.pool import Connection, session_lock
 from billing_service.db.stripe_events import StoredEvent
 from billing_service.errors import InvalidWebhook, StripeNotConfigured
 from billing_service.metrics import Metrics
-from billing_service.services import catalog_sync, customers
-from billing_service.stripe_gateway import StripeGateway
+from billing_service.services import catalog_sync, customers, reversals
+from billing_service.stripe_gateway import StripeGateway, stripe_hosted_url
 from billing_service.stripe_objects import timestamp
 from billing_service.webhook_signature import SignatureError, verify_signature
 
@@ -52,6 +52,8 @@ SUBSCRIPTION_SIGNALS = frozenset(
         "invoice.payment_action_required",
     }
 )
+# A failed invoice that is paid or voided since needs nobody's action any more.
+SETTLED_INVOICES = frozenset({"paid", "void"})
 CHECKOUT_EVENTS = frozenset(
     {
         "checkout.session.completed",
@@ -178,7 +180,12 @@ class EventContext:
 Handler = Callable[[EventContext], Awaitable[None]]
 
 
-async def _sync_subscriptions(ctx: EventContext, stripe_customer_id: object) -> None:
+async def _sync_subscriptions(
+    ctx: EventContext,
+    stripe_customer_id: object,
+    *,
+    failed_invoice: Mapping[str, Any] | None = None,
+) -> None:
     customer = (
         await customers_db.select_customer_by_stripe_id(ctx.conn, stripe_customer_id)
         if isinstance(stripe_customer_id, str)
@@ -192,26 +199,31 @@ async def _sync_subscriptions(ctx: EventContext, stripe_customer_id: object) -> 
         ctx.gateway,
         customer,
         unless_fetched_since=ctx.event.created_at,
-        before_write=lambda conn: _claim_and_announce(ctx, conn, customer),
+        before_write=lambda conn: _claim_and_announce(ctx, conn, customer, failed_invoice),
     )
 
 
-async def _claim_and_announce(ctx: EventContext, conn: Connection, customer: Customer) -> bool:
-    """Claim the event; a failed invoice also tells calling apps (payment.failed)."""
+async def _claim_and_announce(
+    ctx: EventContext,
+    conn: Connection,
+    customer: Customer,
+    failed_invoice: Mapping[str, Any] | None,
+) -> bool:
+    """Claim the event; a failed invoice (as Stripe has it now) also tells calling apps and the
+    customer (payment.failed), unless it has been paid or voided since."""
     if not await ctx.claim(conn):
         return False
-    if ctx.event.type == "invoice.payment_failed":
-        invoice = ctx.object
+    if failed_invoice is not None and failed_invoice.get("status") not in SETTLED_INVOICES:
         await outbox.emit(
             conn,
             "payment.failed",
             {
                 "customer_id": customer.external_id,
-                "invoice_id": invoice.get("id"),
-                "amount_due": invoice.get("amount_due"),
-                "currency": invoice.get("currency"),
-                "attempt_count": invoice.get("attempt_count"),
-                "hosted_invoice_url": invoice.get("hosted_invoice_url"),
+                "invoice_id": failed_invoice.get("id"),
+                "amount_due": failed_invoice.get("amount_due"),
+                "currency": failed_invoice.get("currency"),
+                "attempt_count": failed_invoice.get("attempt_count"),
+                "hosted_invoice_url": stripe_hosted_url(failed_invoice.get("hosted_invoice_url")),
             },
             dedupe_key=f"payment.failed:{ctx.event.stripe_event_id}",
             emails=[("payment_failed", customer.email)] if customer.email else [],
@@ -221,6 +233,13 @@ async def _claim_and_announce(ctx: EventContext, conn: Connection, customer: Cus
 
 async def handle_subscription_signal(ctx: EventContext) -> None:
     await _sync_subscriptions(ctx, ctx.object.get("customer"))
+
+
+async def handle_invoice_payment_failed(ctx: EventContext) -> None:
+    """The invoice is fetched from Stripe, never taken from the payload: its customer, amounts
+    and page link are Stripe's, so no signed-but-forged payload can reach a customer's inbox."""
+    invoice = await ctx.gateway.retrieve_object("invoice", str(ctx.object.get("id")))
+    await _sync_subscriptions(ctx, invoice.get("customer"), failed_invoice=invoice)
 
 
 async def handle_checkout(ctx: EventContext) -> None:
@@ -284,43 +303,44 @@ async def handle_checkout(ctx: EventContext) -> None:
     await ctx.complete(record)
 
 
-async def handle_customer_updated(ctx: EventContext) -> None:
+async def handle_customer(ctx: EventContext) -> None:
+    """customer.updated and customer.deleted: fetch the customer from Stripe and mirror it.
+
+    A customer Stripe reports deleted (whichever event brought the news) loses its Stripe id and,
+    as in Stripe, every subscription; a customer.deleted that Stripe does not confirm changes
+    nothing. Holding the customer's sync lock keeps a sync fetched before the deletion from
+    writing its stale subscriptions after it.
+    """
     stripe_customer_id = str(ctx.object.get("id"))
     customer = await customers_db.select_customer_by_stripe_id(ctx.conn, stripe_customer_id)
     if customer is None:
         await ctx.complete()
         return
-    current = await ctx.gateway.retrieve_object("customer", stripe_customer_id)
+    async with session_lock(ctx.conn, customers.customer_lock(customer)):
+        current = await ctx.gateway.retrieve_object("customer", stripe_customer_id)
+        deleted = current.get("deleted") is True
+        if ctx.event.type == "customer.deleted" and not deleted:
+            logger.warning("webhook.not_confirmed", stripe_event_id=ctx.event.stripe_event_id)
 
-    async def mirror(conn: Connection) -> None:
-        if current.get("deleted"):
-            await customers_db.forget_stripe_customer(conn, stripe_customer_id)
-        else:
-            await customers_db.update_contact(
-                conn, customer.id, email=current.get("email"), name=current.get("name")
-            )
+        async def mirror(conn: Connection) -> None:
+            if deleted:
+                await customers.mirror_stripe_deletion(
+                    conn, customer, stripe_customer_id, deleted_at=_deleted_at(ctx)
+                )
+            elif ctx.event.type == "customer.updated":
+                await customers_db.update_contact(
+                    conn, customer.id, email=current.get("email"), name=current.get("name")
+                )
 
-    await ctx.complete(mirror)
-
-
-async def handle_customer_deleted(ctx: EventContext) -> None:
-    stripe_customer_id = str(ctx.object.get("id"))
-
-    async def forget(conn: Connection) -> None:
-        await customers_db.forget_stripe_customer(conn, stripe_customer_id)
-
-    await ctx.complete(forget)
+        await ctx.complete(mirror)
 
 
-async def handle_charge_refunded(ctx: EventContext) -> None:
-    charge = await ctx.gateway.retrieve_object("charge", str(ctx.object.get("id")))
-    payment_intent = charge.get("payment_intent")
-
-    async def refund(conn: Connection) -> None:
-        if charge.get("refunded") and isinstance(payment_intent, str):
-            await orders.mark_refunded(conn, payment_intent)
-
-    await ctx.complete(refund)
+def _deleted_at(ctx: EventContext) -> datetime:
+    """When Stripe deleted the customer: the customer.deleted event's time; for an earlier event
+    that found the customer gone, the moment we found out."""
+    if ctx.event.type == "customer.deleted":
+        return ctx.event.stripe_created_at
+    return datetime.now(UTC)
 
 
 async def handle_catalog_object(ctx: EventContext) -> None:
@@ -344,16 +364,20 @@ async def handle_without_effect(ctx: EventContext) -> None:
 
 
 def handler_for(event_type: str) -> Handler:
+    if event_type == "invoice.payment_failed":
+        return handle_invoice_payment_failed
     if event_type in SUBSCRIPTION_SIGNALS:
         return handle_subscription_signal
+    if event_type in reversals.DISPUTE_EVENTS:
+        return reversals.handle_dispute
     if event_type in CHECKOUT_EVENTS:
         return handle_checkout
     if event_type.startswith(("product.", "price.")):
         return handle_catalog_object
     return {
-        "customer.updated": handle_customer_updated,
-        "customer.deleted": handle_customer_deleted,
-        "charge.refunded": handle_charge_refunded,
+        "customer.updated": handle_customer,
+        "customer.deleted": handle_customer,
+        "charge.refunded": reversals.handle_charge_refunded,
     }.get(event_type, handle_without_effect)
 
 

@@ -486,8 +486,7 @@ async def test_customer_and_catalog_events(
     )
 
     await post_event(
-        stripe_client,
-        stripe_event("customer.deleted", {"id": customer, "object": "customer", "deleted": True}),
+        stripe_client, stripe_event("customer.deleted", fake_stripe.delete_customer(customer))
     )
     await drain(pool, gateway)
     assert await pool.fetchval("SELECT stripe_customer_id FROM customers") is None

@@ -147,10 +147,10 @@ async def test_payment_failure_and_subscription_changes_are_emailed(
     subscription = fake_stripe.add_subscription(customer, await stripe_price(pool, "pro_monthly"))
     await post_event(stripe_client, stripe_event("customer.subscription.created", subscription))
     await drain(pool, gateway)
-    invoice = {
-        "id": "in_1", "object": "invoice", "customer": customer, "amount_due": 1900,
-        "currency": "usd", "hosted_invoice_url": "https://invoice.stripe.com/i/abc",
-    }  # fmt: skip
+    invoice = fake_stripe.add_invoice(
+        customer, hosted_invoice_url="https://invoice.stripe.com/i/abc"
+    )
+    invoice.update(amount_due=1900, currency="usd")
     await post_event(stripe_client, stripe_event("invoice.payment_failed", invoice))
     subscription["cancel_at_period_end"] = True
     await post_event(stripe_client, stripe_event("customer.subscription.updated", subscription))
