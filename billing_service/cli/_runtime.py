@@ -97,4 +97,6 @@ def serve(settings: Settings) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        # None: uvicorn reads FORWARDED_ALLOW_IPS, else trusts 127.0.0.1 and ::1 only.
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
