@@ -104,12 +104,17 @@ class Listener:
 
     async def _keep_listening(self, failures: int) -> None:
         while True:
-            if self._conn is None:
-                if failures:
-                    await asyncio.sleep(self._delay(failures))
-                failures = 0 if await self._connect() else failures + 1
-                continue
-            await self._watch()
+            try:
+                if self._conn is None:
+                    if failures:
+                        await asyncio.sleep(self._delay(failures))
+                    failures = 0 if await self._connect() else failures + 1
+                    continue
+                await self._watch()
+            except Exception:  # a subscriber's bug must not end listening for good
+                logger.exception("invalidation.unexpected_error")
+                self._cut("unexpected error")
+                failures += 1
 
     def _delay(self, failures: int) -> float:
         first, most = self._backoff

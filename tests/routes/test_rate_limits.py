@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import httpx
+import pytest
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from billing_service.app import create_app
-from billing_service.config import Settings
+from billing_service.config import ConfigurationError, Settings, load_settings
 from billing_service.ratelimit import FailureWindows, TokenBuckets, client_group
 from billing_service.services.api_keys import Scope as KeyScope
 from billing_service.state import AppState
@@ -266,3 +267,12 @@ def test_ipv6_clients_are_counted_by_their_64() -> None:
     assert client_group("2001:db8:1:2::1") != client_group("2001:db8:1:3::1")
     assert client_group("::ffff:203.0.113.7") == client_group("203.0.113.7") == "203.0.113.7"
     assert client_group("unknown") == "unknown"
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    """A host name in BILLING_FORWARDED_ALLOW_IPS (which uvicorn would silently never match)
+    is refused with one line naming the variable; addresses, networks and `*` are taken."""
+    with pytest.raises(ConfigurationError, match=r"^BILLING_FORWARDED_ALLOW_IPS: 'lb\.internal'"):
+        load_settings(forwarded_allow_ips="10.0.0.1, lb.internal")
+    for accepted in ("10.0.0.1", "10.0.0.0/8, ::1", "*"):
+        assert load_settings(forwarded_allow_ips=accepted).forwarded_allow_ips == accepted
