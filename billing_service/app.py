@@ -16,6 +16,7 @@ from billing_service import problems
 from billing_service.config import ConfigurationError, Settings, load_settings
 from billing_service.db.migrations import discover_migrations
 from billing_service.db.pool import create_pool
+from billing_service.invalidation import Listener
 from billing_service.jobs import build_jobs, run_scheduler
 from billing_service.logs import configure_logging
 from billing_service.metrics import Metrics
@@ -38,10 +39,11 @@ from billing_service.routes import (
     usage,
     webhook_endpoints,
 )
-from billing_service.services.api_keys import KeyCache
 from billing_service.services.email import EmailWorker
+from billing_service.services.key_cache import KeyCache
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
+from billing_service.services.token_index import TokenIndex
 from billing_service.state import AppState, Limits
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import PollingWorker
@@ -82,11 +84,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[AppState]:
-        pool = await create_pool(
-            database_url,
-            min_size=settings.database_pool_min,
-            max_size=settings.database_pool_max,
-        )
+        listener = Listener(database_url, metrics=metrics)
+        key_cache = KeyCache(settings.api_key_cache_seconds, listener)
+        token_index = TokenIndex(listener)
+        listening = asyncio.create_task(listener.start())  # its connection opens beside the pool's
+        try:
+            pool = await create_pool(
+                database_url,
+                min_size=settings.database_pool_min,
+                max_size=settings.database_pool_max,
+            )
+        except BaseException:
+            await asyncio.gather(listening, return_exceptions=True)
+            await listener.stop()
+            raise
+        await listening
         metrics.watch_pool(pool)
         stripe = StripeGateway.from_settings(settings)
         outbound = OutboundPolicy.from_settings(settings, resolver)
@@ -102,7 +114,8 @@ def create_app(
                 stripe=stripe,
                 worker=worker,
                 clock=clock,
-                key_cache=KeyCache(settings.api_key_cache_seconds),
+                key_cache=key_cache,
+                token_index=token_index,
                 limits=limits,
                 outbound=outbound,
             )
@@ -113,6 +126,7 @@ def create_app(
             if stripe is not None:
                 await stripe.close()
             await webhooks.aclose()
+            await listener.stop()
             await pool.close()
             logger.info("app.stopped")
 

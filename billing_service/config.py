@@ -5,6 +5,7 @@ Settings are built once at start-up and passed in; nothing reads the environment
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -71,6 +72,30 @@ class Settings(BaseSettings):
     rate_limit_per_key: float = Field(default=0.0, ge=0)
     rate_limit_burst: float = Field(default=0.0, ge=0)
     auth_failures_per_minute: int = Field(default=30, ge=1)
+
+    # `serve`: which proxies may name the client, and how long and how many connections are held.
+    forwarded_allow_ips: str | None = None
+    http_keep_alive_seconds: int = Field(default=5, ge=1, le=3600)
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    http_max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    http_max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    http_backlog: int = Field(default=2048, ge=1, le=65535)
+    http_shutdown_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _forwarded_are_addresses(cls, value: str | None) -> str | None:
+        """IP addresses or networks, or `*`: uvicorn would take anything else as a literal host
+        name that never matches, silently ignoring the proxy's header."""
+        if value is None or value.strip() == "*":
+            return value
+        for item in (part.strip() for part in value.split(",")):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (or '*')") from None
+        return value
 
     smtp_host: str | None = None
     smtp_port: int = Field(default=587, ge=1, le=65535)

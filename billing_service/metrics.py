@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests by route and status, latency, and database pool use.
+"""Prometheus metrics: requests by route and status, latency, database pool use, refused
+credentials and the cache-invalidation listener.
 
 Each app owns its registry, so several apps in one process (tests) never share counters.
 """
@@ -79,6 +80,35 @@ class Metrics:
         self.oldest_pending_age = Gauge(
             "billing_webhook_oldest_pending_age_seconds",
             "Age of the oldest pending Stripe event; 0 when none is pending.",
+            registry=self.registry,
+        )
+        self.auth_refused = Counter(
+            "billing_auth_refused",
+            "Refused credentials: `unauthenticated` (401) or `limited` (429, too many failures "
+            "from the client's address).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.listener_up = Gauge(
+            "billing_invalidation_listener_up",
+            "1 while this process listens for cache invalidations (its caches are trusted); "
+            "0 while it reconnects (its caches are bypassed).",
+            registry=self.registry,
+        )
+        self.listener_connects = Counter(
+            "billing_invalidation_listener_connects",
+            "Times the invalidation listener connected and reloaded its subscribers.",
+            registry=self.registry,
+        )
+        self.listener_losses = Counter(
+            "billing_invalidation_listener_losses",
+            "Times the invalidation listener lost its connection (caches cleared).",
+            registry=self.registry,
+        )
+        self.notifications = Counter(
+            "billing_invalidation_notifications",
+            "Invalidation notifications received, by channel.",
+            ["channel"],
             registry=self.registry,
         )
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing_service.errors import BillingError, MalformedRequest, PayloadTooLarge
@@ -16,6 +17,7 @@ from billing_service.metrics import Metrics
 from billing_service.problems import problem_response
 
 REQUEST_ID_HEADER = b"x-request-id"
+CLIENT_CLOSED_REQUEST = 499
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 logger = structlog.get_logger("billing_service.http")
@@ -64,6 +66,11 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_request_id)
+        except ClientDisconnect:
+            # The client left mid-request (or was cut off for sending its body too slowly):
+            # nobody to answer, and not our failure. Recorded as nginx's 499.
+            logger.info("http.client_disconnected", path=scope["path"])
+            status = status or CLIENT_CLOSED_REQUEST
         except Exception:
             # The last line of defence: log the failure, tell the caller nothing internal.
             logger.exception("http.unhandled_error", path=scope["path"])

@@ -15,14 +15,15 @@ from billing_service.db.migrations import Migration
 from billing_service.metrics import Metrics
 from billing_service.outbound import OutboundPolicy
 from billing_service.ratelimit import FailureWindows, TokenBuckets
-from billing_service.services.api_keys import KeyCache
+from billing_service.services.key_cache import KeyCache
+from billing_service.services.token_index import TokenIndex
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import PollingWorker
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-process rate limits: per API key (None: off) and failed logins per address."""
+    """Per-process rate limits: per API key (None: off) and failed attempts per address."""
 
     per_key: TokenBuckets | None
     failures: FailureWindows
@@ -37,6 +38,7 @@ class AppState(TypedDict):
     worker: PollingWorker | None
     clock: Callable[[], datetime]
     key_cache: KeyCache
+    token_index: TokenIndex
     limits: Limits
     outbound: OutboundPolicy
 

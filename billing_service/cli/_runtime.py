@@ -81,12 +81,17 @@ def exit_on_sigterm(signum: int, _frame: object) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run uvicorn; each worker builds its app from the environment, so pass settings through it."""
+    """Run uvicorn; each worker builds its app from the environment, so pass settings through it.
+
+    Connections are bounded (billing_service/http_protocol.py): header and body deadlines, a
+    header size cap and a connection cap per worker, on top of uvicorn's keep-alive timeout.
+    """
     assert settings.database_url is not None
     os.environ["BILLING_DATABASE_URL"] = settings.database_url.get_secret_value()
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through Python instead lets
     # atexit hooks run, which is how an embedded PostgreSQL gets stopped.
     signal.signal(signal.SIGTERM, exit_on_sigterm)
+    _raise_open_file_limit(settings)
     logger.info("server.starting", host=settings.host, port=settings.port, workers=settings.workers)
     uvicorn.run(
         "billing_service.app:app_from_environment",
@@ -97,4 +102,33 @@ def serve(settings: Settings) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        http="billing_service.http_protocol:GuardedHttpToolsProtocol",
+        # None: uvicorn reads FORWARDED_ALLOW_IPS, else trusts 127.0.0.1 and ::1 only.
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
+        # The protocol refuses connections past the cap on accept; uvicorn's own check (503 once
+        # a request's headers are in, counting in-flight requests too) stays as a backstop.
+        limit_concurrency=settings.http_max_connections + 1,
+        backlog=settings.http_backlog,
+        timeout_graceful_shutdown=settings.http_shutdown_timeout_seconds,
     )
+
+
+def _raise_open_file_limit(settings: Settings) -> None:
+    """Let each worker hold its connections, its database pool and some spare descriptors:
+    raise the soft RLIMIT_NOFILE towards the hard one if needed, or warn that it is too low."""
+    import resource
+
+    needed = settings.http_max_connections + settings.database_pool_max + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logger.warning(
+            "server.open_file_limit_low",
+            limit=target,
+            needed=needed,
+            hint="raise `ulimit -n` or lower BILLING_HTTP_MAX_CONNECTIONS",
+        )

@@ -117,3 +117,14 @@ async def revoke_api_key(conn: Executor, key_id: uuid.UUID) -> ApiKey | None:
 async def count_api_keys(conn: Executor) -> int:
     count = await conn.fetchval("SELECT count(*) FROM api_keys")
     return int(count)
+
+
+async def select_usable_key_hashes(conn: Executor) -> list[tuple[uuid.UUID, bytes]]:
+    """Id and hash of every unrevoked, unexpired key: what a process must recognise."""
+    rows = await conn.fetch(
+        """
+        SELECT id, key_hash FROM api_keys
+        WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+        """
+    )
+    return [(row["id"], bytes(row["key_hash"])) for row in rows]

@@ -29,3 +29,12 @@ async def select_token_customer(conn: Executor, token_hash: bytes) -> str | None
         token_hash,
     )
     return customer_key
+
+
+async def select_live_token_hashes(conn: Executor, limit: int) -> list[tuple[bytes, datetime]]:
+    """Hash and expiry of unexpired tokens, at most `limit` of them."""
+    rows = await conn.fetch(
+        "SELECT token_hash, expires_at FROM customer_tokens WHERE expires_at > now() LIMIT $1",
+        limit,
+    )
+    return [(bytes(row["token_hash"]), row["expires_at"]) for row in rows]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from billing_service.db import api_keys as db
 from billing_service.db.api_keys import ApiKey
 from billing_service.db.pool import Executor
 from billing_service.errors import FieldError, NotFound, ValidationFailed
+from billing_service.services.key_cache import KeyCache
 
 KEY_PREFIX = "bsk_"
 _SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 8
@@ -73,54 +73,29 @@ async def create_key(
     return await _mint(pool, name=name.strip(), scopes=scopes, expires_at=expires_at)
 
 
-class KeyCache:
-    """Keys authenticated in the last few seconds, so the hot path skips one database trip.
-
-    Only successes are kept. A key revoked through this process is forgotten at once; one
-    revoked elsewhere (another replica, the CLI) stops working within `ttl_seconds`.
-    """
-
-    def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
-        self.ttl_seconds = ttl_seconds
-        self.max_entries = max_entries
-        self._entries: dict[bytes, tuple[ApiKey, float]] = {}
-
-    def get(self, key_hash: bytes) -> ApiKey | None:
-        entry = self._entries.get(key_hash)
-        if entry is None:
-            return None
-        key, cached_at = entry
-        expired = key.expires_at is not None and key.expires_at <= datetime.now(UTC)
-        if expired or time.monotonic() - cached_at > self.ttl_seconds:
-            del self._entries[key_hash]
-            return None
-        return key
-
-    def put(self, key_hash: bytes, key: ApiKey) -> None:
-        if self.ttl_seconds <= 0:
-            return
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[key_hash] = (key, time.monotonic())
-
-    def forget(self, key_id: uuid.UUID) -> None:
-        for key_hash, (key, _cached_at) in list(self._entries.items()):
-            if key.id == key_id:
-                del self._entries[key_hash]
+def looks_like_key(presented: str) -> bool:
+    """Our prefix and a sane length: anything else is refused without hashing or a query."""
+    return presented.startswith(KEY_PREFIX) and len(presented) <= _MAX_KEY_LENGTH
 
 
 async def authenticate(
     pool: asyncpg.Pool, presented: str, cache: KeyCache | None = None
 ) -> ApiKey | None:
     """The usable key matching `presented`, or None for unknown, revoked or expired keys alike."""
-    if not presented.startswith(KEY_PREFIX) or len(presented) > _MAX_KEY_LENGTH:
+    if not looks_like_key(presented):
         return None
     key_hash = hash_key(presented)
     if cache is not None and (cached := cache.get(key_hash)) is not None:
         return cached
+    return await read_key(pool, key_hash, cache)
+
+
+async def read_key(pool: asyncpg.Pool, key_hash: bytes, cache: KeyCache | None) -> ApiKey | None:
+    """Look the key up in the database (stamping its last use), and tell the cache."""
+    generation = cache.generation if cache is not None else 0
     key = await db.select_usable_key_touching_last_used(pool, key_hash)
-    if key is not None and cache is not None:
-        cache.put(key_hash, key)
+    if cache is not None:
+        cache.remember(key_hash, key, generation)
     return key
 
 

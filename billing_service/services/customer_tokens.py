@@ -19,7 +19,7 @@ TOKEN_PREFIX = "bct_"  # noqa: S105 - a public prefix, not a secret
 DEFAULT_TTL = timedelta(minutes=15)
 
 
-def _hash(token: str) -> bytes:
+def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
@@ -33,7 +33,7 @@ async def issue_token(
     customer_id = await ensure_customer(pool, customer_key)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     expires_at = now + ttl
-    await db.insert_token(pool, customer_id, _hash(token), expires_at)
+    await db.insert_token(pool, customer_id, hash_token(token), expires_at)
     return token, expires_at
 
 
@@ -41,4 +41,4 @@ async def token_customer(pool: asyncpg.Pool, token: str) -> str | None:
     """Which customer an unexpired token reads, or None."""
     if not is_customer_token(token) or len(token) > 128:
         return None
-    return await db.select_token_customer(pool, _hash(token))
+    return await db.select_token_customer(pool, hash_token(token))
