@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -87,9 +88,18 @@ async def run_example(example: Example, env: dict[str, str], folder: Path) -> li
     process = await asyncio.create_subprocess_exec(
         "bash", "-c", PRELUDE + example.block.text,
         cwd=folder.parent, env=env | {"DOCS_ANSWERS": str(answers)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
-    output, _ = await asyncio.wait_for(process.communicate(), BLOCK_SECONDS)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), BLOCK_SECONDS)
+    except TimeoutError:
+        os.killpg(process.pid, signal.SIGKILL)  # bash and whatever it started
+        await process.wait()
+        raise AssertionError(
+            f"{example.block.where}: still running after {BLOCK_SECONDS} s; mark a block that"
+            " serves or waits ```sh no-run"
+        ) from None
     assert process.returncode == 0, (
         f"{example.block.where}: exited {process.returncode}:\n{output.decode()[-4000:]}"
     )
