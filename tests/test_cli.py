@@ -99,6 +99,24 @@ async def test_catalog_dry_run_then_apply_then_export(
     assert "The catalog is up to date." in again.out
 
 
+async def test_catalog_dry_run_of_an_empty_file_fails_as_the_apply_would(
+    cli_env: dict[str, str], pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """An empty file over a live catalog: the dry run already names the default-plan rule."""
+    applied = await billing_service(cli_env, "catalog", "apply", str(example_catalog_path()))
+    assert applied.code == 0, applied.err
+    empty = tmp_path / "catalog.yaml"
+    empty.write_text("")
+
+    for extra in (["--dry-run"], []):
+        run = await billing_service(cli_env, "catalog", "apply", str(empty), *extra)
+        assert run.code == 1, run.out
+        assert f"{empty}: plans: " in run.err
+        assert "default: true" in run.err
+        assert "Traceback" not in run.err
+    assert await pool.fetchval("SELECT count(*) FROM plans WHERE active") == 3
+
+
 async def test_catalog_sync_without_a_stripe_key_fails_clearly(cli_env: dict[str, str]) -> None:
     """`catalog sync` needs Stripe and says which setting is missing."""
     run = await billing_service(cli_env, "catalog", "sync")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import asyncpg
 
@@ -44,6 +45,12 @@ def _print_apply_result(result: catalog.ApplyResult, *, stripe_configured: bool)
             print(f"  {pending}")
 
 
+def _print_validation_errors(path: Path, exc: ValidationFailed) -> None:
+    """`file: field: reason`, one line per problem, as an editor's jump-to-error expects."""
+    for error in exc.errors:
+        print(f"{path}: {error.field}: {error.message}", file=sys.stderr)
+
+
 def cmd_catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
     try:
         text = args.file.read_text(encoding="utf-8")
@@ -53,12 +60,15 @@ def cmd_catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
     try:
         spec = load_catalog_yaml(text)
     except ValidationFailed as exc:
-        for error in exc.errors:
-            print(f"{args.file}: {error.field}: {error.message}", file=sys.stderr)
+        _print_validation_errors(args.file, exc)
         return 1
 
     async def apply(pool: asyncpg.Pool) -> int:
-        result = await apply_catalog_file(pool, settings, spec, dry_run=args.dry_run)
+        try:
+            result = await apply_catalog_file(pool, settings, spec, dry_run=args.dry_run)
+        except ValidationFailed as exc:  # the rules that depend on what the database holds
+            _print_validation_errors(args.file, exc)
+            return 1
         _print_apply_result(result, stripe_configured=settings.stripe_secret_key is not None)
         return 0
 

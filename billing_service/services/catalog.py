@@ -2,8 +2,9 @@
 
 `apply_catalog` runs in one transaction under a lock, so concurrent applies queue up instead of
 interleaving. It writes only what differs and describes each change; a dry run does the very same
-work and rolls it back, so what it prints is exactly what an apply would do. Stripe is brought up
-to date afterwards, outside the transaction (see `catalog_sync`).
+work, runs the checks PostgreSQL would otherwise leave to the commit, and rolls it back, so it
+fails where an apply would fail and prints what an apply would do. Stripe is brought up to date
+afterwards, outside the transaction (see `catalog_sync`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from billing_service.db.features import Feature
 from billing_service.db.plan_features import Allowance
 from billing_service.db.plans import Plan
 from billing_service.db.prices import Price
+from billing_service.errors import FieldError, ValidationFailed
 from billing_service.services import catalog_sync
 from billing_service.services.catalog_reconcile import (
     CatalogState,
@@ -101,6 +103,25 @@ def export_spec(state: CatalogState) -> CatalogSpec:
     )
 
 
+def _check_default_plan_kept(state: CatalogState, spec: CatalogSpec) -> None:
+    """Plans are archived, never deleted: once one exists, the catalog needs its default plan.
+
+    The file's own checks allow a catalog without plans (a first, empty apply); over a database
+    that already has plans it would leave none as the default, which the commit refuses.
+    """
+    if state.plans and not spec.plans:
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "plans",
+                    "exactly one plan must have default: true (none); plans already applied are "
+                    "archived, never deleted, so the catalog cannot go without a default plan",
+                )
+            ],
+            "The catalog is invalid.",
+        )
+
+
 async def apply_catalog(
     pool: asyncpg.Pool, build: Callable[[CatalogSpec], CatalogSpec], *, dry_run: bool = False
 ) -> ApplyResult:
@@ -113,9 +134,13 @@ async def apply_catalog(
             state = await load_state(conn)
             before = export_spec(state)
             spec = validated(build(before))
+            _check_default_plan_kept(state, spec)
             changes = await reconcile(conn, state, spec)
             pending = await catalog_sync.pending_work(conn)
             drift = await catalog_drift.select_open_drift(conn)
+            if dry_run:
+                # The deferred constraints are checked now, as the commit of an apply would.
+                await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
         except BaseException:
             await transaction.rollback()
             raise

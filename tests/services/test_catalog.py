@@ -227,6 +227,18 @@ async def test_dry_run_reports_the_changes_and_keeps_nothing(
     assert fake_stripe.calls == []
 
 
+async def test_dry_run_of_an_empty_catalog_fails_like_the_apply(pool: asyncpg.Pool) -> None:
+    """Once plans exist, an empty catalog is refused by the dry run as by the apply (no default)."""
+    await apply(pool, None, example())
+
+    for dry_run in (True, False):
+        with pytest.raises(ValidationFailed) as raised:
+            await apply(pool, None, CatalogSpec(), dry_run=dry_run)
+        assert [e.field for e in raised.value.errors] == ["plans"]
+        assert "default: true" in raised.value.errors[0].message
+    assert await pool.fetchval("SELECT key FROM plans WHERE is_default AND active") == "free"
+
+
 async def test_without_stripe_the_catalog_is_saved_and_sync_waits(
     pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
