@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from billing_service.db.pages import NEWEST_FIRST, After
 from billing_service.db.pool import Executor
 
 
@@ -23,14 +24,23 @@ class Order:
     created_at: datetime
 
 
-async def select_orders(conn: Executor, customer_id: uuid.UUID) -> list[Order]:
+async def select_orders(
+    conn: Executor, customer_id: uuid.UUID, *, after: After | None, limit: int
+) -> list[Order]:
+    """The customer's orders, newest first, after `after` (the first page when None): one
+    range scan of orders_customer (customer_id, created_at DESC)."""
+    start = after or NEWEST_FIRST
     rows = await conn.fetch(
         """
         SELECT id, status, currency, amount_total, customer_email, line_items,
                stripe_checkout_session_id, stripe_payment_intent_id, created_at
-        FROM orders WHERE customer_id = $1 ORDER BY created_at DESC, id
+        FROM orders WHERE customer_id = $1 AND (created_at, id) < ($2, $3)
+        ORDER BY created_at DESC, id DESC LIMIT $4
         """,
         customer_id,
+        start.created_at,
+        start.id,
+        limit,
     )
     return [Order(**dict(row.items())) for row in rows]
 
