@@ -16,7 +16,9 @@ from billing_service.stripe_gateway import StripeGateway
 
 def cmd_events_list(args: argparse.Namespace, settings: Settings) -> int:
     async def show(pool: asyncpg.Pool) -> int:
-        found = await stripe_events.select_events(pool, status=args.status, limit=args.limit)
+        found = await stripe_events.select_events(
+            pool, status=args.status, after=None, limit=args.limit
+        )
         print(f"{'event':32}  {'type':42}  {'status':9}  {'tries':5}  received / last error")
         for event in found:
             received = event.created_at.isoformat(timespec="seconds")

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from billing_service.db.pages import OLDEST_FIRST, After
 from billing_service.db.pool import Executor
 
 _COLUMNS = "id, name, prefix, scopes, expires_at, revoked_at, last_used_at, created_at"
@@ -91,8 +92,18 @@ async def select_usable_key_touching_last_used(conn: Executor, key_hash: bytes) 
     return None if row is None else _from_row(row)
 
 
-async def select_api_keys(conn: Executor) -> list[ApiKey]:
-    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")  # noqa: S608
+async def select_api_keys(
+    conn: Executor, *, after: After | None, limit: int | None
+) -> list[ApiKey]:
+    """Keys oldest first, after `after` (from the start when None); all when no limit."""
+    start = after or OLDEST_FIRST
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM api_keys WHERE (created_at, id) > ($1, $2) "  # noqa: S608
+        "ORDER BY created_at, id LIMIT $3",
+        start.created_at,
+        start.id,
+        limit,
+    )
     return [_from_row(row) for row in rows]
 
 

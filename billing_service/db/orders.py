@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from billing_service.db.pages import NEWEST_FIRST, After
 from billing_service.db.pool import Executor
 
 # Order statuses in the only order they may move in: a late event never undoes a later one.
@@ -33,11 +34,22 @@ _ORDER = (
 )
 
 
-async def select_orders(conn: Executor, customer_id: uuid.UUID) -> list[Order]:
+async def select_orders(
+    conn: Executor, customer_id: uuid.UUID, *, after: After | None, limit: int
+) -> list[Order]:
+    """The customer's orders, newest first, after `after` (the first page when None): one
+    range scan of orders_customer (customer_id, created_at DESC)."""
+    start = after or NEWEST_FIRST
     rows = await conn.fetch(
-        f"SELECT {_ORDER} FROM orders WHERE customer_id = $1 "  # noqa: S608 - constant columns
-        "ORDER BY created_at DESC, id",
+        f"""
+        SELECT {_ORDER}
+        FROM orders WHERE customer_id = $1 AND (created_at, id) < ($2, $3)
+        ORDER BY created_at DESC, id DESC LIMIT $4
+        """,  # noqa: S608 - constant columns
         customer_id,
+        start.created_at,
+        start.id,
+        limit,
     )
     return [Order(**dict(row.items())) for row in rows]
 

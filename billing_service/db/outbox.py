@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from billing_service.db.pages import NEWEST_FIRST, OLDEST_FIRST, After
 from billing_service.db.pool import Connection, Executor
 
 
@@ -78,9 +79,27 @@ async def insert_endpoint(
     return Endpoint(**dict(row.items()))
 
 
-async def select_endpoints(conn: Executor) -> list[Endpoint]:
-    rows = await conn.fetch(f"SELECT {_ENDPOINT} FROM webhook_endpoints ORDER BY created_at")  # noqa: S608
+async def select_endpoints(
+    conn: Executor, *, after: After | None, limit: int | None
+) -> list[Endpoint]:
+    """Endpoints oldest first, after `after` (from the start when None); all when no limit."""
+    start = after or OLDEST_FIRST
+    rows = await conn.fetch(
+        f"SELECT {_ENDPOINT} FROM webhook_endpoints WHERE (created_at, id) > ($1, $2) "  # noqa: S608
+        "ORDER BY created_at, id LIMIT $3",
+        start.created_at,
+        start.id,
+        limit,
+    )
     return [Endpoint(**dict(row.items())) for row in rows]
+
+
+async def select_endpoint(conn: Executor, endpoint_id: uuid.UUID) -> Endpoint | None:
+    row = await conn.fetchrow(
+        f"SELECT {_ENDPOINT} FROM webhook_endpoints WHERE id = $1",  # noqa: S608
+        endpoint_id,
+    )
+    return None if row is None else Endpoint(**dict(row.items()))
 
 
 async def set_endpoint_enabled(conn: Executor, endpoint_id: uuid.UUID, enabled: bool) -> bool:
@@ -211,16 +230,22 @@ class DeliveryRecord:
 
 
 async def select_deliveries(
-    conn: Executor, endpoint_id: uuid.UUID, *, limit: int
+    conn: Executor, endpoint_id: uuid.UUID, *, after: After | None, limit: int
 ) -> list[DeliveryRecord]:
+    """The endpoint's deliveries, newest first, after `after` (the first page when None): one
+    range scan of webhook_deliveries_endpoint (endpoint_id, created_at DESC)."""
+    start = after or NEWEST_FIRST
     rows = await conn.fetch(
         """
         SELECT d.id, d.event_id, o.type AS event_type, d.status, d.attempts, d.last_status_code,
                d.last_error, d.next_attempt_at, d.delivered_at, d.created_at
         FROM webhook_deliveries d JOIN outbox_events o ON o.id = d.event_id
-        WHERE d.endpoint_id = $1 ORDER BY d.created_at DESC LIMIT $2
+        WHERE d.endpoint_id = $1 AND (d.created_at, d.id) < ($2, $3)
+        ORDER BY d.created_at DESC, d.id DESC LIMIT $4
         """,
         endpoint_id,
+        start.created_at,
+        start.id,
         limit,
     )
     return [DeliveryRecord(**dict(row.items())) for row in rows]

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from billing_service.db.pages import NEWEST_FIRST, After
 from billing_service.db.pool import Executor
 
 _COLUMNS = (
@@ -138,17 +139,56 @@ async def record_failure(
     )
 
 
-async def select_events(conn: Executor, *, status: str | None, limit: int) -> list[StoredEvent]:
-    rows = await conn.fetch(
-        f"""
-        SELECT {_COLUMNS} FROM stripe_events
-        WHERE $1::text IS NULL OR status = $1
-        ORDER BY created_at DESC LIMIT $2
-        """,  # noqa: S608 - constant column list
-        status,
-        limit,
-    )
-    return [_from_row(row) for row in rows]
+STATUSES = ("pending", "processed", "failed")
+_ENTRY_COLUMNS = (
+    "id, stripe_event_id, type, object_id, status, attempts, next_attempt_at, last_error, "
+    "stripe_created_at, processed_at, created_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """An event as the ledger lists it: its processing state, without the payload."""
+
+    id: uuid.UUID
+    stripe_event_id: str
+    type: str
+    object_id: str | None
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    stripe_created_at: datetime
+    processed_at: datetime | None
+    created_at: datetime
+
+
+# Newest first, resuming after (created_at, id): one backward range scan of
+# stripe_events_status (status, created_at) per status. Without a status filter the three
+# scans are merged, each stopping after one page, so no page reads more than 3 * (limit + 1) rows.
+_PAGE_OF_STATUS = f"""
+    SELECT {_ENTRY_COLUMNS} FROM stripe_events
+    WHERE status = {{status}} AND (created_at, id) < ($1, $2)
+    ORDER BY created_at DESC, id DESC LIMIT $3
+"""  # noqa: S608 - constant column list
+_PAGE_BY_STATUS = _PAGE_OF_STATUS.format(status="$4")
+_PAGE_ALL = (
+    "SELECT * FROM ("  # noqa: S608 - constant fragments only
+    + " UNION ALL ".join(f"({_PAGE_OF_STATUS.format(status=repr(s))})" for s in STATUSES)
+    + ") AS page ORDER BY created_at DESC, id DESC LIMIT $3"
+)
+
+
+async def select_events(
+    conn: Executor, *, status: str | None, after: After | None, limit: int
+) -> list[LedgerEntry]:
+    """Up to `limit` events, newest first, after `after` (the first page when None)."""
+    start = after or NEWEST_FIRST
+    if status is None:
+        rows = await conn.fetch(_PAGE_ALL, start.created_at, start.id, limit)
+    else:
+        rows = await conn.fetch(_PAGE_BY_STATUS, start.created_at, start.id, limit, status)
+    return [LedgerEntry(**dict(row.items())) for row in rows]
 
 
 async def requeue(conn: Executor, *, stripe_event_id: str | None) -> int:

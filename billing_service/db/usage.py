@@ -10,6 +10,7 @@ from typing import Any
 
 from billing_service.db.pool import Executor
 from billing_service.db.subscriptions import ranking_sql
+from billing_service.periods import BEGINNING
 
 _ALLOWANCE = 'enabled, "limit", soft_limit, reset, overage'
 
@@ -292,6 +293,8 @@ async def add_locked(
 
 @dataclass(frozen=True, slots=True)
 class UsagePeriod:
+    """What one feature's counters add up to over one period or bucket."""
+
     feature_key: str
     period_start: datetime
     period_end: datetime | None
@@ -299,29 +302,67 @@ class UsagePeriod:
     cost: Decimal
 
 
+# One customer's counters, of one feature or of all, in one round trip: per feature, one range
+# scan of usage_counters' primary key (customer_id, feature_id, period_start) over the periods
+# that start in [$3, $4). A feature that never resets has one all-time counter (period_end NULL,
+# starting at $5): it is reported as it is, whatever the range, found by its exact key.
+_FROM_COUNTERS = """
+    FROM c CROSS JOIN f
+    JOIN usage_counters uc ON uc.customer_id = c.id AND uc.feature_id = f.id
+"""
+_CTES = """
+WITH c AS (SELECT id FROM customers WHERE external_id = $1),
+     f AS (SELECT id, key FROM features WHERE $2::text IS NULL OR key = $2)
+"""
+_ALL_TIME = f"""
+    SELECT f.key AS feature_key, uc.period_start, uc.period_end, uc.used, uc.cost
+    {_FROM_COUNTERS} AND uc.period_start = $5
+    WHERE uc.period_end IS NULL
+"""
+_HISTORY_BY_PERIOD = f"""
+{_CTES}
+SELECT f.key AS feature_key, uc.period_start, uc.period_end, uc.used, uc.cost
+{_FROM_COUNTERS} AND uc.period_start >= $3 AND uc.period_start < $4
+WHERE uc.period_end IS NOT NULL
+UNION ALL {_ALL_TIME}
+ORDER BY feature_key, period_start
+"""
+# Buckets ($6: hour, day, week or month) are cut in UTC whatever the session's time zone, on
+# UTC wall-clock time (cheaper per row than date_trunc's time zone argument); a bucket's end is
+# worked out once per bucket, and never lies past the range. Sums of used saturate at $7.
+_HISTORY_BY_BUCKET = f"""
+{_CTES}, buckets AS (
+    SELECT f.key AS feature_key, date_trunc($6, uc.period_start AT TIME ZONE 'UTC') AS bucket,
+           least(sum(uc.used), $7)::bigint AS used, sum(uc.cost) AS cost
+    {_FROM_COUNTERS} AND uc.period_start >= $3 AND uc.period_start < $4
+    WHERE uc.period_end IS NOT NULL
+    GROUP BY 1, 2
+)
+SELECT feature_key, bucket AT TIME ZONE 'UTC' AS period_start,
+       least((bucket + ('1 ' || $6)::interval) AT TIME ZONE 'UTC', $4) AS period_end, used, cost
+FROM buckets
+UNION ALL {_ALL_TIME}
+ORDER BY feature_key, period_start
+"""  # noqa: S608 - constant fragments only
+
+
 async def select_usage_history(
     conn: Executor,
-    customer_id: uuid.UUID,
+    customer_key: str,
     *,
     feature_key: str | None,
-    since: datetime | None,
-    until: datetime | None,
+    since: datetime,
+    until: datetime,
+    bucket: str | None,
 ) -> list[UsagePeriod]:
-    rows = await conn.fetch(
-        """
-        SELECT f.key AS feature_key, uc.period_start, uc.period_end, uc.used, uc.cost
-        FROM usage_counters uc JOIN features f ON f.id = uc.feature_id
-        WHERE uc.customer_id = $1
-          AND ($2::text IS NULL OR f.key = $2)
-          AND ($3::timestamptz IS NULL OR coalesce(uc.period_end, 'infinity') > $3)
-          AND ($4::timestamptz IS NULL OR uc.period_start < $4)
-        ORDER BY f.key, uc.period_start
-        """,
-        customer_id,
-        feature_key,
-        since,
-        until,
-    )
+    """Usage per feature and bucket (`bucket` a date_trunc unit: hour, day, week, month), or per
+    counter period when `bucket` is None, of the counters whose period starts in [since, until).
+    Each counter counts once, in the bucket its period starts in."""
+    args = (customer_key, feature_key, since, until, BEGINNING)
+    if bucket is None:
+        rows = await conn.fetch(_HISTORY_BY_PERIOD, *args)
+    else:
+        rows = await conn.fetch(_HISTORY_BY_BUCKET, *args, bucket, MAX_USED)
     return [UsagePeriod(**dict(row.items())) for row in rows]
 
 

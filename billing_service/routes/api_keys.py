@@ -13,6 +13,7 @@ from billing_service.auth import requires
 from billing_service.db.api_keys import ApiKey
 from billing_service.errors import NotFound
 from billing_service.routes._http import JSONResponse, Timestamp, parse_json
+from billing_service.routes._pagination import after, page_body, page_request, time_cursor
 from billing_service.services import api_keys
 from billing_service.services.api_keys import Scope
 from billing_service.state import app_state
@@ -41,8 +42,12 @@ def serialize(key: ApiKey) -> dict[str, object]:
 
 @requires(Scope.ADMIN)
 async def list_api_keys(request: Request) -> Response:
-    keys = await api_keys.list_keys(app_state(request)["pool"])
-    return JSONResponse({"data": [serialize(key) for key in keys]})
+    """Keys oldest first, a page at a time."""
+    page = page_request(request)
+    keys = await api_keys.list_keys(
+        app_state(request)["pool"], after=after(page), limit=page.limit + 1
+    )
+    return JSONResponse(page_body(keys, page, serialize=serialize, cursor_of=time_cursor))
 
 
 @requires(Scope.ADMIN)

@@ -16,6 +16,7 @@ from billing_service.catalog_spec import (
 )
 from billing_service.errors import FieldError, NotFound, ValidationFailed
 from billing_service.routes._http import JSONResponse, parse_json
+from billing_service.routes._pagination import PageRequest, encode_cursor, page_body, page_request
 from billing_service.services import catalog, catalog_sync
 from billing_service.services.api_keys import Scope
 from billing_service.services.catalog import ApplyResult, PlanView
@@ -86,10 +87,36 @@ def _relative_to(errors: list[FieldError], prefix: str) -> list[FieldError]:
     ]
 
 
+def _plan_cursor(view: PlanView) -> str:
+    return encode_cursor(view.plan.display_order, view.plan.key)
+
+
+def _after_plan(page: PageRequest) -> tuple[int, str] | None:
+    """The (display_order, key) a page of plans starts after."""
+    if page.cursor is None:
+        return None
+    match page.cursor:
+        case (int() as order, str() as key) if not isinstance(order, bool):
+            return order, key
+    raise ValidationFailed([FieldError("cursor", "must be a next_cursor this list returned")])
+
+
 @requires(Scope.BILLING, Scope.USAGE)
 async def list_plans(request: Request) -> Response:
-    views = await catalog.plan_views(app_state(request)["pool"])
-    return JSONResponse({"data": [serialize_plan(view) for view in views]})
+    """Live plans in display order, a page at a time. The catalog is read whole (it is the
+    operator's, a few rows, and does not grow with traffic); the page bounds the answer."""
+    page = page_request(request)
+    start = _after_plan(page)
+    # Sorted here, so the order is the one the cursor compares with (not the database's collation).
+    views = sorted(
+        await catalog.plan_views(app_state(request)["pool"]),
+        key=lambda v: (v.plan.display_order, v.plan.key),
+    )
+    if start is not None:
+        views = [v for v in views if (v.plan.display_order, v.plan.key) > start]
+    return JSONResponse(
+        page_body(views[: page.limit + 1], page, serialize=serialize_plan, cursor_of=_plan_cursor)
+    )
 
 
 @requires(Scope.BILLING, Scope.USAGE)

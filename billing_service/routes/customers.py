@@ -13,9 +13,11 @@ from starlette.routing import Route
 from billing_service.auth import requires
 from billing_service.db import orders as orders_db
 from billing_service.db.customers import Customer
+from billing_service.db.orders import Order
 from billing_service.db.subscriptions import Subscription
 from billing_service.errors import NotFound
 from billing_service.routes._http import JSONResponse, customer_id_param, parse_json
+from billing_service.routes._pagination import after, page_body, page_request, time_cursor
 from billing_service.services import customers, subscriptions
 from billing_service.services.api_keys import Scope
 from billing_service.services.customers import CustomerView
@@ -185,28 +187,29 @@ async def resume_subscription(request: Request) -> Response:
     return JSONResponse(serialize_subscription(view.subscription, now=view.as_of))
 
 
+def serialize_order(order: Order) -> dict[str, object]:
+    return {
+        "id": order.id,
+        "status": order.status,
+        "currency": order.currency,
+        "amount_total": order.amount_total,
+        "customer_email": order.customer_email,
+        "line_items": order.line_items,
+        "checkout_session_id": order.stripe_checkout_session_id,
+        "created_at": order.created_at,
+    }
+
+
 @requires(Scope.BILLING)
 async def list_orders(request: Request) -> Response:
+    """The customer's one-time purchases, newest first, a page at a time."""
     state = app_state(request)
+    page = page_request(request)
     customer = await customers.get_customer(state["pool"], customer_id_param(request))
-    orders = await orders_db.select_orders(state["pool"], customer.id)
-    return JSONResponse(
-        {
-            "data": [
-                {
-                    "id": order.id,
-                    "status": order.status,
-                    "currency": order.currency,
-                    "amount_total": order.amount_total,
-                    "customer_email": order.customer_email,
-                    "line_items": order.line_items,
-                    "checkout_session_id": order.stripe_checkout_session_id,
-                    "created_at": order.created_at,
-                }
-                for order in orders
-            ]
-        }
+    orders = await orders_db.select_orders(
+        state["pool"], customer.id, after=after(page), limit=page.limit + 1
     )
+    return JSONResponse(page_body(orders, page, serialize=serialize_order, cursor_of=time_cursor))
 
 
 routes = [

@@ -8,14 +8,13 @@ from starlette.routing import Route
 
 from billing_service.auth import requires
 from billing_service.db import stripe_events
-from billing_service.db.stripe_events import StoredEvent
+from billing_service.db.stripe_events import STATUSES, LedgerEntry
 from billing_service.errors import FieldError, NotFound, ValidationFailed
 from billing_service.routes._http import JSONResponse
+from billing_service.routes._pagination import after, page_body, page_request, time_cursor
 from billing_service.services import stripe_events as events_service
 from billing_service.services.api_keys import Scope
 from billing_service.state import app_state
-
-STATUSES = ("pending", "processed", "failed")
 
 
 async def receive_stripe_webhook(request: Request) -> Response:
@@ -33,7 +32,7 @@ async def receive_stripe_webhook(request: Request) -> Response:
     return JSONResponse({"received": True, "duplicate": not inserted})
 
 
-def serialize_event(event: StoredEvent) -> dict[str, object]:
+def serialize_event(event: LedgerEntry) -> dict[str, object]:
     return {
         "id": event.stripe_event_id,
         "type": event.type,
@@ -50,19 +49,15 @@ def serialize_event(event: StoredEvent) -> dict[str, object]:
 
 @requires(Scope.ADMIN)
 async def list_events(request: Request) -> Response:
+    """The ledger, newest first, a page at a time (see routes/_pagination.py)."""
     status = request.query_params.get("status")
     if status is not None and status not in STATUSES:
         raise ValidationFailed([FieldError("status", f"must be one of {', '.join(STATUSES)}")])
-    try:
-        limit = int(request.query_params.get("limit", "100"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 1000:
-        raise ValidationFailed([FieldError("limit", "must be an integer from 1 to 1000")])
+    page = page_request(request)
     found = await stripe_events.select_events(
-        app_state(request)["pool"], status=status, limit=limit
+        app_state(request)["pool"], status=status, after=after(page), limit=page.limit + 1
     )
-    return JSONResponse({"data": [serialize_event(event) for event in found]})
+    return JSONResponse(page_body(found, page, serialize=serialize_event, cursor_of=time_cursor))
 
 
 @requires(Scope.ADMIN)

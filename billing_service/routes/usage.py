@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from decimal import Context, Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from billing_service.auth import requires
 from billing_service.errors import FieldError, ValidationFailed
+from billing_service.history_window import DEFAULT_GRANULARITY, history_window
 from billing_service.routes._http import (
     CUSTOMER_ID_PATTERN,
     JSONResponse,
@@ -132,6 +133,7 @@ class UsageQuery(BaseModel):
     feature: FeatureKey | None = None
     since: Timestamp | None = Field(default=None, alias="from")
     until: Timestamp | None = Field(default=None, alias="to")
+    granularity: Literal["hour", "day", "week", "month", "period"] = DEFAULT_GRANULARITY
 
 
 def _now(request: Request) -> datetime:
@@ -213,25 +215,31 @@ async def get_entitlements(request: Request) -> Response:
 
 @requires(Scope.USAGE, Scope.BILLING)
 async def get_usage(request: Request) -> Response:
+    """Usage and cost per feature and bucket over a bounded window (see history_window.py)."""
     customer_id = customer_id_param(request)
     try:
         query = UsageQuery.model_validate(dict(request.query_params))
     except ValidationError as exc:
         raise ValidationFailed(field_errors(exc)) from None
+    window = history_window(
+        query.granularity, since=query.since, until=query.until, now=_now(request)
+    )
     periods = await usage.usage_history(
-        app_state(request)["pool"], customer_id,
-        feature_key=query.feature, since=query.since, until=query.until,
-    )  # fmt: skip
+        app_state(request)["pool"], customer_id, feature_key=query.feature, window=window
+    )
     return JSONResponse(
         {
             "customer_id": customer_id,
+            "granularity": window.granularity.name,
+            "from": window.start,
+            "to": window.end,
             "data": [
                 {
                     "feature": p.feature_key,
                     "period_start": p.period_start,
                     "period_end": p.period_end,
                     "used": p.used,
-                    "cost": str(p.cost),
+                    "cost": format(p.cost, "f"),  # never exponent notation (1E-12)
                 }
                 for p in periods
             ],

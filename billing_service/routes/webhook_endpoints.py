@@ -11,9 +11,10 @@ from starlette.routing import Route
 
 from billing_service.auth import requires
 from billing_service.db import outbox
-from billing_service.db.outbox import Endpoint
+from billing_service.db.outbox import DeliveryRecord, Endpoint
 from billing_service.errors import FieldError, NotFound, ValidationFailed
 from billing_service.routes._http import JSONResponse, parse_json
+from billing_service.routes._pagination import after, page_body, page_request, time_cursor
 from billing_service.services import outgoing_webhooks
 from billing_service.services.api_keys import Scope
 from billing_service.state import app_state
@@ -75,8 +76,14 @@ async def create_endpoint(request: Request) -> Response:
 
 @requires(Scope.ADMIN)
 async def list_endpoints(request: Request) -> Response:
-    endpoints = await outbox.select_endpoints(app_state(request)["pool"])
-    return JSONResponse({"data": [serialize_endpoint(e) for e in endpoints]})
+    """Registered endpoints, oldest first, a page at a time."""
+    page = page_request(request)
+    endpoints = await outbox.select_endpoints(
+        app_state(request)["pool"], after=after(page), limit=page.limit + 1
+    )
+    return JSONResponse(
+        page_body(endpoints, page, serialize=serialize_endpoint, cursor_of=time_cursor)
+    )
 
 
 @requires(Scope.ADMIN)
@@ -87,32 +94,36 @@ async def update_endpoint(request: Request) -> Response:
     pool = app_state(request)["pool"]
     if not await outbox.set_endpoint_enabled(pool, endpoint_id, body.enabled):
         raise NotFound(f"No endpoint has id {endpoint_id}.")
-    [endpoint] = [e for e in await outbox.select_endpoints(pool) if e.id == endpoint_id]
+    endpoint = await outbox.select_endpoint(pool, endpoint_id)
+    assert endpoint is not None  # endpoints are never deleted
     return JSONResponse(serialize_endpoint(endpoint))
+
+
+def serialize_delivery(delivery: DeliveryRecord) -> dict[str, object]:
+    return {
+        "id": delivery.id,
+        "webhook_id": f"msg_{delivery.event_id.hex}",
+        "event_type": delivery.event_type,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "next_attempt_at": delivery.next_attempt_at if delivery.status == "pending" else None,
+        "delivered_at": delivery.delivered_at,
+        "created_at": delivery.created_at,
+    }
 
 
 @requires(Scope.ADMIN)
 async def list_deliveries(request: Request) -> Response:
+    """The endpoint's delivery log, newest first, a page at a time."""
     endpoint_id = _uuid(request, "endpoint_id")
-    deliveries = await outbox.select_deliveries(app_state(request)["pool"], endpoint_id, limit=100)
+    page = page_request(request)
+    deliveries = await outbox.select_deliveries(
+        app_state(request)["pool"], endpoint_id, after=after(page), limit=page.limit + 1
+    )
     return JSONResponse(
-        {
-            "data": [
-                {
-                    "id": d.id,
-                    "webhook_id": f"msg_{d.event_id.hex}",
-                    "event_type": d.event_type,
-                    "status": d.status,
-                    "attempts": d.attempts,
-                    "last_status_code": d.last_status_code,
-                    "last_error": d.last_error,
-                    "next_attempt_at": d.next_attempt_at if d.status == "pending" else None,
-                    "delivered_at": d.delivered_at,
-                    "created_at": d.created_at,
-                }
-                for d in deliveries
-            ]
-        }
+        page_body(deliveries, page, serialize=serialize_delivery, cursor_of=time_cursor)
     )
 
 

@@ -17,6 +17,7 @@ import asyncpg
 
 from billing_service.db import api_keys as db
 from billing_service.db.api_keys import ApiKey
+from billing_service.db.pages import After
 from billing_service.db.pool import Executor
 from billing_service.errors import FieldError, NotFound, ValidationFailed
 from billing_service.services.key_cache import KeyCache
@@ -99,8 +100,11 @@ async def read_key(pool: asyncpg.Pool, key_hash: bytes, cache: KeyCache | None) 
     return key
 
 
-async def list_keys(pool: asyncpg.Pool) -> list[ApiKey]:
-    return await db.select_api_keys(pool)
+async def list_keys(
+    pool: asyncpg.Pool, *, after: After | None = None, limit: int | None = None
+) -> list[ApiKey]:
+    """Keys oldest first: a page after `after`, or every key when no limit is given."""
+    return await db.select_api_keys(pool, after=after, limit=limit)
 
 
 async def revoke_key(pool: asyncpg.Pool, key_id: uuid.UUID) -> ApiKey:

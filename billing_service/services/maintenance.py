@@ -2,8 +2,14 @@
 
 Kept for good: customers, subscriptions, orders, credit grants and usage counters (the usage
 history). Pruned after `BILLING_RETENTION_DAYS`: processed Stripe events, finished outgoing
-webhook and email deliveries with their outbox events, usage idempotency records, job runs and
-expired customer tokens.
+webhook and email deliveries with their outbox events, usage idempotency records, answered
+Idempotency-Key reservations (the table of `services/idempotency.py`), job runs, and expired
+customer tokens.
+
+Each table is pruned in batches (one index range scan and one short transaction each), so a
+large backlog never holds locks or builds WAL in one piece. A row is chosen by an inner SELECT
+and its condition checked again by the DELETE, so a row that changed meanwhile (an event
+replayed) is kept.
 """
 
 from __future__ import annotations
@@ -14,35 +20,82 @@ import asyncpg
 import structlog
 
 from billing_service.db import job_runs
+from billing_service.db.pool import Connection
 
 logger = structlog.get_logger(__name__)
 
 JOB = "prune"
+BATCH_SIZE = 5_000
 
+
+def _delete(table: str, condition: str, *, chosen_by: str) -> str:
+    """A DELETE of the rows of `table` that `chosen_by` selects (at most $1, the batch size),
+    checking `condition` again on each; $2 is the retention in days."""
+    return f"DELETE FROM {table} WHERE id = ANY(ARRAY({chosen_by})) AND {condition}"  # noqa: S608
+
+
+def _by_age(table: str, condition: str, *, oldest_first: str) -> str:
+    """A batch of the rows meeting `condition`, oldest first by the indexed `oldest_first`:
+    reading the index in order up to the batch size is the plan PostgreSQL picks however many
+    rows match, never a scan of the whole table."""
+    chosen = f"SELECT id FROM {table} WHERE {condition} ORDER BY {oldest_first} LIMIT $1"  # noqa: S608
+    return _delete(table, condition, chosen_by=chosen)
+
+
+_OLD = "now() - make_interval(days => $2)"
+
+# Where the rule is about a later moment (processed_at, updated_at), the row's creation is bounded
+# too: a row is created before it is processed or updated, so the extra bound never deletes a row
+# the rule keeps, and it lets the index on the creation time find the rows. docs/query-plans.md
+# shows each plan.
 _PRUNE = {
-    "stripe_events": (
-        "DELETE FROM stripe_events WHERE status = 'processed' "
-        "AND processed_at < now() - make_interval(days => $1)"
+    "stripe_events": _by_age(  # through stripe_events_status (status, created_at)
+        "stripe_events",
+        f"status = 'processed' AND created_at < {_OLD} AND processed_at < {_OLD}",
+        oldest_first="created_at",
     ),
-    "webhook_deliveries": (
-        "DELETE FROM webhook_deliveries WHERE status IN ('delivered', 'failed') "
-        "AND updated_at < now() - make_interval(days => $1)"
+    # Endpoint by endpoint, through webhook_deliveries_endpoint (endpoint_id, created_at DESC),
+    # the index the delivery log is read by: no index of its own for the prune to maintain.
+    "webhook_deliveries": _delete(
+        "webhook_deliveries",
+        f"status IN ('delivered', 'failed') AND updated_at < {_OLD}",
+        chosen_by=(
+            "SELECT d.id FROM webhook_endpoints e CROSS JOIN LATERAL ("  # noqa: S608
+            "SELECT id FROM webhook_deliveries WHERE endpoint_id = e.id "
+            f"AND created_at < {_OLD} AND status IN ('delivered', 'failed') "
+            f"AND updated_at < {_OLD} ORDER BY created_at LIMIT $1) AS d LIMIT $1"
+        ),
     ),
-    "email_deliveries": (
-        "DELETE FROM email_deliveries WHERE status IN ('sent', 'skipped', 'failed') "
-        "AND updated_at < now() - make_interval(days => $1)"
+    "email_deliveries": _by_age(
+        "email_deliveries",
+        f"status IN ('sent', 'skipped', 'failed') AND created_at < {_OLD} AND updated_at < {_OLD}",
+        oldest_first="created_at",
     ),
-    "outbox_events": (
-        "DELETE FROM outbox_events o WHERE created_at < now() - make_interval(days => $1) "
-        "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = o.id) "
-        "AND NOT EXISTS (SELECT 1 FROM email_deliveries e WHERE e.event_id = o.id)"
+    # An event goes once no delivery points at it. OFFSET 0 keeps each NOT EXISTS a probe of the
+    # deliveries' (event_id, …) unique index per event, instead of an anti join that hashes
+    # every delivery for each batch.
+    "outbox_events": _by_age(
+        "outbox_events",
+        f"created_at < {_OLD} "  # noqa: S608
+        "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d "
+        "WHERE d.event_id = outbox_events.id OFFSET 0) "
+        "AND NOT EXISTS (SELECT 1 FROM email_deliveries e "
+        "WHERE e.event_id = outbox_events.id OFFSET 0)",
+        oldest_first="created_at",
     ),
-    "usage_events": "DELETE FROM usage_events WHERE created_at < now() - make_interval(days => $1)",
-    "job_runs": (
-        "DELETE FROM job_runs WHERE status <> 'running' "
-        "AND started_at < now() - make_interval(days => $1)"
+    "usage_events": _by_age("usage_events", f"created_at < {_OLD}", oldest_first="created_at"),
+    # A reservation is kept while its request may still be running (its lease).
+    "idempotent_requests": _by_age(
+        "idempotent_requests",
+        f"created_at < {_OLD} AND (response_status IS NOT NULL OR lease_expires_at <= now())",
+        oldest_first="created_at",
     ),
-    "customer_tokens": "DELETE FROM customer_tokens WHERE expires_at < now()",
+    # Two small tables, read whole once a day: a few runs a day, and tokens that live minutes
+    # (they go as soon as they expire, whatever the retention).
+    "job_runs": _by_age(
+        "job_runs", f"status <> 'running' AND started_at < {_OLD}", oldest_first="started_at"
+    ),
+    "customer_tokens": _by_age("customer_tokens", "expires_at < now()", oldest_first="expires_at"),
 }
 
 
@@ -55,21 +108,37 @@ class PruneReport:
         return dict(self.deleted)
 
 
-async def prune(pool: asyncpg.Pool, *, retention_days: int) -> PruneReport:
-    """Delete what has outlived the retention, table by table; the run is logged in job_runs."""
+async def prune(
+    pool: asyncpg.Pool, *, retention_days: int, batch_size: int = BATCH_SIZE
+) -> PruneReport:
+    """Delete what has outlived the retention, table by table and batch by batch; the run is
+    logged in job_runs. A table that fails is reported and the others are still pruned."""
     report = PruneReport()
     async with pool.acquire() as conn:
         run_id = await job_runs.start_run(conn, JOB)
         for table, statement in _PRUNE.items():
-            args = () if table == "customer_tokens" else (retention_days,)
             try:
-                result: str = await conn.execute(statement, *args)
+                report.deleted[table] = await _prune_table(
+                    conn, statement, retention_days, batch_size
+                )
             except asyncpg.PostgresError as exc:
                 report.errors.append(f"{table}: {exc}")
-                continue
-            report.deleted[table] = int(result.rsplit(maxsplit=1)[-1])
         await job_runs.finish_run(
             conn, run_id, succeeded=not report.errors, counts=report.counts(), errors=report.errors
         )
     logger.info("prune.finished", **report.counts(), errors=len(report.errors))
     return report
+
+
+async def _prune_table(
+    conn: Connection, statement: str, retention_days: int, batch_size: int
+) -> int:
+    """Run one table's batched DELETE until a batch comes back short; the rows deleted."""
+    args = (batch_size, retention_days) if "$2" in statement else (batch_size,)
+    deleted = 0
+    while True:
+        result: str = await conn.execute(statement, *args)
+        count = int(result.rsplit(maxsplit=1)[-1])
+        deleted += count
+        if count < batch_size:
+            return deleted

@@ -18,12 +18,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from billing_service.db import customers as customers_db
 from billing_service.db import outbox
 from billing_service.db import usage as db
 from billing_service.db.pool import Connection
 from billing_service.db.usage import FeatureContext
 from billing_service.errors import IdempotencyKeyReused, NotFound
+from billing_service.history_window import HistoryWindow
 from billing_service.periods import Period, period_for
 from billing_service.services.access import grants_plan_status
 
@@ -331,16 +331,15 @@ def _with_usage(entitlement: Entitlement, used: int, credits: int) -> Entitlemen
 
 
 async def usage_history(
-    pool: asyncpg.Pool,
-    customer_key: str,
-    *,
-    feature_key: str | None,
-    since: datetime | None,
-    until: datetime | None,
+    pool: asyncpg.Pool, customer_key: str, *, feature_key: str | None, window: HistoryWindow
 ) -> list[db.UsagePeriod]:
-    customer = await customers_db.select_customer(pool, customer_key)
-    if customer is None:
-        return []
+    """The customer's usage over `window`, per feature and bucket, in one query; an unknown
+    customer has none."""
     return await db.select_usage_history(
-        pool, customer.id, feature_key=feature_key, since=since, until=until
+        pool,
+        customer_key,
+        feature_key=feature_key,
+        since=window.start,
+        until=window.end,
+        bucket=window.granularity.bucket,
     )

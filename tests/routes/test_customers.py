@@ -74,7 +74,7 @@ async def test_unknown_customer_and_missing_subscription_are_404(
     response = await client.get("/v1/customers/user_1/subscription", headers=bearer(billing_key))
     assert response.status_code == 404
     orders = await client.get("/v1/customers/user_1/orders", headers=bearer(billing_key))
-    assert orders.json() == {"data": []}
+    assert orders.json() == {"data": [], "has_more": False, "next_cursor": None}
 
 
 async def test_email_change_reaches_the_stripe_customer(
