@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
         "documented maximum range)",
     )  # fmt: skip
     parser.add_argument(
+        "--history-connections", type=int, default=4,
+        help="wrk connections for the usage history scenario (a dashboard's read)",
+    )  # fmt: skip
+    parser.add_argument(
         "--server-url", default=os.environ.get("BILLING_BENCH_SERVER_URL", SERVER_URL)
     )
     parser.add_argument("--output", type=Path, default=HERE / "results.json")
