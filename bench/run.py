@@ -147,7 +147,7 @@ def main() -> int:
     targets = evaluate(figures, bench.lags)
     problems = sanity(figures, bench.lags)
     load = figures.load()
-    command = "python -m bench.run " + shlex.join(sys.argv[1:])
+    command = " ".join(["python -m bench.run", shlex.join(sys.argv[1:])]).rstrip()
     print(f"\nmachine: {machine()}")
     print(
         f"{command}: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s after a "
