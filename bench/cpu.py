@@ -36,6 +36,7 @@ def database_backends(database_url: str) -> list[int]:
     """The PostgreSQL backends connected to the bench database (the server's pool)."""
 
     async def query() -> list[int]:
+        """The backends' process ids, from pg_stat_activity."""
         conn = await asyncpg.connect(database_url)
         try:
             rows = await conn.fetch(
@@ -67,15 +68,18 @@ class CpuMeter:
         self.database_seconds = 0.0
 
     def _backends(self) -> list[int]:
+        """The backends to count, or none when the database is not on this machine."""
         if self._database_url is None or not is_local(self._database_url):
             return []
         return database_backends(self._database_url)
 
     def start(self) -> None:
+        """Take the CPU times before the measured run."""
         self._server = {pid: cpu_seconds(pid) for pid in process_tree(self._server_pid)}
         self._database = {pid: cpu_seconds(pid) for pid in self._backends()}
 
     def stop(self) -> None:
+        """Take them again after it and keep the differences."""
         self.server_seconds = sum(
             cpu_seconds(pid) - self._server.get(pid, 0.0) for pid in process_tree(self._server_pid)
         )

@@ -62,6 +62,7 @@ class PkSelect:
 
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        """Open the pool and load the 100 customers' ids."""
         self._pool = await open_pool()
         rows = await self._pool.fetch(
             "SELECT id FROM customers WHERE external_id ~ '^bench_[0-9]+$' ORDER BY external_id"
@@ -71,6 +72,7 @@ class PkSelect:
         await self._pool.close()
 
     async def endpoint(self, request: Request) -> JSONResponse:
+        """One primary-key SELECT, then the fixed body with the row's external id."""
         row = await self._pool.fetchrow(
             "SELECT id, external_id, email, created_at FROM customers WHERE id = $1",
             next(self._ids),
@@ -87,6 +89,7 @@ class ConditionalUpdate:
 
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        """Open the pool and load the 100 `projects` counter keys."""
         self._pool = await open_pool()
         rows = await self._pool.fetch(
             """
@@ -104,6 +107,7 @@ class ConditionalUpdate:
         await self._pool.close()
 
     async def endpoint(self, request: Request) -> JSONResponse:
+        """One conditional counter update, then the fixed body with the new total."""
         customer_id, feature_id, period_start = next(self._rows)
         used = await self._pool.fetchval(
             """

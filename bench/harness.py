@@ -120,6 +120,8 @@ class Bench:
         self, url: str, *, seconds: float, script: str | None, key: str | None,
         args: Sequence[str] = (), connections: int | None = None,
     ) -> WrkReport:  # fmt: skip
+        """wrk against `url` with the run's connections and threads (or `connections`), JSON and the
+        API key."""
         headers = ["Content-Type: application/json"]
         if key is not None:
             headers.append(f"Authorization: Bearer {key}")
@@ -165,6 +167,7 @@ class Bench:
     # -- the floors --------------------------------------------------------------------------
 
     def floor(self, floor: Floor, repetition: int) -> None:
+        """Start the floor's app under uvicorn on the small database and measure it."""
         port = free_port()
         env = self.env | {"BENCH_DATABASE_URL": self.small.url, "PYTHONPATH": str(ROOT)}
         command = uvicorn_command(floor.target, port=port, workers=self.workers)
@@ -202,6 +205,7 @@ class Bench:
             yield process, base
 
     def scenarios(self, chosen: Sequence[Scenario], repetition: int, *, cold: bool) -> None:
+        """Start the service (cache off with `cold`) and measure each chosen scenario on it."""
         with self.service(self.small, cold=cold) as (process, base):
             for scenario in chosen:
                 run = f"r{repetition}-{scenario.name}-{secrets.token_hex(3)}"
@@ -216,6 +220,7 @@ class Bench:
                 )  # fmt: skip
 
     def _signed_events(self, run: str) -> tuple[str, str]:
+        """Fresh signed events for the warm-up and the measured run; their two file prefixes."""
         prefixes = (self.scratch / f"warm-{run}", self.scratch / run)
         for prefix, seconds in zip(prefixes, (self.warmup, self.duration), strict=True):
             per_thread = int(EVENTS_PER_SECOND * (seconds + 1) * self.workers / self.threads)
@@ -275,7 +280,10 @@ class Bench:
 
 
 def _count_events(database_url: str) -> int:
+    """Rows in `stripe_events`: intake's stored events, counted around a measured run."""
+
     async def count() -> int:
+        """One connection, one count."""
         conn = await asyncpg.connect(database_url)
         try:
             found: int = await conn.fetchval("SELECT count(*) FROM stripe_events")
@@ -287,6 +295,7 @@ def _count_events(database_url: str) -> int:
 
 
 def _progress(sample: Sample) -> None:
+    """One line per measurement while the run goes on."""
     stored = (
         "" if sample.stored_per_second is None else f", {sample.stored_per_second:,.0f} stored/s"
     )

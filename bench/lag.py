@@ -31,6 +31,7 @@ class LagRun:
 
 
 async def _used(client: httpx.AsyncClient, customer: str, feature: str) -> int:
+    """B's answer to a check: the customer's `used` this period."""
     response = await client.post(
         "/v1/usage/check", json={"customer_id": customer, "feature": feature}
     )

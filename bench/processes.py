@@ -78,6 +78,7 @@ def uvicorn_command(target: str, *, port: int, workers: int) -> list[str]:
 
 
 def _children(pid: int) -> list[int]:
+    """uvicorn's worker processes under a supervisor `pid`."""
     with contextlib.suppress(OSError):
         return [
             int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -86,6 +87,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _rss_mb(pid: int) -> float:
+    """A process's resident set in MB (0 once it is gone)."""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

@@ -26,6 +26,7 @@ def _pct(value: float) -> str:
 
 
 def _show(spread: Spread | None, format_one: Any) -> str:
+    """A spread with `format_one` applied, or a dash when not measured."""
     return "—" if spread is None else spread.show(format_one)
 
 
@@ -34,6 +35,7 @@ def _us(value: float) -> str:
 
 
 def _rss(figures: Figures, name: str) -> str:
+    """The peak resident set of `name`'s server over the run, in MB."""
     peak = figures.peak_rss_mb(name)
     return "—" if peak is None else f"{peak:.0f}"
 
@@ -48,6 +50,7 @@ def _cpu(figures: Figures, name: str) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Columns padded to their widest cell; the first two left-aligned, numbers right."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = []
     for row in [header, *rows]:
@@ -176,6 +179,7 @@ def tables(figures: Figures, lags: Sequence[LagSample]) -> list[str]:
 
 
 def target_lines(targets: Sequence[Target], problems: Sequence[str]) -> list[str]:
+    """Every target with its verdict, then what makes the run's figures untrustworthy."""
     lines = ["", "Targets (1 worker, 32 connections; judged on the median)"]
     lines += [target.line() for target in targets]
     lines += [f"  {'MISSED':7}  {problem}" for problem in problems]
@@ -183,6 +187,7 @@ def target_lines(targets: Sequence[Target], problems: Sequence[str]) -> list[str
 
 
 def _spread_json(spread: Spread | None) -> dict[str, float] | None:
+    """A spread as JSON: median, min and max."""
     if spread is None:
         return None
     return {"median": spread.median, "min": spread.low, "max": spread.high}

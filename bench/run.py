@@ -39,6 +39,7 @@ SMALL_HISTORY_HOURS = 7 * 24  # the same customer's in the small set
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The command line; see docs/benchmarks.md for each option."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up before each")
@@ -87,6 +88,8 @@ def _repetition(
     bench: Bench, repetition: int, floors: list[Floor], scenarios: list[Scenario],
     blocks: set[str],
 ) -> None:  # fmt: skip
+    """One repetition: floors, the service (cache on, then off), floors again in reverse order, then
+    growth and the lag; the order flips on odd repetitions."""
     by_name = {f.name: f for f in floors}
     order = flipped([f.name for f in floors], repetition)
     print(f"repetition {repetition + 1}", flush=True)
@@ -110,6 +113,8 @@ def _repetition(
 
 
 def main() -> int:
+    """Seed, run the repetitions, report, write results.json; 0 when every target is met, 1 when one
+    is missed, 2 without wrk."""
     args = _parser().parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install -y wrk", file=sys.stderr)

@@ -58,10 +58,12 @@ def bench_catalog() -> CatalogSpec:
 
 
 def database_url(server_url: str, name: str) -> str:
+    """The URL of database `name` on the server of `server_url`."""
     return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 async def drop_database(server_url: str, name: str) -> None:
+    """Drop a bench database, whoever is still connected to it."""
     admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

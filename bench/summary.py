@@ -46,10 +46,12 @@ class LagSample:
 
     @property
     def p50_ms(self) -> float:
+        """The series' median lag (infinite when no trial converged)."""
         return percentile(self.run.lags_ms, 0.50) if self.run.lags_ms else float("inf")
 
     @property
     def p99_ms(self) -> float:
+        """The series' 99th percentile lag (infinite when no trial converged)."""
         return percentile(self.run.lags_ms, 0.99) if self.run.lags_ms else float("inf")
 
 
@@ -61,6 +63,7 @@ class Figures:
         self.repetitions = sorted({s.repetition for s in samples})
 
     def has(self, name: str) -> bool:
+        """Whether the run measured `name` at all."""
         return any(s.name == name for s in self.samples)
 
     def per_repetition(self, name: str, field: str = "throughput") -> list[float]:
@@ -104,9 +107,11 @@ class Figures:
         return [statistics.fmean(found)] if found else []
 
     def errors(self, name: str) -> int:
+        """Errors over every sample of `name`."""
         return sum(s.errors for s in self.samples if s.name == name)
 
     def peak_rss_mb(self, name: str) -> float | None:
+        """The largest resident set of `name`'s server over the run."""
         peaks = [s.peak_rss_mb for s in self.samples if s.name == name and s.peak_rss_mb]
         return max(peaks) if peaks else None
 

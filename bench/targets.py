@@ -24,10 +24,12 @@ class Target:
 
     @property
     def measured(self) -> bool:
+        """Whether this run measured the figure."""
         return self.figure is not None
 
     @property
     def met(self) -> bool:
+        """Judged on the median; a target not measured is not a miss."""
         if self.figure is None:
             return True
         if self.at_least:
@@ -43,15 +45,18 @@ class Target:
         return f"{self.figure.show(lambda value: f'{value:,.1f}')} {self.unit}"
 
     def line(self) -> str:
+        """`met`, `MISSED` or `skipped`, the target and its figure."""
         verdict = "skipped" if self.figure is None else "met" if self.met else "MISSED"
         return f"  {verdict:7}  {self.label}: {self.show()}"
 
 
 def _ratio(figures: Figures, name: str, floor: str, threshold: float, label: str) -> Target:
+    """A throughput ratio target: `name` at least `threshold` of `floor`."""
     return Target(label, figures.ratio(name, floor), threshold, at_least=True, unit="%")
 
 
 def _p99(figures: Figures, name: str, limit_ms: float) -> Target:
+    """A latency target: `name`'s p99 below `limit_ms`."""
     figure = figures.spread(name, "p99_ms") if figures.has(name) else None
     return Target(f"{name} p99 < {limit_ms:.0f} ms", figure, limit_ms, at_least=False, unit="ms")
 

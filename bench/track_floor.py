@@ -210,11 +210,13 @@ class OneStatementTrack:
 
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        """Open the pool for the app's life."""
         self._pool = await open_pool()
         yield
         await self._pool.close()
 
     async def endpoint(self, request: Request) -> Response:
+        """Parse, one call of the function (or the replay query), answer its JSON."""
         raw = await request.body()
         body = orjson.loads(raw)
         cost = body.get("cost")

@@ -37,6 +37,7 @@ def latency_ms(value: str) -> float:
 
 
 def _required(pattern: str, output: str) -> str:
+    """The first group of `pattern` in wrk's output, which must be there."""
     match = re.search(pattern, output, re.MULTILINE)
     if match is None:
         raise ValueError(f"wrk output lacks {pattern!r}:\n{output}")
