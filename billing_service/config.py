@@ -210,7 +210,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         raise ConfigurationError(describe_validation_error(exc)) from None
     except SettingsError as exc:
-        raise ConfigurationError(_describe_settings_error(exc)) from None
+        raise ConfigurationError(describe_settings_error(exc)) from None
     if settings.is_production and (problems := unsafe_settings(settings)):
         raise ConfigurationError("\n".join(problems))
     return settings
@@ -269,7 +269,7 @@ def _host_name_problem(host: str) -> str | None:
     return None
 
 
-def _describe_settings_error(exc: SettingsError) -> str:
+def describe_settings_error(exc: SettingsError) -> str:
     """pydantic-settings' own parse errors name the field in prose; name the variable instead."""
     found = re.search(r'field "([a-z0-9_]+)"', str(exc))
     name = f"BILLING_{found[1].upper()}" if found else "settings"

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import APP_HOST, WEBHOOK_SECRETS
 from tests.services.test_catalog import apply, example
-from tests.stripe_server import StripeServer
+from tests.stripe_server import Fault, StripeServer
 from tests.support import CommandRun, billing_service, free_port
 
 CONFIG_ERROR = "billing-service: configuration error: "
@@ -299,6 +299,23 @@ async def test_dev_pushes_a_catalog_loaded_without_stripe_so_the_first_checkout_
     finally:
         await conn.close()
     assert unsynced == 0
+
+
+async def test_dev_serves_when_stripe_fails_the_start_up_sync_and_says_what_to_run(
+    empty_database: str, stripe_http: StripeServer
+) -> None:
+    """A Stripe that answers 500 at start is one warning naming the command; dev still serves."""
+    stripe_http.fault = Fault.SERVER_ERROR
+    env = {name: value for name, value in os.environ.items() if not name.startswith("BILLING_")}
+    env |= stripe_env(stripe_http) | {
+        "BILLING_DATABASE_URL": empty_database,
+        "BILLING_STRIPE_MAX_NETWORK_RETRIES": "0",
+    }
+    async with running(env, "dev") as service:
+        assert (await service.http.get("/healthz")).status_code == 200
+    [failed] = [e for e in service.log_events() if e["event"] == "catalog.sync_failed"]
+    assert failed["level"] == "warning"
+    assert "billing-service catalog sync" in str(failed["hint"])
 
 
 async def test_serve_leaves_pending_catalog_changes_to_catalog_sync_and_says_so(

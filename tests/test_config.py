@@ -230,3 +230,23 @@ def test_a_database_url_that_is_not_postgresql_names_the_variable(
     [line] = str(raised.value).splitlines()
     assert line.startswith("BILLING_DATABASE_URL: must be a PostgreSQL URL")
     assert url not in line
+
+
+def test_a_setting_pydantic_settings_cannot_decode_is_named_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any JSON-typed setting that is not JSON (as a future one would be) names its variable."""
+    from pydantic import Field
+    from pydantic_settings import SettingsError
+
+    from billing_service.config import Settings, describe_settings_error
+
+    class WithMapping(Settings):
+        extra_mapping: dict[str, int] = Field(default_factory=dict)
+
+    monkeypatch.setenv("BILLING_EXTRA_MAPPING", "{not json")
+    with pytest.raises(SettingsError) as raised:
+        WithMapping()
+    assert describe_settings_error(raised.value) == (
+        "BILLING_EXTRA_MAPPING: could not be parsed (a list or object setting must be JSON)"
+    )

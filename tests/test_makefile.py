@@ -40,9 +40,12 @@ def would_run(folder: Path, target: str) -> str:
     """What `make TARGET` would run here."""
     make = shutil.which("make")
     assert make is not None
+    # Not as a sub-make of `make test`: no inherited flags, no "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
     done = subprocess.run(  # noqa: S603 - our own Makefile, a fixed target
-        [make, "-n", target], cwd=folder, capture_output=True, text=True, check=True
-    )
+        [make, "--no-print-directory", "-n", target],
+        cwd=folder, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
     return done.stdout
 
 
