@@ -107,7 +107,7 @@ async def running(env: dict[str, str], command: str) -> AsyncIterator[Running]:
     draining = asyncio.create_task(drain_stderr())
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            for _ in range(200):
+            for _ in range(400):
                 try:
                     if (await http.get("/readyz")).status_code == 200:
                         break

@@ -57,7 +57,8 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         logger.info("migrations.applied", versions=applied)
         asyncio.run(with_pool(ready, _print_bootstrap_admin_key))
         asyncio.run(with_pool(ready, _load_example_catalog))
-        asyncio.run(with_pool(ready, lambda pool: _sync_pending_catalog(pool, ready)))
+        if ready.stripe_secret_key is not None:
+            asyncio.run(with_pool(ready, lambda pool: _sync_pending_catalog(pool, ready)))
         serve(ready)
     return 0
 
