@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import asyncpg
 import httpx
 
-from bench.run import SERVER_URL, free_port, machine, running
+from bench.processes import free_port, machine, running
+from bench.run import SERVER_URL
 from billing_service.db.migrations import apply_migrations, discover_migrations
 from billing_service.db.pool import create_pool
 from billing_service.resources import migrations_dir

@@ -6,18 +6,24 @@ Settings are built once at start-up and passed in; nothing reads the environment
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, HttpUrl, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from billing_service.cron import Cron, CronError
 from billing_service.outbound import AllowList
 
 LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
+STRIPE_SIGNING_PREFIX = "whsec_"
+DATABASE_SCHEMES = ("postgresql", "postgres")
+DEFAULT_JOB_SCHEDULES = {"reconcile": "0 3 * * *", "prune": "30 4 * * *"}
 
 
 class Environment(StrEnum):
@@ -59,8 +65,8 @@ class Settings(BaseSettings):
     downgrade_at: Literal["period_end", "now"] = "period_end"
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)
     worker_enabled: bool = True
-    job_schedules: dict[str, str] = Field(
-        default_factory=lambda: {"reconcile": "0 3 * * *", "prune": "30 4 * * *"}
+    job_schedules: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_JOB_SCHEDULES)
     )
     retention_days: int = Field(default=90, ge=1, le=3650)
     past_due_grace_days: int = Field(default=7, ge=0, le=90)
@@ -125,14 +131,59 @@ class Settings(BaseSettings):
 
     @field_validator("allowed_redirect_hosts")
     @classmethod
-    def _hosts_are_lowercase(cls, hosts: list[str]) -> list[str]:
+    def _hosts_are_lowercase_host_names(cls, hosts: list[str]) -> list[str]:
+        """Hosts, not URLs: a scheme is refused in every environment (it could never match)."""
+        for host in hosts:
+            if "://" in host:
+                bare = urlsplit(host).hostname or "app.example.com"
+                raise ValueError(
+                    f"'{host}' has a scheme; give host names only, e.g. {bare} "
+                    "(return URLs must be https anyway)"
+                )
         return [host.lower() for host in hosts]
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgresql(cls, url: SecretStr | None) -> SecretStr | None:
+        """Only PostgreSQL is supported; say so before any driver tries the URL."""
+        if url is None:
+            return None
+        scheme = url.get_secret_value().partition("://")[0].lower()
+        if scheme not in DATABASE_SCHEMES:
+            raise ValueError(
+                "must be a PostgreSQL URL, e.g. postgresql://user:password@host:5432/billing"
+            )
+        return url
+
+    @field_validator("job_schedules", mode="before")
+    @classmethod
+    def _schedules_from_json(cls, value: object) -> object:
+        """The environment gives a JSON object; say what is wrong with anything else."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"not valid JSON ({exc.msg} at character {exc.pos}); give an object such as "
+                    '{"prune": "30 4 * * *"}'
+                ) from None
+        if not isinstance(value, dict) or not all(
+            isinstance(job, str) and isinstance(expression, str)
+            for job, expression in value.items()
+        ):
+            raise ValueError(
+                'must be a JSON object of job names and cron strings, e.g. {"prune": "30 4 * * *"}'
+            )
+        return value
 
     @field_validator("job_schedules")
     @classmethod
     def _schedules_are_cron(cls, schedules: dict[str, str]) -> dict[str, str]:
-        """Overrides merge into the defaults; each must be valid cron."""
-        merged = {"reconcile": "0 3 * * *", "prune": "30 4 * * *"} | schedules
+        """Overrides merge into the defaults; each must name a job and be valid cron."""
+        if unknown := sorted(set(schedules) - set(DEFAULT_JOB_SCHEDULES)):
+            known = ", ".join(sorted(DEFAULT_JOB_SCHEDULES))
+            raise ValueError(f"no job named {unknown[0]!r} (jobs: {known})")
+        merged = DEFAULT_JOB_SCHEDULES | schedules
         for job, expression in merged.items():
             try:
                 Cron.parse(expression)
@@ -188,11 +239,79 @@ class ConfigurationError(Exception):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment, turning validation errors into named one-liners."""
+    """Build settings from the environment, turning validation errors into named one-liners.
+
+    In production, settings that are valid but unsafe (see `unsafe_settings`) are errors too.
+    """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise ConfigurationError(describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        raise ConfigurationError(describe_settings_error(exc)) from None
+    if settings.is_production and (problems := unsafe_settings(settings)):
+        raise ConfigurationError("\n".join(problems))
+    return settings
+
+
+def unsafe_settings(settings: Settings) -> list[str]:
+    """What would be unsafe with real money, one `BILLING_X: why` line each.
+
+    Production refuses to start on any of them; the other environments log them as warnings at
+    start-up (tests and local development use an http fake Stripe and may run without Stripe).
+    """
+    problems = []
+    if settings.stripe_secret_key is None:
+        problems.append(
+            "BILLING_STRIPE_SECRET_KEY: unset, so routes that need Stripe answer 503 "
+            "(required when BILLING_ENV=production)"
+        )
+    if not settings.stripe_webhook_secrets:
+        problems.append(
+            "BILLING_STRIPE_WEBHOOK_SECRETS: unset, so no Stripe webhook can be verified "
+            "(required when BILLING_ENV=production)"
+        )
+    for position, secret in enumerate(settings.stripe_webhook_secrets, start=1):
+        if not secret.get_secret_value().startswith(STRIPE_SIGNING_PREFIX):
+            problems.append(
+                f"BILLING_STRIPE_WEBHOOK_SECRETS: secret {position} does not start with "
+                f"{STRIPE_SIGNING_PREFIX} (copy the endpoint's signing secret from Stripe)"
+            )
+    if settings.stripe_api_base.scheme != "https":
+        problems.append(
+            f"BILLING_STRIPE_API_BASE: {settings.stripe_api_base} is not https "
+            "(only a local fake Stripe may be reached without TLS)"
+        )
+    for host in settings.allowed_redirect_hosts:
+        if reason := _host_name_problem(host):
+            problems.append(f"BILLING_ALLOWED_REDIRECT_HOSTS: '{host}' {reason}")
+    return problems
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """The unsafe settings a non-production process starts with anyway, to log at start-up."""
+    return [] if settings.is_production else unsafe_settings(settings)
+
+
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")
+
+
+def _host_name_problem(host: str) -> str | None:
+    """Why `host` is not one exact host name (return URLs are matched host for host)."""
+    if "*" in host or "?" in host:
+        return "is a wildcard; list each host exactly"
+    if "/" in host:
+        return "has a path; give the host name only"
+    if not _HOST_NAME.fullmatch(host):
+        return "is not a host name (letters, digits, hyphens and dots; no port or user)"
+    return None
+
+
+def describe_settings_error(exc: SettingsError) -> str:
+    """pydantic-settings' own parse errors name the field in prose; name the variable instead."""
+    found = re.search(r'field "([a-z0-9_]+)"', str(exc))
+    name = f"BILLING_{found[1].upper()}" if found else "settings"
+    return f"{name}: could not be parsed (a list or object setting must be JSON)"
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -151,7 +151,9 @@ async def test_dev_migrates_mints_a_key_loads_the_example_catalog_and_serves(
 
 
 async def _wait_ready(http: httpx.AsyncClient) -> httpx.Response:
-    for _ in range(100):
+    """`/readyz` once it answers 200; a generous bound, as `dev` runs initdb and migrations on a
+    machine that may be busy."""
+    for _ in range(400):
         try:
             response = await http.get("/readyz")
         except httpx.TransportError:

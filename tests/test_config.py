@@ -5,7 +5,21 @@ from __future__ import annotations
 import pytest
 
 from billing_service.cli import main
-from billing_service.config import ConfigurationError, Environment, load_settings
+from billing_service.config import (
+    ConfigurationError,
+    Environment,
+    load_settings,
+    startup_warnings,
+    unsafe_settings,
+)
+
+# A production configuration with nothing unsafe in it.
+SAFE_PRODUCTION = {
+    "BILLING_ENV": "production",
+    "BILLING_STRIPE_SECRET_KEY": "sk_live_abc",
+    "BILLING_STRIPE_WEBHOOK_SECRETS": "whsec_current,whsec_previous",
+    "BILLING_ALLOWED_REDIRECT_HOSTS": "app.example.com,example.org",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +69,8 @@ def test_development_refuses_a_live_stripe_key(monkeypatch: pytest.MonkeyPatch) 
 
 def test_production_accepts_a_live_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """Live keys and restricted live keys are fine in production."""
-    monkeypatch.setenv("BILLING_ENV", "production")
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
     for key in ("sk_live_abc", "rk_live_abc"):
         monkeypatch.setenv("BILLING_STRIPE_SECRET_KEY", key)
         assert load_settings().stripe_livemode is True
@@ -98,7 +113,8 @@ def test_cli_in_production_requires_a_database_url(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Production never falls back to an embedded database."""
-    monkeypatch.setenv("BILLING_ENV", "production")
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
     assert main(["migrate"]) == 2
     assert "BILLING_DATABASE_URL: required when BILLING_ENV=production" in capsys.readouterr().err
 
@@ -112,3 +128,125 @@ def test_job_schedules_merge_into_the_defaults_and_must_be_cron(
     monkeypatch.setenv("BILLING_JOB_SCHEDULES", '{"reconcile": "every day"}')
     with pytest.raises(ConfigurationError, match=r"^BILLING_JOB_SCHEDULES: reconcile: "):
         load_settings()
+
+
+def test_safe_production_settings_load_with_nothing_to_warn_about(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A live key, whsec_ secrets, https Stripe and exact redirect hosts: production starts."""
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.is_production
+    assert unsafe_settings(settings) == []
+    assert startup_warnings(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("BILLING_STRIPE_SECRET_KEY", None, "unset"),
+        ("BILLING_STRIPE_WEBHOOK_SECRETS", None, "unset"),
+        ("BILLING_STRIPE_WEBHOOK_SECRETS", "whsec_current,sig_previous", "secret 2 does not"),
+        ("BILLING_STRIPE_API_BASE", "http://api.stripe.com", "is not https"),
+        ("BILLING_ALLOWED_REDIRECT_HOSTS", "app.example.com/billing", "has a path"),
+        ("BILLING_ALLOWED_REDIRECT_HOSTS", "*.example.com", "is a wildcard"),
+        ("BILLING_ALLOWED_REDIRECT_HOSTS", "*", "is a wildcard"),
+    ],
+)
+def test_production_refuses_unsafe_settings_and_other_environments_warn(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str | None, problem: str
+) -> None:
+    """Each unsafe setting stops production with one line naming it; elsewhere it is a warning."""
+    for variable, safe in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(variable, safe)
+    if value is None:
+        monkeypatch.delenv(name)
+    else:
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    [line] = str(raised.value).splitlines()
+    assert line.startswith(f"{name}: ")
+    assert problem in line
+    assert "sig_previous" not in line  # a secret's value is never echoed
+
+    monkeypatch.setenv("BILLING_ENV", "test")
+    monkeypatch.setenv("BILLING_STRIPE_SECRET_KEY", "sk_test_abc")
+    if name == "BILLING_STRIPE_SECRET_KEY":
+        monkeypatch.delenv(name)
+    [warning] = startup_warnings(load_settings())
+    assert warning == line
+
+
+@pytest.mark.parametrize("hosts", ["https://app.example.com", "app.example.com,http://example.org"])
+@pytest.mark.parametrize("env", ["development", "test", "production"])
+def test_a_redirect_host_with_a_scheme_is_refused_everywhere_with_a_hint(
+    monkeypatch: pytest.MonkeyPatch, hosts: str, env: str
+) -> None:
+    """A URL where a host name belongs could never match; every environment refuses it."""
+    for variable, safe in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(variable, safe)
+    monkeypatch.setenv("BILLING_ENV", env)
+    if env != "production":
+        monkeypatch.delenv("BILLING_STRIPE_SECRET_KEY")
+    monkeypatch.setenv("BILLING_ALLOWED_REDIRECT_HOSTS", hosts)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    [line] = str(raised.value).splitlines()
+    assert line.startswith("BILLING_ALLOWED_REDIRECT_HOSTS: ")
+    assert "has a scheme; give host names only, e.g. " in line
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("not json", "not valid JSON"),
+        ('["prune"]', "must be a JSON object"),
+        ('{"prune": 5}', "must be a JSON object"),
+        ('{"purne": "0 5 * * *"}', "no job named 'purne'"),
+    ],
+)
+def test_job_schedules_that_are_not_a_json_object_of_jobs_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    """Malformed JSON, another JSON type or an unknown job: one line naming the variable."""
+    monkeypatch.setenv("BILLING_JOB_SCHEDULES", value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    [line] = str(raised.value).splitlines()
+    assert line.startswith("BILLING_JOB_SCHEDULES: ")
+    assert problem in line
+
+
+@pytest.mark.parametrize("url", ["mysql://x", "sqlite:///billing.db", "localhost:5432"])
+def test_a_database_url_that_is_not_postgresql_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """Only PostgreSQL URLs are accepted, and the refusal does not echo the URL."""
+    monkeypatch.setenv("BILLING_DATABASE_URL", url)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    [line] = str(raised.value).splitlines()
+    assert line.startswith("BILLING_DATABASE_URL: must be a PostgreSQL URL")
+    assert url not in line
+
+
+def test_a_setting_pydantic_settings_cannot_decode_is_named_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any JSON-typed setting that is not JSON (as a future one would be) names its variable."""
+    from pydantic import Field
+    from pydantic_settings import SettingsError
+
+    from billing_service.config import Settings, describe_settings_error
+
+    class WithMapping(Settings):
+        extra_mapping: dict[str, int] = Field(default_factory=dict)
+
+    monkeypatch.setenv("BILLING_EXTRA_MAPPING", "{not json")
+    with pytest.raises(SettingsError) as raised:
+        WithMapping()
+    assert describe_settings_error(raised.value) == (
+        "BILLING_EXTRA_MAPPING: could not be parsed (a list or object setting must be JSON)"
+    )

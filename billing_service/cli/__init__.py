@@ -1,4 +1,8 @@
-"""The `billing-service` command: serve, dev, migrate, keys, catalog, worker, events, jobs…"""
+"""The `billing-service` command: serve, dev, migrate, keys, catalog, worker, events, jobs…
+
+Every failure is one line on stderr: configuration errors (exit 2) name the variable, invalid
+arguments name the option.
+"""
 
 from __future__ import annotations
 
@@ -13,36 +17,19 @@ import asyncpg
 from billing_service import __version__
 from billing_service.cli.catalog import cmd_catalog_apply, cmd_catalog_export, cmd_catalog_sync
 from billing_service.cli.events import cmd_events_list, cmd_events_replay, cmd_reconcile
+from billing_service.cli.health import cmd_healthcheck
 from billing_service.cli.jobs import cmd_jobs_list, cmd_jobs_run
 from billing_service.cli.keys import cmd_keys_create, cmd_keys_list, cmd_keys_revoke, parse_expiry
 from billing_service.cli.server import cmd_dev, cmd_migrate, cmd_serve, cmd_worker
 from billing_service.config import ConfigurationError, Settings, load_settings
 from billing_service.db.migrations import MigrationError
-from billing_service.errors import BillingError
+from billing_service.errors import BillingError, ValidationFailed
 from billing_service.logs import configure_logging
 from billing_service.services.api_keys import Scope
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="billing-service", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve_parser = commands.add_parser("serve", help="run the HTTP API")
-    serve_parser.add_argument("--host", help="bind address (BILLING_HOST)")
-    serve_parser.add_argument("--port", type=int, help="port (BILLING_PORT)")
-    serve_parser.add_argument("--workers", type=int, help="worker processes (BILLING_WORKERS)")
-    serve_parser.set_defaults(handler=cmd_serve)
-
-    dev_parser = commands.add_parser("dev", help="migrate, create a first admin key, serve")
-    dev_parser.add_argument("--host", help="bind address (BILLING_HOST)")
-    dev_parser.add_argument("--port", type=int, help="port (BILLING_PORT)")
-    dev_parser.set_defaults(handler=cmd_dev)
-
-    commands.add_parser("migrate", help="apply pending schema migrations").set_defaults(
-        handler=cmd_migrate
-    )
-
+def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`keys create | list | revoke`."""
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
         dest="keys_command", required=True
     )
@@ -64,6 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id", type=uuid.UUID)
     revoke.set_defaults(handler=cmd_keys_revoke)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="billing-service", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="run the HTTP API")
+    serve_parser.add_argument("--host", help="bind address (BILLING_HOST)")
+    serve_parser.add_argument("--port", type=int, help="port (BILLING_PORT)")
+    serve_parser.add_argument("--workers", type=int, help="worker processes (BILLING_WORKERS)")
+    serve_parser.set_defaults(handler=cmd_serve)
+
+    dev_parser = commands.add_parser("dev", help="migrate, create a first admin key, serve")
+    dev_parser.add_argument("--host", help="bind address (BILLING_HOST)")
+    dev_parser.add_argument("--port", type=int, help="port (BILLING_PORT)")
+    dev_parser.set_defaults(handler=cmd_dev)
+
+    commands.add_parser("migrate", help="apply pending schema migrations").set_defaults(
+        handler=cmd_migrate
+    )
+    commands.add_parser(
+        "healthcheck", help="exit 0 if the server on BILLING_HOST:BILLING_PORT answers /healthz"
+    ).set_defaults(handler=cmd_healthcheck)
+
+    _add_key_commands(commands)
 
     catalog_commands = commands.add_parser(
         "catalog", help="manage the plan catalog"
@@ -118,6 +133,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _print_field_errors(args: argparse.Namespace, exc: ValidationFailed) -> None:
+    """`--option: message` for fields given as options (e.g. `--expires-at`), else `field: …`."""
+    for error in exc.errors:
+        label = error.field
+        if hasattr(args, error.field):
+            label = "--" + error.field.replace("_", "-")
+        print(f"billing-service: {label}: {error.message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -129,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"billing-service: configuration error: {line}", file=sys.stderr)
         return 2
+    except ValidationFailed as exc:
+        _print_field_errors(args, exc)
+        return 1
     except (MigrationError, BillingError) as exc:
         print(f"billing-service: {exc}", file=sys.stderr)
         return 1

@@ -7,13 +7,14 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 import uvicorn
 from pydantic import SecretStr
 
-from billing_service.config import ConfigurationError, Settings
+from billing_service.config import ConfigurationError, Settings, startup_warnings
 from billing_service.db.migrations import apply_migrations, discover_migrations
 from billing_service.db.pool import create_pool
 from billing_service.embedded_db import embedded_postgres
@@ -22,17 +23,77 @@ from billing_service.stripe_gateway import StripeGateway, require_stripe
 
 logger = structlog.get_logger("billing_service.cli")
 
+DATABASE_CHECK_TIMEOUT_SECONDS = 10.0
+
 
 @contextmanager
 def with_database(settings: Settings) -> Iterator[Settings]:
-    """Settings with a database URL: the configured one, else (not in production) embedded."""
+    """Settings with a database URL: the configured one (checked to answer), else (not in
+    production) embedded."""
     if settings.database_url is not None:
+        check_database(settings.database_url.get_secret_value())
         yield settings
         return
     if settings.is_production:
         raise ConfigurationError("BILLING_DATABASE_URL: required when BILLING_ENV=production")
     with embedded_postgres(settings.data_dir) as url:
         yield settings.model_copy(update={"database_url": SecretStr(url)})
+
+
+def warn_about_unsafe_settings(settings: Settings) -> None:
+    """One warning line per setting production would refuse (see `config.unsafe_settings`);
+    logged by the commands that start the service, once the configuration has been checked."""
+    for line in startup_warnings(settings):
+        variable, _, problem = line.partition(": ")
+        logger.warning("config.unsafe_setting", variable=variable, problem=problem)
+
+
+def check_database(url: str) -> None:
+    """Connect once, so an unreachable or refusing database stops a command with one line that
+    names the setting. `serve` relies on this: its workers connect only inside uvicorn, where a
+    failure is a traceback."""
+    try:
+        asyncio.run(_connect_once(url))
+    except (asyncpg.ClientConfigurationError, ValueError):
+        raise ConfigurationError(
+            "BILLING_DATABASE_URL: is not a valid PostgreSQL URL "
+            "(postgresql://user:password@host:5432/database)"
+        ) from None
+    except TimeoutError:
+        raise ConfigurationError(
+            f"BILLING_DATABASE_URL: {_server(url)} did not answer within "
+            f"{DATABASE_CHECK_TIMEOUT_SECONDS:g} s"
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ConfigurationError(
+            f"BILLING_DATABASE_URL: cannot connect to {_server(url)} ({_one_line(reason)})"
+        ) from None
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ConfigurationError(
+            f"BILLING_DATABASE_URL: {_server(url)} refused the connection ({_one_line(str(exc))})"
+        ) from None
+
+
+async def _connect_once(url: str) -> None:
+    conn = await asyncpg.connect(url, timeout=DATABASE_CHECK_TIMEOUT_SECONDS)
+    await conn.close()
+
+
+def _server(url: str) -> str:
+    """`host:port` of a database URL, for messages (never the user or password)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "the database"
+    if not host:
+        return "the database"
+    return f"{host}:{port or 5432}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 async def migrate(settings: Settings) -> list[str]:

@@ -12,6 +12,7 @@ from billing_service.cli._runtime import run_with_pool
 from billing_service.config import Settings
 from billing_service.cron import Cron
 from billing_service.jobs import build_jobs
+from billing_service.services import reconcile
 from billing_service.stripe_gateway import StripeGateway
 
 
@@ -38,6 +39,13 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
     return run_with_pool(settings, show)
 
 
+def _why_not_runnable(name: str, settings: Settings) -> str:
+    """A job this process cannot run is either unknown or waiting for Stripe."""
+    if name == reconcile.JOB:
+        return "the reconcile job needs Stripe: set BILLING_STRIPE_SECRET_KEY"
+    return f"no job is named {name!r} (jobs: {', '.join(sorted(settings.job_schedules))})"
+
+
 def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> int:
     """Run one job now, whatever its schedule; the run is logged in job_runs like any other."""
 
@@ -46,8 +54,7 @@ def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             jobs = {job.name: job for job in build_jobs(settings, pool, gateway)}
             if args.name not in jobs:
-                missing = "needs BILLING_STRIPE_SECRET_KEY" if args.name == "reconcile" else ""
-                print(f"billing-service: no job {args.name!r} {missing}".rstrip(), file=sys.stderr)
+                print(f"billing-service: {_why_not_runnable(args.name, settings)}", file=sys.stderr)
                 return 1
             report = await jobs[args.name].work()
         finally:

@@ -14,7 +14,14 @@ from billing_service.services.api_keys import Scope
 
 
 def parse_expiry(value: str) -> datetime:
-    moment = datetime.fromisoformat(value)
+    """`--expires-at`: an ISO 8601 time with a UTC offset (whether it is future is checked when
+    the key is minted)."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO 8601 time, e.g. 2027-01-01T00:00:00Z"
+        ) from None
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError("give a UTC offset, e.g. 2027-01-01T00:00:00Z")
     return moment

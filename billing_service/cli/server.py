@@ -1,4 +1,10 @@
-"""Commands that run the service: serve, dev, migrate and the webhook worker."""
+"""Commands that run the service: serve, dev, migrate and the webhook worker.
+
+Catalog changes made while Stripe was not configured stay pending until pushed. `dev` pushes them
+at start when a Stripe key is set; `serve` only says so (one line), because every replica starts
+it and a deploy must not depend on Stripe answering: push with `billing-service catalog sync` (or
+`POST /v1/catalog/sync`) as a release step. See docs/catalog.md.
+"""
 
 from __future__ import annotations
 
@@ -14,37 +20,77 @@ from billing_service.cli._runtime import (
     logger,
     migrate,
     serve,
+    warn_about_unsafe_settings,
     with_database,
     with_gateway,
     with_pool,
 )
-from billing_service.cli.catalog import apply_catalog_file
 from billing_service.config import Settings
+from billing_service.errors import BillingError
 from billing_service.outbound import OutboundPolicy
 from billing_service.outbound_http import WebhookClient
 from billing_service.resources import example_catalog_path
-from billing_service.services import api_keys, catalog
+from billing_service.services import api_keys, catalog, catalog_sync
 from billing_service.services.email import EmailWorker
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import PollingWorker
 
+SYNC_HINT = "run `billing-service catalog sync` (or POST /v1/catalog/sync with an admin key)"
+
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     with with_database(settings) as ready:
+        warn_about_unsafe_settings(ready)
+        if ready.stripe_secret_key is not None:
+            asyncio.run(with_pool(ready, _warn_about_pending_catalog))
         serve(ready)
     return 0
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    """Embedded database, migrations, a first admin key, the example catalog, then serve."""
+    """Embedded database, migrations, a first admin key, the example catalog, pending catalog
+    changes pushed to Stripe (when configured), then serve."""
     with with_database(settings) as ready:
+        warn_about_unsafe_settings(ready)
         applied = asyncio.run(migrate(ready))
         logger.info("migrations.applied", versions=applied)
         asyncio.run(with_pool(ready, _print_bootstrap_admin_key))
-        asyncio.run(with_pool(ready, lambda pool: _load_example_catalog(pool, ready)))
+        asyncio.run(with_pool(ready, _load_example_catalog))
+        if ready.stripe_secret_key is not None:
+            asyncio.run(with_pool(ready, lambda pool: _sync_pending_catalog(pool, ready)))
         serve(ready)
+    return 0
+
+
+async def _warn_about_pending_catalog(pool: asyncpg.Pool) -> int:
+    """One warning line when catalog changes have not reached Stripe; `serve` never sends them."""
+    try:
+        async with pool.acquire() as conn:
+            pending = await catalog_sync.pending_work(conn)
+    except asyncpg.UndefinedTableError:
+        return 0  # not migrated yet: /readyz says so
+    if pending:
+        logger.warning("catalog.sync_pending", steps=len(pending), hint=SYNC_HINT)
+    return 0
+
+
+async def _sync_pending_catalog(pool: asyncpg.Pool, settings: Settings) -> int:
+    """Push what is pending (e.g. a catalog loaded before a Stripe key was set); a Stripe that
+    fails is logged with what to run, and development goes on without it."""
+    gateway = StripeGateway.from_settings(settings)
+    if gateway is None:
+        return 0
+    try:
+        report = await catalog_sync.sync_catalog(pool, gateway)
+    except BillingError as exc:
+        logger.warning("catalog.sync_failed", error=str(exc), hint=SYNC_HINT)
+    else:
+        if report.done:
+            logger.info("catalog.synced_at_start", steps=len(report.done))
+    finally:
+        await gateway.close()
     return 0
 
 
@@ -57,12 +103,13 @@ async def _print_bootstrap_admin_key(pool: asyncpg.Pool) -> int:
     return 0
 
 
-async def _load_example_catalog(pool: asyncpg.Pool, settings: Settings) -> int:
-    """On an empty catalog, load `catalog.example.yaml` so there is something to try."""
+async def _load_example_catalog(pool: asyncpg.Pool) -> int:
+    """On an empty catalog, load `catalog.example.yaml` so there is something to try (Stripe
+    gets it in the next step, with every other pending change)."""
     if not await catalog.catalog_is_empty(pool):
         return 0
     spec = load_catalog_yaml(example_catalog_path().read_text(encoding="utf-8"))
-    result = await apply_catalog_file(pool, settings, spec, dry_run=False)
+    result = await catalog.apply_catalog(pool, lambda _current: spec)
     logger.info("catalog.example_loaded", changes=len(result.changes))
     return 0
 
@@ -79,6 +126,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, exit_on_sigterm)
 
     async def work(pool: asyncpg.Pool, gateway: StripeGateway) -> int:
+        warn_about_unsafe_settings(settings)
         processor = EventProcessor(pool, gateway, max_attempts=settings.webhook_max_attempts)
         async with WebhookClient(OutboundPolicy.from_settings(settings)) as webhooks:
             deliveries = DeliveryWorker(pool, webhooks)

@@ -44,7 +44,8 @@ async def live_synced_price(pool: asyncpg.Pool, lookup_key: str) -> tuple[Price,
     price, trial_days = found
     if price.stripe_price_id is None:
         raise PriceNotSynced(
-            f"Price '{lookup_key}' has not reached Stripe yet; run `billing-service catalog sync`."
+            f"Price '{lookup_key}' has not reached Stripe yet: push pending catalog changes with "
+            "`billing-service catalog sync` or `POST /v1/catalog/sync` (admin key)."
         )
     return price, trial_days
 
