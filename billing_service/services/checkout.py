@@ -19,6 +19,7 @@ from billing_service.errors import (
 )
 from billing_service.services import customers
 from billing_service.services.redirects import check_redirect_urls
+from billing_service.services.stripe_keys import attempt_key
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.stripe_objects import StripeCheckoutSession
 
@@ -78,19 +79,20 @@ async def create_checkout_session(
         "billing_price_key": price.lookup_key,
     }
     assert price.stripe_price_id is not None
-    session = await gateway.create_checkout_session(
-        customer=stripe_customer,
-        price=price.stripe_price_id,
-        quantity=request.quantity,
-        mode=mode,
-        success_url=request.success_url,
-        cancel_url=request.cancel_url,
-        client_reference_id=str(customer.id),
-        metadata=metadata,
-        trial_days=plan_trial_days if request.trial_days is None else request.trial_days,
-        allow_promotion_codes=request.allow_promotion_codes,
-        idempotency_key=idempotency_key,
-    )
+    async with attempt_key(pool, idempotency_key) as key:
+        session = await gateway.create_checkout_session(
+            customer=stripe_customer,
+            price=price.stripe_price_id,
+            quantity=request.quantity,
+            mode=mode,
+            success_url=request.success_url,
+            cancel_url=request.cancel_url,
+            client_reference_id=str(customer.id),
+            metadata=metadata,
+            trial_days=plan_trial_days if request.trial_days is None else request.trial_days,
+            allow_promotion_codes=request.allow_promotion_codes,
+            idempotency_key=key,
+        )
     await checkout_sessions.insert_checkout_session(
         pool, customer_id=customer.id, price_id=price.id, quantity=request.quantity,
         session=session,
