@@ -345,6 +345,7 @@ class FakeStripe:
             )
             session["_price"] = fields["line_items[0][price]"]
             session["_quantity"] = int(fields.get("line_items[0][quantity]", "1"))
+            session["_trial_period_days"] = fields.get("subscription_data[trial_period_days]")
             self.sessions[session_id] = session
             return _public(session)
 
@@ -373,13 +374,18 @@ class FakeStripe:
 
     def complete_checkout(self, session_id: str, *, status: str = "active") -> dict[str, Any]:
         """Play the customer paying: the session completes and, in subscription mode, the
-        subscription is created in Stripe."""
+        subscription is created in Stripe; with `trial_period_days` it starts trialing, its
+        trial ending that many days from now, and nothing is paid yet."""
         session = self.sessions[session_id]
-        session.update(status="complete", payment_status="paid")
+        trial_days = int(session["_trial_period_days"] or 0)
+        session.update(
+            status="complete", payment_status="no_payment_required" if trial_days else "paid"
+        )
         if session["mode"] == "subscription":
             subscription = self.add_subscription(
-                session["customer"], session["_price"], status=status,
-                quantity=session["_quantity"],
+                session["customer"], session["_price"], quantity=session["_quantity"],
+                status="trialing" if trial_days and status == "active" else status,
+                trial_end=int(time.time()) + trial_days * 86_400 if trial_days else None,
             )  # fmt: skip
             session["subscription"] = subscription["id"]
         else:
