@@ -168,6 +168,9 @@ async def sync_customer_subscriptions(
     Syncs of one customer take turns (a session lock, no transaction, around fetch and write),
     so an older fetch can never overwrite a newer one. With `unless_fetched_since`, a customer
     fetched since that moment is not fetched again: that state already reflects the signal.
+    Pass when we received the signal (our database clock, like the fetch times), never the
+    event's `created`: Stripe rounds that down to the second, so a change made just after a
+    fetch in the same second would look older than the fetch and be skipped.
     """
     async with session_lock(conn, customer_lock(customer)):
         fetched: list[StripeSubscription] = []
