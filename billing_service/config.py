@@ -63,6 +63,7 @@ class Settings(BaseSettings):
 
     allowed_redirect_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     downgrade_at: Literal["period_end", "now"] = "period_end"
+    trial_repeats: bool = False
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)
     worker_enabled: bool = True
     job_schedules: Annotated[dict[str, str], NoDecode] = Field(

@@ -5,8 +5,11 @@ Stripe's real shapes. Like Stripe, the fake honours idempotency keys: a repeated
 first response and creates nothing, for 24 hours (`pass_time` moves the fake's clock); a key
 that is not 1-255 printable ASCII characters cannot be sent as a header, and is refused.
 Stripe also keeps a failed answer under its key for 24 hours once the request started to
-run; the fake replays declined cards (402) that way, the failure a customer fixes and tries
-again.
+run, 500s included, and the fake does the same (see `_kept_for_key`): a declined card (402), a
+missing object (404), a server error (5xx) come back for the same key, whether they were set in
+`failures` or given by the fake's own checks. Answers given before a request runs are not
+kept: invalid requests (400), authentication (401), a concurrent request on the key (409) and
+rate limits (429).
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ class FakeStripe:
         self.calls: list[Call] = []
         self.failures: dict[str, httpx.Response | Exception] = {}
         self._responses: dict[str, dict[str, Any]] = {}
-        self._answered_failures: dict[str, httpx.Response] = {}
+        self._answered_failures: dict[str, tuple[httpx.Response, float]] = {}
         self._responded_at: dict[str, float] = {}
         self.elapsed = 0.0  # seconds the fake's clock is ahead (see `pass_time`)
         self._ids = itertools.count(1)
@@ -136,21 +139,37 @@ class FakeStripe:
             if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
                 self._record(request)
                 return stripe_error(400, "invalid_request_error", "idempotency_key_invalid")
-            if key is not None and key in self._answered_failures:
+            kept = self._kept_failure(key)
+            if kept is not None:
                 self._record(request)
-                return self._answered_failures[key]
+                return kept
             failure = self.failures.get(request.url.path)
             if failure is not None:
                 self._record(request)
                 if isinstance(failure, Exception):
                     raise failure
-                if key is not None and _kept_for_key(failure):
-                    self._answered_failures[key] = failure
+                self.keep_failure(key, failure)
                 return failure
             response: httpx.Response = handler(request, **params)
+            if response.is_error:
+                self.keep_failure(key, response)
             return response
 
         return respond
+
+    def keep_failure(self, key: str | None, failure: httpx.Response) -> None:
+        """Keep a failed answer under its idempotency key for 24 hours, if Stripe would."""
+        if key is not None and _kept_for_key(failure) and self._kept_failure(key) is None:
+            self._answered_failures[key] = (failure, time.time() + self.elapsed)
+
+    def _kept_failure(self, key: str | None) -> httpx.Response | None:
+        """The failure Stripe still replays for the key, if any."""
+        if key is None or key not in self._answered_failures:
+            return None
+        failure, answered_at = self._answered_failures[key]
+        if time.time() + self.elapsed - answered_at >= IDEMPOTENCY_WINDOW_SECONDS:
+            return None
+        return failure
 
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}_fake{next(self._ids)}"
@@ -326,6 +345,7 @@ class FakeStripe:
             )
             session["_price"] = fields["line_items[0][price]"]
             session["_quantity"] = int(fields.get("line_items[0][quantity]", "1"))
+            session["_trial_period_days"] = fields.get("subscription_data[trial_period_days]")
             self.sessions[session_id] = session
             return _public(session)
 
@@ -354,13 +374,18 @@ class FakeStripe:
 
     def complete_checkout(self, session_id: str, *, status: str = "active") -> dict[str, Any]:
         """Play the customer paying: the session completes and, in subscription mode, the
-        subscription is created in Stripe."""
+        subscription is created in Stripe; with `trial_period_days` it starts trialing, its
+        trial ending that many days from now, and nothing is paid yet."""
         session = self.sessions[session_id]
-        session.update(status="complete", payment_status="paid")
+        trial_days = int(session["_trial_period_days"] or 0)
+        session.update(
+            status="complete", payment_status="no_payment_required" if trial_days else "paid"
+        )
         if session["mode"] == "subscription":
             subscription = self.add_subscription(
-                session["customer"], session["_price"], status=status,
-                quantity=session["_quantity"],
+                session["customer"], session["_price"], quantity=session["_quantity"],
+                status="trialing" if trial_days and status == "active" else status,
+                trial_end=int(time.time()) + trial_days * 86_400 if trial_days else None,
             )  # fmt: skip
             session["subscription"] = subscription["id"]
         else:
@@ -857,10 +882,17 @@ def stripe_event(event_type: str, obj: dict[str, Any], **overrides: Any) -> dict
     )
 
 
+# Failures Stripe gives before the endpoint runs, which it does not keep under the key: most
+# invalid requests (400), a missing or wrong API key (401), another request still running with
+# the same key (409 `idempotency_key_in_use`), and rate limits (429, checked first of all).
+_NOT_KEPT = frozenset({400, 401, 409, 429})
+
+
 def _kept_for_key(failure: httpx.Response) -> bool:
-    """Whether the fake keeps this failure under the request's idempotency key, as Stripe keeps
-    a declined payment: the same key answers the same decline until the key expires."""
-    return failure.status_code == 402
+    """Whether Stripe keeps this failure under the request's idempotency key: every failure the
+    endpoint itself gave (a decline, a missing object, a 500), replayed until the key expires.
+    ("Retries with the same key return the saved response, including 500 errors.")"""
+    return failure.is_error and failure.status_code not in _NOT_KEPT
 
 
 def _period_end(subscription: dict[str, Any]) -> int:

@@ -4,7 +4,8 @@ The service under test talks to it through its ordinary Stripe client (`BILLING_
 so timeouts, retries and broken connections happen on real sockets. Requests are answered by
 `FakeStripe`'s routes unless a fault is set: answer slowly, answer 500 or 429, or reset the
 connection (an RST, as a crashed proxy would). As Stripe does, a request whose idempotency key
-is still being handled for an earlier request is answered 409 `idempotency_key_in_use`.
+is still being handled for an earlier request is answered 409 `idempotency_key_in_use`, and a
+500 is kept under its key and replayed to every later request with that key.
 """
 
 from __future__ import annotations
@@ -116,7 +117,10 @@ class StripeServer:
         if fault is Fault.SLOW:
             await asyncio.sleep(self.delay_seconds)
         if fault is Fault.SERVER_ERROR:
-            return stripe_error(500, "api_error")
+            # A 500 from a request that started to run: Stripe replays it for the same key.
+            failure = stripe_error(500, "api_error")
+            self.fake.keep_failure(headers.get("idempotency-key"), failure)
+            return failure
         if fault is Fault.RATE_LIMITED:
             return stripe_error(429, "invalid_request_error", "rate_limit")
         return self.router.handler(

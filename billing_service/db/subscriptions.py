@@ -288,3 +288,27 @@ async def end_subscriptions(conn: Executor, customer_id: uuid.UUID, *, ended_at:
         ended_at,
     )
     return int(result.rsplit(maxsplit=1)[-1])
+
+
+async def had_trial(conn: Executor, customer_id: uuid.UUID, plan_id: uuid.UUID) -> bool:
+    """Whether any subscription of the customer, in any status, had a trial (Stripe keeps
+    `trial_end` once set) while carrying a price of the plan: its plan item, or any item whose
+    price (live or archived) belongs to the plan."""
+    found: bool = await conn.fetchval(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM subscriptions s
+            WHERE s.customer_id = $1 AND s.trial_end IS NOT NULL
+              AND EXISTS (
+                  SELECT 1 FROM prices p
+                  WHERE p.plan_id = $2
+                    AND (p.id = s.price_id
+                         OR p.stripe_price_id IN (SELECT e.item ->> 'price'
+                                                  FROM jsonb_array_elements(s.items) AS e(item)))
+              )
+        )
+        """,
+        customer_id,
+        plan_id,
+    )
+    return found

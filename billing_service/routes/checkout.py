@@ -21,7 +21,8 @@ from billing_service.stripe_gateway import require_stripe
 from billing_service.stripe_objects import StripeCheckoutSession
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-# A first checkout creates the Stripe customer, then the session.
+# At most two: the Stripe customer is created (a first checkout) or, when a trial is at stake,
+# a known customer's subscriptions are fetched (never both); then the session.
 CHECKOUT_STRIPE_CALLS = 2
 
 
@@ -86,6 +87,7 @@ async def create_checkout_session(request: Request) -> Response:
             CheckoutRequest(**body.model_dump()),
             allowed_hosts=state["settings"].allowed_redirect_hosts,
             idempotency_key=outcome.stripe_key,
+            trial_repeats=state["settings"].trial_repeats,
         )
     except BaseException:
         await idempotency.abandon(pool, outcome)

@@ -4,6 +4,8 @@ The database is the source of truth. Rows whose `sync_generation` is ahead of th
 `synced_generation` are pending; `sync_catalog` pushes them one by one, recording each result as
 soon as Stripe confirms it, so a crash or an outage leaves only the unfinished work pending. No
 transaction is held open across a Stripe call; a session lock keeps two syncs from overlapping.
+Each call's idempotency key is named after its row (and generation, for updates); a failure
+Stripe answered moves the next sync on to a new key (see services/stripe_keys.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from billing_service.db import catalog_drift, plans, prices
 from billing_service.db.plans import Plan
 from billing_service.db.pool import Connection, session_lock
 from billing_service.db.prices import Price
+from billing_service.services.stripe_keys import attempt_key
 from billing_service.stripe_gateway import StripeGateway
 
 logger = structlog.get_logger(__name__)
@@ -114,24 +117,27 @@ async def _run_step(conn: Connection, gateway: StripeGateway, step: SyncStep) ->
     plan, price = step.plan, step.price
     if price is None:
         if step.action == "create_product":
-            product_id = await gateway.create_product(
-                name=plan.name,
-                description=plan.description,
-                metadata=product_metadata(plan),
-                idempotency_key=f"catalog:plan:{plan.id}:create",
-            )
+            async with attempt_key(conn, f"catalog:plan:{plan.id}:create") as key:
+                product_id = await gateway.create_product(
+                    name=plan.name,
+                    description=plan.description,
+                    metadata=product_metadata(plan),
+                    idempotency_key=key,
+                )
             await plans.set_stripe_product_id(conn, plan.id, product_id)
         elif step.action == "update_product":
             assert plan.stripe_product_id is not None
             product_id = plan.stripe_product_id
-            await gateway.update_product(
-                product_id,
-                name=plan.name,
-                description=plan.description,
-                active=plan.active,
-                metadata=product_metadata(plan),
-                idempotency_key=f"catalog:plan:{plan.id}:update:{plan.sync_generation}",
-            )
+            base_key = f"catalog:plan:{plan.id}:update:{plan.sync_generation}"
+            async with attempt_key(conn, base_key) as key:
+                await gateway.update_product(
+                    product_id,
+                    name=plan.name,
+                    description=plan.description,
+                    active=plan.active,
+                    metadata=product_metadata(plan),
+                    idempotency_key=key,
+                )
         else:
             product_id = None
         await plans.mark_plan_synced(conn, plan.id, plan.sync_generation)
@@ -141,24 +147,27 @@ async def _run_step(conn: Connection, gateway: StripeGateway, step: SyncStep) ->
     if step.action == "create_price":
         product_id = (await plans.select_plan(conn, plan.id)).stripe_product_id
         assert product_id is not None, "products are created before their prices"
-        stripe_price_id = await gateway.create_price(
-            product_id=product_id,
-            amount=price.amount,
-            currency=price.currency,
-            interval=price.recurring_interval,
-            lookup_key=price.lookup_key,
-            metadata=price_metadata(plan, price),
-            idempotency_key=f"catalog:price:{price.id}:create",
-        )
+        async with attempt_key(conn, f"catalog:price:{price.id}:create") as key:
+            stripe_price_id = await gateway.create_price(
+                product_id=product_id,
+                amount=price.amount,
+                currency=price.currency,
+                interval=price.recurring_interval,
+                lookup_key=price.lookup_key,
+                metadata=price_metadata(plan, price),
+                idempotency_key=key,
+            )
         await prices.set_stripe_price_id(conn, price.id, stripe_price_id)
     elif step.action == "update_price":
         assert stripe_price_id is not None
-        await gateway.update_price(
-            stripe_price_id,
-            active=price.active,
-            lookup_key=price.lookup_key if price.active else None,
-            idempotency_key=f"catalog:price:{price.id}:update:{price.sync_generation}",
-        )
+        base_key = f"catalog:price:{price.id}:update:{price.sync_generation}"
+        async with attempt_key(conn, base_key) as key:
+            await gateway.update_price(
+                stripe_price_id,
+                active=price.active,
+                lookup_key=price.lookup_key if price.active else None,
+                idempotency_key=key,
+            )
     await prices.mark_price_synced(conn, price.id, price.sync_generation)
     return stripe_price_id
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import asyncpg
@@ -19,6 +20,7 @@ from billing_service.errors import (
 )
 from billing_service.services import customers
 from billing_service.services.redirects import check_redirect_urls
+from billing_service.services.stripe_keys import attempt_key
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.stripe_objects import StripeCheckoutSession
 
@@ -57,8 +59,10 @@ async def create_checkout_session(
     *,
     allowed_hosts: list[str],
     idempotency_key: str,
+    trial_repeats: bool = False,
 ) -> StripeCheckoutSession:
-    """Open a Checkout session for one price; refuses a second subscription."""
+    """Open a Checkout session for one price; refuses a second subscription, and offers a
+    trial only to a customer who never had one of the plan (unless `trial_repeats`)."""
     errors = check_redirect_urls(
         {"success_url": request.success_url, "cancel_url": request.cancel_url}, allowed_hosts
     )
@@ -69,8 +73,16 @@ async def create_checkout_session(
     mode = "subscription" if price.type == "recurring" else "payment"
     if mode == "payment" and request.trial_days:
         raise ValidationFailed([FieldError("trial_days", "only subscriptions have trials")])
+    trial_days = 0
     if mode == "subscription":
+        wanted = plan_trial_days if request.trial_days is None else request.trial_days
+        had_trial = (
+            bool(wanted)
+            and not trial_repeats
+            and await _had_trial(pool, gateway, customer, price.plan_id)
+        )
         await _refuse_second_subscription(pool, customer)
+        trial_days = _trial_days(customer, wanted, explicit=request.trial_days, had=had_trial)
 
     stripe_customer = await customers.ensure_stripe_customer(pool, gateway, customer)
     metadata = {
@@ -79,24 +91,58 @@ async def create_checkout_session(
         "billing_price_key": price.lookup_key,
     }
     assert price.stripe_price_id is not None
-    session = await gateway.create_checkout_session(
-        customer=stripe_customer,
-        price=price.stripe_price_id,
-        quantity=request.quantity,
-        mode=mode,
-        success_url=request.success_url,
-        cancel_url=request.cancel_url,
-        client_reference_id=str(customer.id),
-        metadata=metadata,
-        trial_days=plan_trial_days if request.trial_days is None else request.trial_days,
-        allow_promotion_codes=request.allow_promotion_codes,
-        idempotency_key=idempotency_key,
-    )
+    async with attempt_key(pool, idempotency_key) as key:
+        session = await gateway.create_checkout_session(
+            customer=stripe_customer,
+            price=price.stripe_price_id,
+            quantity=request.quantity,
+            mode=mode,
+            success_url=request.success_url,
+            cancel_url=request.cancel_url,
+            client_reference_id=str(customer.id),
+            metadata=metadata,
+            trial_days=trial_days,
+            allow_promotion_codes=request.allow_promotion_codes,
+            idempotency_key=key,
+        )
     await checkout_sessions.insert_checkout_session(
         pool, customer_id=customer.id, price_id=price.id, quantity=request.quantity,
         session=session,
     )  # fmt: skip
     return session
+
+
+async def _had_trial(
+    pool: asyncpg.Pool, gateway: StripeGateway, customer: Customer, plan_id: uuid.UUID
+) -> bool:
+    """Whether the customer already had a trial of the plan, in any subscription of any status.
+
+    Our mirror answers first. When it knows of none and the customer is known to Stripe, their
+    subscriptions are fetched from Stripe and mirrored, and the mirror asked again: a trial
+    subscription whose webhook has not been processed yet still counts. A customer without a
+    Stripe customer has no subscriptions in Stripe, so no call is made for them.
+    """
+    if await subscriptions.had_trial(pool, customer.id, plan_id):
+        return True
+    if customer.stripe_customer_id is None:
+        return False
+    await customers.sync_subscriptions_from_stripe(pool, gateway, customer)
+    return await subscriptions.had_trial(pool, customer.id, plan_id)
+
+
+def _trial_days(customer: Customer, wanted: int, *, explicit: int | None, had: bool) -> int:
+    """The trial to offer: what was asked for (or the plan's), none for a customer who had one.
+    A trial the caller asked for explicitly is refused rather than silently dropped, so the
+    calling app never promises a trial that Checkout does not give."""
+    if not had:
+        return wanted
+    if explicit:
+        raise ValidationFailed(
+            [FieldError("trial_days", "the customer already had a trial of this plan")],
+            f"Customer '{customer.external_id}' already had a trial of this plan; check out "
+            "without `trial_days` (or with 0) to subscribe without one.",
+        )
+    return 0
 
 
 async def _refuse_second_subscription(pool: asyncpg.Pool, customer: Customer) -> None:

@@ -19,6 +19,7 @@ from billing_service.db.pool import Connection, session_lock
 from billing_service.db.subscriptions import Subscription
 from billing_service.errors import NotFound
 from billing_service.services.access import grants_plan
+from billing_service.services.stripe_keys import attempt_key
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.stripe_objects import StripeSubscription
 
@@ -54,12 +55,10 @@ async def upsert_customer(
         and gateway is not None
         and (existing.email, existing.name) != (email, name)
     ):
-        await gateway.update_customer(
-            existing.stripe_customer_id,
-            email=email,
-            name=name,
-            idempotency_key=update_key(existing, email=email, name=name),
-        )
+        async with attempt_key(pool, update_key(existing, email=email, name=name)) as key:
+            await gateway.update_customer(
+                existing.stripe_customer_id, email=email, name=name, idempotency_key=key
+            )
     return await db.upsert_customer(
         pool, external_id=external_id, email=email, name=name, metadata=metadata
     )
@@ -70,6 +69,7 @@ def update_key(customer: Customer, *, email: str | None, name: str | None) -> st
 
     A digest of the row's version and the new values: a retry of the same change reuses it, and
     any later change gets a new one (so A → B → A → B is never answered with a stale replay).
+    A retry after a failure Stripe answered moves on to a new key (see services/stripe_keys.py).
     """
     version = int(customer.updated_at.timestamp() * 1_000_000)
     change = orjson.dumps([version, email, name])
@@ -80,7 +80,8 @@ def create_key(customer: Customer) -> str:
     """The Stripe idempotency key that creates the customer's Stripe customer exactly once.
 
     A new one after each deletion Stripe reported: within 24 h Stripe would otherwise replay the
-    deleted customer's id for the old key."""
+    deleted customer's id for the old key. A failure Stripe answered moves the next attempt on
+    to `<key>:retry:<n>` (see services/stripe_keys.py); a timeout keeps the key."""
     if customer.stripe_customer_generation == 0:
         return f"customer:{customer.id}:create"
     return f"customer:{customer.id}:create:{customer.stripe_customer_generation}"
@@ -120,15 +121,16 @@ async def ensure_stripe_customer(
     """
     if customer.stripe_customer_id is not None:
         return customer.stripe_customer_id
-    created = await gateway.create_customer(
-        email=customer.email,
-        name=customer.name,
-        metadata={
-            "billing_customer_id": str(customer.id),
-            "billing_customer_key": customer.external_id,
-        },
-        idempotency_key=create_key(customer),
-    )
+    async with attempt_key(pool, create_key(customer)) as key:
+        created = await gateway.create_customer(
+            email=customer.email,
+            name=customer.name,
+            metadata={
+                "billing_customer_id": str(customer.id),
+                "billing_customer_key": customer.external_id,
+            },
+            idempotency_key=key,
+        )
     stored = await db.claim_stripe_customer_id(
         pool, customer.id, created, generation=customer.stripe_customer_generation
     )
@@ -166,6 +168,9 @@ async def sync_customer_subscriptions(
     Syncs of one customer take turns (a session lock, no transaction, around fetch and write),
     so an older fetch can never overwrite a newer one. With `unless_fetched_since`, a customer
     fetched since that moment is not fetched again: that state already reflects the signal.
+    Pass when we received the signal (our database clock, like the fetch times), never the
+    event's `created`: Stripe rounds that down to the second, so a change made just after a
+    fetch in the same second would look older than the fetch and be skipped.
     """
     async with session_lock(conn, customer_lock(customer)):
         fetched: list[StripeSubscription] = []

@@ -3,7 +3,6 @@ to put subscriptions in the fake Stripe and let the webhook worker mirror them."
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import asyncpg
@@ -95,10 +94,8 @@ async def mirrored(
     client: httpx.AsyncClient, pool: asyncpg.Pool, gateway: StripeGateway, obj: dict[str, Any],
     event_type: str = "customer.subscription.updated",
 ) -> None:  # fmt: skip
-    """Stripe tells us about `obj`; the worker processes the event. Stripe dates events in
-    whole seconds: this one is dated a second ahead, so it is after our last fetch of the
-    customer even when both fall in the same second."""
-    event = stripe_event(event_type, obj, created=int(time.time()) + 1)
+    """Stripe tells us about `obj`; the worker processes the event."""
+    event = stripe_event(event_type, obj)
     response = await post_event(client, event)
     assert response.status_code == 200, response.text
     await drain(pool, gateway)
