@@ -117,7 +117,8 @@ async def test_a_slow_stripe_never_slows_the_hot_path(
 ) -> None:
     """Eight success pages polling completed checkouts while Stripe's subscription list hangs
     (more than the pool's 5 connections; each poll holds one across that call) leave usage
-    checks answering at once."""
+    checks answering at once. Starved, a check would wait for a poll's 5 s Stripe call; the
+    bound is far below that and far above a check's latency on a busy shared machine."""
     session_ids = []
     for n in range(8):
         opened = await service.post(
@@ -144,5 +145,5 @@ async def test_a_slow_stripe_never_slows_the_hot_path(
         assert answered.status_code == 200
     responses = await asyncio.gather(*polls)
 
-    assert max(latencies) < 0.25, latencies
+    assert max(latencies) < 1.5, latencies
     assert {r.status_code for r in responses} == {503}
