@@ -7,8 +7,9 @@ import re
 import asyncpg
 import httpx
 
-from billing_service.catalog_spec import CatalogSpec
+from billing_service.catalog_spec import CatalogSpec, dump_catalog_yaml, load_catalog_yaml
 from billing_service.config import Settings
+from billing_service.services import catalog
 from tests.conftest import app_client
 from tests.routes.test_checkout import bearer
 from tests.services.test_catalog import apply, example
@@ -116,3 +117,13 @@ async def test_the_public_list_is_limited_per_address(
     assert limited.json()["type"] == "urn:billing-service:problem:rate-limited"
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.headers["access-control-allow-origin"] == "*"
+
+
+async def test_a_hidden_plan_survives_catalog_export(pool: asyncpg.Pool) -> None:
+    """`catalog export` writes `public: false` (and leaves the default out), and reads it back."""
+    spec = with_plan_fields(example(), "credits", public=False)
+    await apply(pool, None, spec)
+    exported = dump_catalog_yaml(await catalog.current_catalog(pool))
+    assert exported.count("public: false") == 1
+    assert "public: true" not in exported
+    assert load_catalog_yaml(exported) == spec
