@@ -36,8 +36,12 @@ $(RUNTIME_STAMP): pyproject.toml | $(UV)
 	$(UV_INSTALL) -e '.[embedded]'
 	touch $(RUNTIME_STAMP)
 
-$(DEV_STAMP): pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[dev]'
+# The dev install adds the Python client (clients/python, its own distribution), whose tests are
+# part of the suite.
+CLIENT_PYPROJECT := $(wildcard clients/python/pyproject.toml)
+
+$(DEV_STAMP): pyproject.toml $(CLIENT_PYPROJECT) | $(UV)
+	$(UV_INSTALL) -e '.[dev]' $(if $(CLIENT_PYPROJECT),-e ./clients/python)
 	touch $(DEV_STAMP) $(RUNTIME_STAMP)
 
 ## Everything: the project, the embedded PostgreSQL and the dev tools.
