@@ -4,6 +4,8 @@
  */
 
 import assert from "node:assert/strict";
+import { createServer } from "node:net";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 
 import { BillingClient, ConnectionFailed, RateLimited, Unavailable } from "@billing-service/client";
@@ -30,6 +32,15 @@ function through(options: Partial<{ maxRetries: number; timeoutMs: number; maxRe
 
 function keysSent(): string[] {
   return proxy.seen.map((request) => (JSON.parse(request.body) as { idempotency_key: string }).idempotency_key);
+}
+
+/** The URL of a loopback port that was just free: nothing answers there. */
+async function closedPort(): Promise<string> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return `http://127.0.0.1:${port}`;
 }
 
 async function used(customer: string): Promise<number | null | undefined> {
@@ -140,10 +151,11 @@ describe("retries", () => {
   });
 
   it("a service nobody answers for is a ConnectionFailed after the retries", async () => {
-    const client = new BillingClient({ baseUrl: "http://127.0.0.1:9", apiKey: USAGE_KEY, maxRetries: 2, ...fast });
+    const client = new BillingClient({ baseUrl: await closedPort(), apiKey: USAGE_KEY, maxRetries: 2, ...fast });
     await assert.rejects(client.check(customerId("void"), "ai_calls"), (error) => {
       assert.ok(error instanceof ConnectionFailed);
       assert.equal(error.status, 0);
+      assert.match(error.detail, /ECONNREFUSED/);
       return true;
     });
   });
