@@ -13,7 +13,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from billing_service import problems
+from billing_service.auth import accepts_customer_token
 from billing_service.config import ConfigurationError, Settings, load_settings
+from billing_service.cors import CorsMiddleware, CorsRoute
 from billing_service.db.migrations import discover_migrations
 from billing_service.db.pool import create_pool
 from billing_service.invalidation import Listener
@@ -75,6 +77,7 @@ def create_app(
         *health.routes,
         *api_keys.routes,
         *catalog.routes,
+        *catalog.public_routes,
         *customers.routes,
         *checkout.routes,
         *events.routes,
@@ -137,12 +140,23 @@ def create_app(
         if settings.rate_limit_per_key > 0
         else None
     )
-    limits = Limits(per_key=per_key, failures=FailureWindows(settings.auth_failures_per_minute))
+    public_rate = settings.rate_limit_public_per_address
+    limits = Limits(
+        per_key=per_key,
+        failures=FailureWindows(settings.auth_failures_per_minute),
+        per_address=TokenBuckets(public_rate, 2 * public_rate) if public_rate > 0 else None,
+    )
+    cors_routes = [
+        CorsRoute.of(route.path, route.methods or (), public=route in catalog.public_routes)
+        for route in routes
+        if route in catalog.public_routes or accepts_customer_token(route.endpoint)
+    ]
     route_of = route_template_lookup({route.endpoint: route.path for route in routes})
     return Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestContextMiddleware, metrics=metrics, route_of=route_of),
+            Middleware(CorsMiddleware, origins=settings.cors_origins, routes=cors_routes),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
         exception_handlers=problems.exception_handlers(),

@@ -48,6 +48,17 @@ def _client_address(request: Request) -> str:
     return client_group(request.client.host) if request.client else "unknown"
 
 
+def limit_by_address(request: Request) -> None:
+    """Routes that take no credential: each client address (as failed attempts are counted)
+    may make `BILLING_RATE_LIMIT_PUBLIC_PER_ADDRESS` requests a second, bursts of twice that."""
+    per_address = app_state(request)["limits"].per_address
+    if per_address is not None and (wait := per_address.take(_client_address(request))) is not None:
+        raise RateLimited(
+            "Too many requests from this address; try again later.",
+            retry_after=retry_after_seconds(wait),
+        )
+
+
 def _refused(request: Request, wait: float | None) -> BillingError:
     """401, or 429 when the address has to wait: the one place refusals are counted."""
     reason = "unauthenticated" if wait is None else "limited"
@@ -152,9 +163,16 @@ def requires(*accepted: Scope, customer_token: bool = False) -> Callable[[Endpoi
             request.scope["api_key"] = key
             return await endpoint(request)
 
+        guarded.accepts_customer_token = customer_token  # type: ignore[attr-defined]
         return guarded
 
     return decorate
+
+
+def accepts_customer_token(endpoint: object) -> bool:
+    """Whether `requires` lets a customer token through: such routes may be called from a
+    browser (see cors.py)."""
+    return getattr(endpoint, "accepts_customer_token", False) is True
 
 
 def current_key(request: Request) -> ApiKey:

@@ -93,6 +93,8 @@ class PlanSpec(_Strict):
     default: bool = False
     trial_days: int = Field(default=0, ge=0, le=730)
     display_order: int = Field(default=0, ge=-MAX_DISPLAY_ORDER, le=MAX_DISPLAY_ORDER)
+    # Listed by the public pricing route; false for plans sold by hand (still usable everywhere).
+    public: bool = True
     features: dict[Key, StrictBool | MeteredLimit] = Field(default_factory=dict)
     prices: dict[Key, PriceSpec] = Field(default_factory=dict)
 

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     stripe_max_network_retries: int = Field(default=2, ge=0, le=5)
 
     allowed_redirect_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Browser origins that may read a customer's entitlements with a customer token (cors.py).
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     downgrade_at: Literal["period_end", "now"] = "period_end"
     trial_repeats: bool = False
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)
@@ -78,6 +80,7 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     rate_limit_per_key: float = Field(default=0.0, ge=0)
     rate_limit_burst: float = Field(default=0.0, ge=0)
+    rate_limit_public_per_address: float = Field(default=10.0, ge=0)
     auth_failures_per_minute: int = Field(default=30, ge=1)
 
     # `serve`: which proxies may name the client, and how long and how many connections are held.
@@ -129,6 +132,25 @@ class Settings(BaseSettings):
     @classmethod
     def _lists_from_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins_from_csv_or_json(cls, value: object) -> object:
+        """`a,b` or a JSON list `["a", "b"]`."""
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"not a valid JSON list ({exc.msg} at character {exc.pos})"
+                ) from None
+        return _split_csv(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_exact(cls, origins: list[str]) -> list[str]:
+        """Each entry is `*` or one exact origin, written the way browsers send it."""
+        return [origin if origin == "*" else _exact_origin(origin) for origin in origins]
 
     @field_validator("allowed_redirect_hosts")
     @classmethod
@@ -286,6 +308,11 @@ def unsafe_settings(settings: Settings) -> list[str]:
     for host in settings.allowed_redirect_hosts:
         if reason := _host_name_problem(host):
             problems.append(f"BILLING_ALLOWED_REDIRECT_HOSTS: '{host}' {reason}")
+    if "*" in settings.cors_origins:
+        problems.append(
+            "BILLING_CORS_ORIGINS: '*' lets any web page read entitlements with a customer "
+            "token; list each origin exactly, e.g. https://app.example.com"
+        )
     return problems
 
 
@@ -306,6 +333,33 @@ def _host_name_problem(host: str) -> str | None:
     if not _HOST_NAME.fullmatch(host):
         return "is not a host name (letters, digits, hyphens and dots; no port or user)"
     return None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _exact_origin(value: str) -> str:
+    """`scheme://host[:port]` as a browser's `Origin` header spells it: lower case, no default
+    port. Anything else (a path, a wildcard, `null`) is refused, since it could never match or
+    would match too much."""
+    example = "e.g. https://app.example.com"
+    parts = urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"'{value}' has an invalid port") from None
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"'{value}' is not an http or https origin ({example})")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"'{value}' is not an origin: give scheme, host and port only ({example})")
+    if "*" in parts.hostname:
+        raise ValueError(f"'{value}' is a wildcard; list each origin exactly")
+    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}"
 
 
 def describe_settings_error(exc: SettingsError) -> str:

@@ -8,6 +8,7 @@ the stable problem `type` slug that `problems.py` renders as RFC 9457 problem+js
     ├── InvalidWebhook                400 invalid-webhook
     ├── Unauthenticated               401 unauthenticated
     ├── Forbidden                     403 forbidden
+    │   └── CrossOriginRefused        403 cross-origin-refused
     ├── NotFound                      404 not-found
     ├── MethodNotAllowed              405 method-not-allowed
     ├── PaymentFailed                 402 payment-failed
@@ -22,7 +23,8 @@ the stable problem `type` slug that `problems.py` renders as RFC 9457 problem+js
     ├── PayloadTooLarge               413 payload-too-large
     ├── UnsupportedMediaType          415 unsupported-media-type
     ├── ValidationFailed              422 validation-failed
-    │   └── CurrencyMismatch          422 currency-mismatch
+    │   ├── CurrencyMismatch          422 currency-mismatch
+    │   └── IdempotencyKeyMismatch    422 idempotency-key-mismatch
     ├── RateLimited                   429 rate-limited
     ├── StripeRequestFailed           502 stripe-request-failed
     └── ServiceUnavailable            503 service-unavailable
@@ -102,6 +104,12 @@ class Forbidden(BillingError):
     """A valid credential without the scope the route needs."""
 
     status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class CrossOriginRefused(Forbidden):
+    """A browser preflight for a route or origin that may not be used cross-origin."""
+
+    slug, title = "cross-origin-refused", "Cross-origin request refused"
 
 
 class NotFound(BillingError):
@@ -207,6 +215,12 @@ class CurrencyMismatch(ValidationFailed):
     """The new price is in another currency than the subscription; Stripe cannot switch it."""
 
     slug, title = "currency-mismatch", "Currency mismatch"
+
+
+class IdempotencyKeyMismatch(ValidationFailed):
+    """The Idempotency-Key header and the body's idempotency_key name different keys."""
+
+    slug, title = "idempotency-key-mismatch", "Idempotency keys disagree"
 
 
 class RateLimited(BillingError):

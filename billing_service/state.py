@@ -23,10 +23,12 @@ from billing_service.worker import PollingWorker
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-process rate limits: per API key (None: off) and failed attempts per address."""
+    """Per-process rate limits: per API key and, on routes that take no credential, per address
+    (None: off); failed attempts per address."""
 
     per_key: TokenBuckets | None
     failures: FailureWindows
+    per_address: TokenBuckets | None = None
 
 
 class AppState(TypedDict):

@@ -152,6 +152,8 @@ def test_safe_production_settings_load_with_nothing_to_warn_about(
         ("BILLING_ALLOWED_REDIRECT_HOSTS", "app.example.com/billing", "has a path"),
         ("BILLING_ALLOWED_REDIRECT_HOSTS", "*.example.com", "is a wildcard"),
         ("BILLING_ALLOWED_REDIRECT_HOSTS", "*", "is a wildcard"),
+        ("BILLING_CORS_ORIGINS", "*", "'*' lets any web page read entitlements"),
+        ("BILLING_CORS_ORIGINS", '["https://app.example.com", "*"]', "list each origin exactly"),
     ],
 )
 def test_production_refuses_unsafe_settings_and_other_environments_warn(
@@ -250,3 +252,53 @@ def test_a_setting_pydantic_settings_cannot_decode_is_named_not_a_traceback(
     assert describe_settings_error(raised.value) == (
         "BILLING_EXTRA_MAPPING: could not be parsed (a list or object setting must be JSON)"
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://App.Example.com, http://localhost:5173",
+        '["https://app.example.com:443/", "http://localhost:5173"]',
+    ],
+)
+def test_cors_origins_are_read_as_a_list_and_written_as_browsers_send_them(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Comma-separated or a JSON list; lower case, no default port, no trailing slash."""
+    monkeypatch.setenv("BILLING_CORS_ORIGINS", value)
+    assert load_settings().cors_origins == ["https://app.example.com", "http://localhost:5173"]
+
+
+def test_no_cors_origin_is_allowed_by_default() -> None:
+    """Nothing is listed unless configured."""
+    assert load_settings().cors_origins == []
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("app.example.com", "is not an http or https origin"),
+        ("null", "is not an http or https origin"),
+        ("ftp://app.example.com", "is not an http or https origin"),
+        ("https://app.example.com/pricing", "is not an origin"),
+        ("https://*.example.com", "is a wildcard"),
+        ("https://app.example.com:99999", "invalid port"),
+        ('["https://app.example.com"', "not a valid JSON list"),
+    ],
+)
+@pytest.mark.parametrize("env", ["development", "production"])
+def test_a_cors_origin_that_could_never_match_exactly_is_refused_everywhere(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str, env: str
+) -> None:
+    """One line naming BILLING_CORS_ORIGINS, in every environment."""
+    for variable, safe in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(variable, safe)
+    monkeypatch.setenv("BILLING_ENV", env)
+    if env != "production":
+        monkeypatch.delenv("BILLING_STRIPE_SECRET_KEY")
+    monkeypatch.setenv("BILLING_CORS_ORIGINS", value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    [line] = str(raised.value).splitlines()
+    assert line.startswith("BILLING_CORS_ORIGINS: ")
+    assert problem in line

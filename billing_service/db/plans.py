@@ -10,7 +10,7 @@ import asyncpg
 from billing_service.db.pool import Executor
 
 _COLUMNS = (
-    "id, key, name, description, is_default, active, trial_days, display_order, "
+    "id, key, name, description, is_default, active, trial_days, display_order, public, "
     "stripe_product_id, sync_generation, synced_generation"
 )
 
@@ -25,6 +25,7 @@ class Plan:
     active: bool
     trial_days: int
     display_order: int
+    public: bool
     stripe_product_id: str | None
     sync_generation: int
     synced_generation: int
@@ -39,6 +40,7 @@ class PlanFields:
     is_default: bool
     trial_days: int
     display_order: int
+    public: bool = True
 
 
 def _from_row(row: asyncpg.Record) -> Plan:
@@ -55,8 +57,8 @@ async def select_plans(conn: Executor) -> list[Plan]:
 async def insert_plan(conn: Executor, key: str, fields: PlanFields) -> Plan:
     row = await conn.fetchrow(
         f"""
-        INSERT INTO plans (key, name, description, is_default, trial_days, display_order)
-        VALUES ($1, $2, $3, $4, $5, $6)
+        INSERT INTO plans (key, name, description, is_default, trial_days, display_order, public)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
         RETURNING {_COLUMNS}
         """,  # noqa: S608 - constant column list
         key,
@@ -65,6 +67,7 @@ async def insert_plan(conn: Executor, key: str, fields: PlanFields) -> Plan:
         fields.is_default,
         fields.trial_days,
         fields.display_order,
+        fields.public,
     )
     assert row is not None
     return _from_row(row)
@@ -78,7 +81,7 @@ async def update_plan(
         """
         UPDATE plans
         SET name = $2, description = $3, is_default = $4, trial_days = $5, display_order = $6,
-            active = $7,
+            active = $7, public = $8,
             sync_generation = sync_generation
                 + CASE WHEN (name, description, active) IS DISTINCT FROM ($2, $3, $7)
                        THEN 1 ELSE 0 END
@@ -91,6 +94,7 @@ async def update_plan(
         fields.trial_days,
         fields.display_order,
         active,
+        fields.public,
     )
 
 

@@ -171,3 +171,17 @@ def customer_id_param(request: Request) -> str:
     if not _CUSTOMER_ID.fullmatch(customer_id):
         raise ValidationFailed([FieldError("customer_id", f"must match {CUSTOMER_ID_PATTERN}")])
     return customer_id
+
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def idempotency_key_header(request: Request) -> str | None:
+    """The `Idempotency-Key` header, if sent: 1 to 255 printable ASCII characters."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ValidationFailed(
+            [FieldError(IDEMPOTENCY_KEY_HEADER, "must be 1 to 255 printable ASCII characters")]
+        )
+    return key

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from billing_service.auth import requires
+from billing_service.auth import limit_by_address, requires
 from billing_service.catalog_spec import (
     KEY_PATTERN,
     CatalogSpec,
@@ -15,6 +15,7 @@ from billing_service.catalog_spec import (
     is_valid_key,
 )
 from billing_service.errors import FieldError, NotFound, ValidationFailed
+from billing_service.routes._conditional import conditional_json
 from billing_service.routes._http import JSONResponse, parse_json
 from billing_service.routes._pagination import PageRequest, encode_cursor, page_body, page_request
 from billing_service.services import catalog, catalog_sync
@@ -34,6 +35,7 @@ def serialize_plan(view: PlanView) -> dict[str, object]:
         "active": plan.active,
         "trial_days": plan.trial_days,
         "display_order": plan.display_order,
+        "public": plan.public,
         "prices": [
             {
                 "lookup_key": price.lookup_key,
@@ -114,8 +116,9 @@ async def list_plans(request: Request) -> Response:
     )
     if start is not None:
         views = [v for v in views if (v.plan.display_order, v.plan.key) > start]
-    return JSONResponse(
-        page_body(views[: page.limit + 1], page, serialize=serialize_plan, cursor_of=_plan_cursor)
+    return conditional_json(
+        request,
+        page_body(views[: page.limit + 1], page, serialize=serialize_plan, cursor_of=_plan_cursor),
     )
 
 
@@ -125,7 +128,26 @@ async def get_plan(request: Request) -> Response:
     views = await catalog.plan_views(app_state(request)["pool"], key=key)
     if not views:
         raise NotFound(f"No plan has key '{key}'.")
-    return JSONResponse(serialize_plan(views[0]))
+    return conditional_json(request, serialize_plan(views[0]))
+
+
+# Shared caches (a CDN) may serve the public list for a minute; browsers revalidate after that.
+PUBLIC_CACHE_CONTROL = "public, max-age=60"
+
+
+async def list_public_plans(request: Request) -> Response:
+    """What a pricing page shows, with no credential: the active plans marked public, in
+    display order, with their active prices. Limited per client address."""
+    limit_by_address(request)
+    views = await catalog.plan_views(app_state(request)["pool"])
+    public = sorted(
+        (v for v in views if v.plan.public), key=lambda v: (v.plan.display_order, v.plan.key)
+    )
+    return conditional_json(
+        request,
+        {"data": [serialize_plan(v) for v in public]},
+        cache_control=PUBLIC_CACHE_CONTROL,
+    )
 
 
 @requires(Scope.ADMIN)
@@ -174,6 +196,9 @@ async def sync_catalog(request: Request) -> Response:
         pending = await catalog_sync.pending_work(conn)
     return JSONResponse({"synced": report.done, "pending": pending})
 
+
+# Routes any web page may call (cors.py answers every origin for them).
+public_routes = [Route("/v1/public/plans", list_public_plans, methods=["GET"])]
 
 routes = [
     Route("/v1/plans", list_plans, methods=["GET"]),

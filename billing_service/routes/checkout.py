@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from billing_service.auth import current_key, requires
-from billing_service.errors import FieldError, ValidationFailed
-from billing_service.routes._http import CUSTOMER_ID_PATTERN, JSONResponse, parse_json
+from billing_service.routes._http import (
+    CUSTOMER_ID_PATTERN,
+    JSONResponse,
+    idempotency_key_header,
+    parse_json,
+)
 from billing_service.routes.customers import serialize_customer, view_of
 from billing_service.services import checkout, idempotency
 from billing_service.services.api_keys import Scope
@@ -20,7 +22,6 @@ from billing_service.state import app_state
 from billing_service.stripe_gateway import require_stripe
 from billing_service.stripe_objects import StripeCheckoutSession
 
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 # At most two: the Stripe customer is created (a first checkout) or, when a trial is at stake,
 # a known customer's subscriptions are fetched (never both); then the session.
 CHECKOUT_STRIPE_CALLS = 2
@@ -54,19 +55,10 @@ def serialize_session(session: StripeCheckoutSession) -> dict[str, object]:
     }
 
 
-def _idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise ValidationFailed(
-            [FieldError("Idempotency-Key", "must be 1 to 255 printable ASCII characters")]
-        )
-    return key
-
-
 @requires(Scope.BILLING)
 async def create_checkout_session(request: Request) -> Response:
     body = await parse_json(request, CreateCheckout)
-    key = _idempotency_key(request)
+    key = idempotency_key_header(request)
     state = app_state(request)
     gateway = require_stripe(state["stripe"])
     pool = state["pool"]

@@ -21,14 +21,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from billing_service.auth import requires
-from billing_service.errors import FieldError, ValidationFailed
+from billing_service.errors import FieldError, IdempotencyKeyMismatch, ValidationFailed
 from billing_service.history_window import DEFAULT_GRANULARITY, history_window
+from billing_service.routes._conditional import conditional_json
 from billing_service.routes._http import (
     CUSTOMER_ID_PATTERN,
+    IDEMPOTENCY_KEY_HEADER,
     JSONResponse,
     Timestamp,
     customer_id_param,
     field_errors,
+    idempotency_key_header,
     parse_json,
 )
 from billing_service.services import customer_tokens, usage
@@ -108,7 +111,7 @@ class TrackUsage(BaseModel):
     feature: FeatureKey
     amount: int = Field(default=1, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
     cost: Cost | None = None
-    idempotency_key: str = Field(min_length=1, max_length=255)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=50)
 
     @field_validator("metadata")
@@ -154,11 +157,29 @@ async def check_usage(request: Request) -> Response:
     return JSONResponse(decision)
 
 
+def _track_key(request: Request, body: TrackUsage) -> str:
+    """One key, from the `Idempotency-Key` header or the body's `idempotency_key`; when both
+    are sent they must agree."""
+    header = idempotency_key_header(request)
+    if header is not None and body.idempotency_key not in (None, header):
+        raise IdempotencyKeyMismatch(
+            [FieldError(IDEMPOTENCY_KEY_HEADER, "must equal the body's idempotency_key")],
+            "The Idempotency-Key header and the body's idempotency_key differ; send one key.",
+        )
+    key = header or body.idempotency_key
+    if key is None:
+        raise ValidationFailed(
+            [FieldError("idempotency_key", "required, in the body or the Idempotency-Key header")]
+        )
+    return key
+
+
 @requires(Scope.USAGE, Scope.BILLING)
 async def track_usage(request: Request) -> Response:
     body = await parse_json(request, TrackUsage)
     if body.amount == 0:
         raise ValidationFailed([FieldError("amount", "must not be 0")])
+    idempotency_key = _track_key(request, body)
     decision = await usage.track(
         app_state(request)["pool"],
         TrackRequest(
@@ -166,7 +187,7 @@ async def track_usage(request: Request) -> Response:
             feature_key=body.feature,
             amount=body.amount,
             cost=body.cost,
-            idempotency_key=body.idempotency_key,
+            idempotency_key=idempotency_key,
             metadata=body.metadata,
         ),
         now=_now(request),
@@ -203,13 +224,14 @@ async def get_entitlements(request: Request) -> Response:
     )
     first = found[0].context if found else None
     plan = next((e.plan_key for e in found if e.plan_key), None)
-    return JSONResponse(
+    return conditional_json(
+        request,
         {
             "customer_id": customer_id,
             "plan": plan,
             "subscription_status": first.status if first else None,
             "features": [serialize_entitlement(e) for e in found],
-        }
+        },
     )
 
 

@@ -89,6 +89,7 @@ def export_spec(state: CatalogState) -> CatalogSpec:
                 default=plan.is_default,
                 trial_days=plan.trial_days,
                 display_order=plan.display_order,
+                public=plan.public,
                 features={
                     feature_by_id[feature_id].key: allowance_spec(
                         feature_by_id[feature_id].kind, allowance

@@ -161,6 +161,7 @@ class _Reconciler:
                 is_default=wanted.default,
                 trial_days=wanted.trial_days,
                 display_order=wanted.display_order,
+                public=wanted.public,
             )
             current = self.state.plans.get(key)
             if current is None:
@@ -175,6 +176,7 @@ class _Reconciler:
                     "default": (current.is_default, fields.is_default),
                     "trial_days": (current.trial_days, fields.trial_days),
                     "display_order": (current.display_order, fields.display_order),
+                    "public": (current.public, fields.public),
                     "active": (current.active, True),
                 }
             )
