@@ -1,10 +1,17 @@
 /**
- * The browser entry: `BrowserClient` reads one customer's entitlements with a short-lived
- * customer token (`bct_…`), the only credential a page may hold. It never takes an API key.
+ * The browser entry. `BrowserClient` reads one customer's entitlements with a short-lived
+ * customer token (`bct_…`), the only credential a page may hold; it never takes an API key
+ * (the service refuses those cross-origin anyway). `publicPlans` needs no credential at all.
  */
 
-import { type CallOptions, type Credential, Transport, type TransportOptions, customerPath } from "./transport.js";
-import type { Entitlements } from "./types.js";
+import {
+  type CallOptions,
+  type Credential,
+  Transport,
+  type TransportOptions,
+  customerPath,
+} from "./transport.js";
+import type { Entitlements, Plan, PublicPlans } from "./types.js";
 
 export interface BrowserClientOptions extends TransportOptions {
   /** The customer the token was issued for (your own id). */
@@ -26,16 +33,46 @@ export class BrowserClient {
     this.customerId = options.customerId;
   }
 
-  /** Every feature as the customer may use it now. */
+  /**
+   * Every feature as the customer may use it now. Polling is cheap: a repeated read sends the
+   * last `ETag` and, while nothing changed, gets a bodiless 304 and returns the copy it kept.
+   */
   async entitlements(options: CallOptions = {}): Promise<Entitlements> {
     const path = customerPath(this.customerId, "/entitlements");
     const answer = await this.#http.send<Entitlements>({
-      method: "GET", path, retry: "safe", signal: options.signal,
+      method: "GET", path, retry: "safe", conditional: true, signal: options.signal,
     });
     return answer.body;
   }
+
+  /** The public pricing list (see `publicPlans`). */
+  async plans(options: CallOptions = {}): Promise<Plan[]> {
+    return readPublicPlans(this.#http, options);
+  }
+}
+
+/**
+ * The plans a pricing page shows (`GET /v1/public/plans`): active, public plans in display
+ * order with their prices and limits. No credential, so any page may call it.
+ */
+export async function publicPlans(
+  options: TransportOptions & CallOptions,
+): Promise<Plan[]> {
+  return readPublicPlans(new Transport(options, null), options);
+}
+
+async function readPublicPlans(http: Transport, options: CallOptions): Promise<Plan[]> {
+  const answer = await http.send<PublicPlans>({
+    method: "GET",
+    path: "/v1/public/plans",
+    retry: "safe",
+    anonymous: true,
+    conditional: true,
+    signal: options.signal,
+  });
+  return answer.body.data ?? [];
 }
 
 export * from "./errors.js";
 export type { CallOptions, Credential, TransportOptions } from "./transport.js";
-export type { Entitlement, Entitlements } from "./types.js";
+export type { Entitlement, Entitlements, Plan } from "./types.js";

@@ -143,24 +143,28 @@ export class BillingClient {
 
   /** Check and record usage in one atomic step; counted once however often it is retried. */
   async track(customerId: string, feature: string, options: TrackOptions = {}): Promise<TrackedUsage> {
-    const body: TrackInput = {
-      customer_id: customerId,
-      feature,
-      amount: options.amount ?? 1,
-      idempotency_key: options.idempotencyKey ?? newIdempotencyKey(),
-    };
+    const body: TrackInput = { customer_id: customerId, feature, amount: options.amount ?? 1 };
     if (options.cost !== undefined) body.cost = options.cost;
     if (options.metadata !== undefined) body.metadata = options.metadata;
     const answer = await this.#http.send<TrackedUsage>({
-      method: "POST", path: "/v1/usage/track", body, retry: "safe", signal: options.signal,
+      method: "POST",
+      path: "/v1/usage/track",
+      body,
+      // One key per call, made before the first attempt: every retry resends it.
+      headers: { "Idempotency-Key": options.idempotencyKey ?? newIdempotencyKey() },
+      retry: "safe",
+      signal: options.signal,
     });
     return answer.body;
   }
 
-  /** Every feature as the customer may use it now. */
+  /** Every feature as the customer may use it now (revalidated with its ETag when read again). */
   async entitlements(customerId: string, options: CallOptions = {}): Promise<Entitlements> {
     const path = customerPath(customerId, "/entitlements");
-    return (await this.#http.send<Entitlements>({ method: "GET", path, retry: "safe", signal: options.signal })).body;
+    const answer = await this.#http.send<Entitlements>({
+      method: "GET", path, retry: "safe", conditional: true, signal: options.signal,
+    });
+    return answer.body;
   }
 
   /** Usage and cost per feature and time bucket, for reports. */
@@ -226,7 +230,12 @@ export class BillingClient {
     let cursor: string | undefined;
     do {
       const answer = await this.#http.send<PlanPage>({
-        method: "GET", path: "/v1/plans", query: { limit: 1000, cursor }, retry: "safe", signal: options.signal,
+        method: "GET",
+        path: "/v1/plans",
+        query: { limit: 1000, cursor },
+        retry: "safe",
+        conditional: true,
+        signal: options.signal,
       });
       plans.push(...(answer.body.data ?? []));
       cursor = answer.body.has_more ? (answer.body.next_cursor ?? undefined) : undefined;

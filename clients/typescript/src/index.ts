@@ -5,7 +5,7 @@
 
 export { BillingClient } from "./client.js";
 export type { BillingClientOptions, CheckoutOptions, TrackOptions } from "./client.js";
-export { BrowserClient } from "./browser.js";
+export { BrowserClient, publicPlans } from "./browser.js";
 export type { BrowserClientOptions } from "./browser.js";
 export * from "./errors.js";
 export type { CallOptions, Credential, RetryPolicy, TransportOptions } from "./transport.js";

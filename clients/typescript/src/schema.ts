@@ -107,6 +107,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/public/plans": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The pricing page's plans, with no credential (any origin may read it).
+         * @description Active plans whose catalog entry is not `public: false`, in display order, each with its
+         *     active prices and feature limits: everything a pricing page renders. Cacheable:
+         *     `Cache-Control: public, max-age=60` and a strong `ETag`; `If-None-Match` with the
+         *     ETag answers 304 with no body. Limited per client address
+         *     (`BILLING_RATE_LIMIT_PUBLIC_PER_ADDRESS` requests a second, bursts of twice that).
+         */
+        get: operations["listPublicPlans"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/plans": {
         parameters: {
             query?: never;
@@ -117,7 +141,9 @@ export interface paths {
         /**
          * Active plans in display order, with prices and feature limits (for pricing pages).
          * @description Needs the `billing` or `usage` scope. Paged like every list; a catalog of up to 100 live
-         *     plans fits in the first page.
+         *     plans fits in the first page. Plans with `public: false` are listed too (the public
+         *     pricing list, `GET /v1/public/plans`, leaves them out). Each page carries an `ETag`;
+         *     `If-None-Match` with it answers 304 with no body while the page is unchanged.
          */
         get: operations["listPlans"];
         put?: never;
@@ -139,7 +165,7 @@ export interface paths {
         };
         /**
          * One plan by key, archived plans included (`active` false).
-         * @description Needs the `billing` or `usage` scope.
+         * @description Needs the `billing` or `usage` scope. Conditional like `GET /v1/plans`.
          */
         get: operations["getPlan"];
         /**
@@ -523,9 +549,12 @@ export interface paths {
          * Check and record usage in one atomic step.
          * @description Past a hard limit with overage `deny`, nothing is recorded and `allowed` is false; with
          *     `allow`, the usage is recorded and flagged `overage`. The plan allowance is spent before
-         *     purchased credits. A negative `amount` gives units back. The same `idempotency_key` for
+         *     purchased credits. A negative `amount` gives units back. The same idempotency key for
          *     the same customer returns the first response and counts once; with a different body it
-         *     is a 409. Needs the `usage` or `billing` scope.
+         *     is a 409 `idempotency-key-reused`. Send the key as the `Idempotency-Key` header (as for
+         *     checkout) or as the body's `idempotency_key`; one of them is required, and when both
+         *     are sent they must be equal (else a 422 `idempotency-key-mismatch`). Needs the `usage`
+         *     or `billing` scope.
          */
         post: operations["trackUsage"];
         delete?: never;
@@ -547,7 +576,11 @@ export interface paths {
         /**
          * Every feature as the customer may use it now.
          * @description Needs the `usage` or `billing` scope, or a customer token for this customer
-         *     (`POST /v1/customers/{customer_id}/tokens`).
+         *     (`POST /v1/customers/{customer_id}/tokens`). With a customer token, a page on an
+         *     origin listed in `BILLING_CORS_ORIGINS` may call it from the browser: the answer then
+         *     names the origin in `Access-Control-Allow-Origin` (never for an API key). Carries an
+         *     `ETag` of the body; `If-None-Match` with it answers 304 with no body while nothing
+         *     changed, so pollers cost one query and no body.
          */
         get: operations["getEntitlements"];
         put?: never;
@@ -737,6 +770,8 @@ export interface components {
             active: boolean;
             trial_days: number;
             display_order: number;
+            /** @description Listed by `GET /v1/public/plans`. */
+            public: boolean;
             prices: {
                 /** @description What Checkout takes as `price`. */
                 lookup_key: string;
@@ -807,6 +842,11 @@ export interface components {
             default?: boolean;
             trial_days?: number;
             display_order?: number;
+            /**
+             * @description false leaves the plan out of the public pricing list (it still works).
+             * @default true
+             */
+            public?: boolean;
             /** @description Feature key → true/false, or a metered allowance. */
             features?: {
                 [key: string]: boolean | components["schemas"]["MeteredLimit"];
@@ -1091,6 +1131,15 @@ export interface components {
         };
     };
     responses: {
+        /** @description The `If-None-Match` copy is current; no body. */
+        NotModified: {
+            headers: {
+                ETag: components["headers"]["ETag"];
+                "Cache-Control": components["headers"]["CacheControl"];
+                [name: string]: unknown;
+            };
+            content?: never;
+        };
         /** @description The body is not valid JSON. */
         MalformedRequest: {
             headers: {
@@ -1147,8 +1196,10 @@ export interface components {
             };
         };
         /**
-         * @description The body has invalid fields; each is listed (`validation-failed`, or
-         *     `currency-mismatch` for a plan change to a price in another currency).
+         * @description The body has invalid fields; each is listed (`validation-failed`,
+         *     `currency-mismatch` for a plan change to a price in another currency, or
+         *     `idempotency-key-mismatch` when the `Idempotency-Key` header and the body's
+         *     `idempotency_key` differ).
          */
         ValidationFailed: {
             headers: {
@@ -1183,9 +1234,10 @@ export interface components {
             };
         };
         /**
-         * @description Too many requests from this API key (`BILLING_RATE_LIMIT_PER_KEY`), or too many failed
+         * @description Too many requests from this API key (`BILLING_RATE_LIMIT_PER_KEY`), too many failed
          *     authentications from this address (a valid key or customer token from it is still
-         *     served); `Retry-After` says when to try again.
+         *     served), or, on the public pricing list, too many requests from this address
+         *     (`BILLING_RATE_LIMIT_PUBLIC_PER_ADDRESS`); `Retry-After` says when to try again.
          */
         RateLimited: {
             headers: {
@@ -1230,9 +1282,27 @@ export interface components {
          *     it came.
          */
         Cursor: string;
+        /**
+         * @description Makes a retry safe: the same key with the same body answers what the first request
+         *     did, without doing it twice. 1 to 255 printable ASCII characters.
+         */
+        IdempotencyKey: string;
+        /**
+         * @description The `ETag` of a copy you hold (or several, comma-separated, or `*`): when it is still
+         *     current the answer is a 304 with no body. `W/` prefixes are ignored.
+         */
+        IfNoneMatch: string;
     };
     requestBodies: never;
-    headers: never;
+    headers: {
+        /** @description A strong validator of the JSON body (a hash of its bytes). */
+        ETag: string;
+        /**
+         * @description `private, no-cache` (keep it, but revalidate with `If-None-Match` before each use), or
+         *     `public, max-age=60` on the public pricing list.
+         */
+        CacheControl: string;
+    };
     pathItems: never;
 }
 export type $defs = Record<string, never>;
@@ -1420,6 +1490,41 @@ export interface operations {
             429: components["responses"]["RateLimited"];
         };
     };
+    listPublicPlans: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description The `ETag` of a copy you hold (or several, comma-separated, or `*`): when it is still
+                 *     current the answer is a 304 with no body. `W/` prefixes are ignored.
+                 */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The public catalog. */
+            200: {
+                headers: {
+                    ETag: components["headers"]["ETag"];
+                    "Cache-Control": components["headers"]["CacheControl"];
+                    /** @description Always `*`. */
+                    "Access-Control-Allow-Origin"?: "*";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        data: components["schemas"]["Plan"][];
+                    };
+                };
+            };
+            304: components["responses"]["NotModified"];
+            400: components["responses"]["MalformedRequest"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
     listPlans: {
         parameters: {
             query?: {
@@ -1434,7 +1539,13 @@ export interface operations {
                  */
                 cursor?: components["parameters"]["Cursor"];
             };
-            header?: never;
+            header?: {
+                /**
+                 * @description The `ETag` of a copy you hold (or several, comma-separated, or `*`): when it is still
+                 *     current the answer is a 304 with no body. `W/` prefixes are ignored.
+                 */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -1443,6 +1554,8 @@ export interface operations {
             /** @description A page of the live catalog. */
             200: {
                 headers: {
+                    ETag: components["headers"]["ETag"];
+                    "Cache-Control": components["headers"]["CacheControl"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -1451,6 +1564,7 @@ export interface operations {
                     };
                 };
             };
+            304: components["responses"]["NotModified"];
             400: components["responses"]["MalformedRequest"];
             401: components["responses"]["Unauthenticated"];
             403: components["responses"]["Forbidden"];
@@ -1461,7 +1575,13 @@ export interface operations {
     getPlan: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description The `ETag` of a copy you hold (or several, comma-separated, or `*`): when it is still
+                 *     current the answer is a 304 with no body. `W/` prefixes are ignored.
+                 */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
             path: {
                 key: components["parameters"]["CatalogKey"];
             };
@@ -1472,12 +1592,15 @@ export interface operations {
             /** @description The plan. */
             200: {
                 headers: {
+                    ETag: components["headers"]["ETag"];
+                    "Cache-Control": components["headers"]["CacheControl"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Plan"];
                 };
             };
+            304: components["responses"]["NotModified"];
             400: components["responses"]["MalformedRequest"];
             401: components["responses"]["Unauthenticated"];
             403: components["responses"]["Forbidden"];
@@ -1868,7 +1991,11 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                "Idempotency-Key"?: string;
+                /**
+                 * @description Makes a retry safe: the same key with the same body answers what the first request
+                 *     did, without doing it twice. 1 to 255 printable ASCII characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
             };
             path?: never;
             cookie?: never;
@@ -2140,7 +2267,13 @@ export interface operations {
     trackUsage: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the same key with the same body answers what the first request
+                 *     did, without doing it twice. 1 to 255 printable ASCII characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -2158,7 +2291,8 @@ export interface operations {
                      *     999999999999999999.999999999999 rather than overflow.
                      */
                     cost?: number | string | null;
-                    idempotency_key: string;
+                    /** @description Required unless the `Idempotency-Key` header is sent; equal to it if both are. */
+                    idempotency_key?: string;
                     /**
                      * @description Labels for the call (a model, a request id), kept with the usage event: at
                      *     most 50 entries, and at most 4,096 bytes as compact UTF-8 JSON in all.
@@ -2192,7 +2326,13 @@ export interface operations {
     getEntitlements: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description The `ETag` of a copy you hold (or several, comma-separated, or `*`): when it is still
+                 *     current the answer is a 304 with no body. `W/` prefixes are ignored.
+                 */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
             path: {
                 /** @description The calling app's own id for the customer. */
                 customer_id: components["parameters"]["CustomerId"];
@@ -2204,12 +2344,17 @@ export interface operations {
             /** @description The customer's entitlements. */
             200: {
                 headers: {
+                    ETag: components["headers"]["ETag"];
+                    "Cache-Control": components["headers"]["CacheControl"];
+                    /** @description The page's origin, for a customer token from a listed origin only. */
+                    "Access-Control-Allow-Origin"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Entitlements"];
                 };
             };
+            304: components["responses"]["NotModified"];
             400: components["responses"]["MalformedRequest"];
             401: components["responses"]["Unauthenticated"];
             403: components["responses"]["Forbidden"];

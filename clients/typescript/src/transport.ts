@@ -1,6 +1,7 @@
 /**
  * The one place that speaks HTTP: Bearer auth, a timeout per attempt, retries with backoff and
- * jitter that honour `Retry-After`, and problem+json turned into `BillingError`s.
+ * jitter that honour `Retry-After`, conditional reads (`ETag` → `If-None-Match` → 304), and
+ * problem+json turned into `BillingError`s.
  */
 
 import { type BillingError, connectionFailed, errorFromResponse } from "./errors.js";
@@ -42,6 +43,10 @@ export interface Call {
   headers?: Record<string, string>;
   retry: RetryPolicy;
   signal?: AbortSignal | undefined;
+  /** Send no credential (public routes: a page's GET then needs no CORS preflight). */
+  anonymous?: boolean;
+  /** Keep the answer with its `ETag`, and revalidate it with `If-None-Match` next time. */
+  conditional?: boolean;
 }
 
 /** A successful answer. */
@@ -57,6 +62,9 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+/** Conditional reads kept per client (the least recently used are dropped first). */
+const MAX_CACHED_READS = 1_000;
+
 const DEFAULTS = {
   timeoutMs: 10_000,
   maxRetries: 3,
@@ -68,11 +76,12 @@ const DEFAULTS = {
 /** Sends calls with a credential, retrying as each call's policy allows. */
 export class Transport {
   readonly #baseUrl: string;
-  readonly #credential: Credential;
+  readonly #credential: Credential | null;
   readonly #options: typeof DEFAULTS;
   readonly #fetch: typeof globalThis.fetch;
+  readonly #cached = new Map<string, { etag: string; body: unknown }>();
 
-  constructor(options: TransportOptions, credential: Credential) {
+  constructor(options: TransportOptions, credential: Credential | null) {
     if (!options.baseUrl) throw new TypeError("baseUrl is required");
     this.#baseUrl = options.baseUrl.replace(/\/+$/, "");
     this.#credential = credential;
@@ -89,6 +98,8 @@ export class Transport {
   /** Send the call; the parsed JSON body of a 2xx, or a `BillingError`. */
   async send<T>(call: Call): Promise<Answer<T>> {
     const url = this.#url(call);
+    const cached = call.conditional ? this.#cached.get(url) : undefined;
+    if (cached) call = { ...call, headers: { ...call.headers, "If-None-Match": cached.etag } };
     for (let attempt = 0; ; attempt++) {
       const canRetry = attempt < this.#options.maxRetries;
       let response: Response;
@@ -104,7 +115,15 @@ export class Transport {
         }
         throw connectionFailed(describe(error));
       }
-      if (response.ok) return { status: response.status, body: body as T, headers: response.headers };
+      if (response.status === 304 && cached) {
+        this.#remember(url, cached.etag, cached.body);
+        return { status: 304, body: cached.body as T, headers: response.headers };
+      }
+      if (response.ok) {
+        const etag = response.headers.get("etag");
+        if (call.conditional && etag) this.#remember(url, etag, body);
+        return { status: response.status, body: body as T, headers: response.headers };
+      }
       const retryAfter = parseRetryAfter(response.headers.get("retry-after"));
       const error = errorFromResponse(response.status, body, response.headers, retryAfter);
       const delay = this.#retryDelay(error, call.retry, attempt, retryAfter);
@@ -113,14 +132,22 @@ export class Transport {
     }
   }
 
+  #remember(url: string, etag: string, body: unknown): void {
+    this.#cached.delete(url);
+    this.#cached.set(url, { etag, body });
+    for (const oldest of this.#cached.keys()) {
+      if (this.#cached.size <= MAX_CACHED_READS) break;
+      this.#cached.delete(oldest);
+    }
+  }
+
   async #attempt(url: string, call: Call): Promise<Response> {
-    const token =
-      typeof this.#credential === "function" ? await this.#credential() : this.#credential;
-    const headers: Record<string, string> = {
-      Accept: "application/json",
-      Authorization: `Bearer ${token}`,
-      ...call.headers,
-    };
+    const headers: Record<string, string> = { Accept: "application/json", ...call.headers };
+    if (!call.anonymous) {
+      const token =
+        typeof this.#credential === "function" ? await this.#credential() : this.#credential;
+      headers["Authorization"] = `Bearer ${token}`;
+    }
     const init: RequestInit = { method: call.method, headers };
     if (call.body !== undefined) {
       headers["Content-Type"] = "application/json";

@@ -48,3 +48,4 @@ export type TokenInput = RequestOf<"issueCustomerToken">;
 export type TrackInput = RequestOf<"trackUsage">;
 export type CheckInput = RequestOf<"checkUsage">;
 export type PlanPage = ResponseOf<"listPlans", 200>;
+export type PublicPlans = ResponseOf<"listPublicPlans", 200>;

@@ -12,6 +12,7 @@ import {
   NotFound,
   Unauthenticated,
   ValidationFailed,
+  publicPlans,
 } from "@billing-service/client";
 
 import { BILLING_URL, KEY, USAGE_KEY, customerId } from "./env.js";
@@ -167,6 +168,14 @@ describe("customers and billing", () => {
     assert.deepEqual(plans.map((plan) => plan.key), ["free", "pro", "credits"]);
     const pro = plans[1];
     assert.ok(pro?.prices.some((price) => price.lookup_key === "pro_monthly" && price.amount === 1900));
+  });
+});
+
+describe("public plans", () => {
+  it("publicPlans reads the pricing list with no credential", async () => {
+    const plans = await publicPlans({ baseUrl: BILLING_URL });
+    assert.deepEqual(plans.map((plan) => plan.key), ["free", "pro", "credits"]);
+    assert.ok(plans.every((plan) => plan.public && plan.active));
   });
 });
 

@@ -17,6 +17,8 @@ export interface Seen {
   path: string;
   body: string;
   headers: IncomingMessage["headers"];
+  /** The service's status, when the request was forwarded and answered. */
+  answered?: number;
 }
 
 export interface FaultProxy {
@@ -38,7 +40,8 @@ export async function startProxy(target: string): Promise<FaultProxy> {
     const chunks: Buffer[] = [];
     for await (const chunk of request) chunks.push(chunk as Buffer);
     const body = Buffer.concat(chunks).toString("utf8");
-    seen.push({ method: request.method ?? "GET", path: request.url ?? "/", body, headers: request.headers });
+    const record: Seen = { method: request.method ?? "GET", path: request.url ?? "/", body, headers: request.headers };
+    seen.push(record);
     const fault = faults.shift();
     if (fault?.kind === "hang") return;
     if (fault?.kind === "reset-before") {
@@ -71,6 +74,7 @@ export async function startProxy(target: string): Promise<FaultProxy> {
     if (body !== "") init.body = body;
     const answer = await fetch(target + (request.url ?? "/"), init);
     const text = await answer.text();
+    record.answered = answer.status;
     if (fault?.kind === "reset-after") {
       request.socket.destroy();
       return;

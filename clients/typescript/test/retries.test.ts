@@ -30,8 +30,9 @@ function through(options: Partial<{ maxRetries: number; timeoutMs: number; maxRe
   return new BillingClient({ baseUrl: proxy.url, apiKey, ...fast, ...options });
 }
 
-function keysSent(): string[] {
-  return proxy.seen.map((request) => (JSON.parse(request.body) as { idempotency_key: string }).idempotency_key);
+/** The Idempotency-Key of every request the proxy saw. */
+function keysSent(): (string | string[] | undefined)[] {
+  return proxy.seen.map((request) => request.headers["idempotency-key"]);
 }
 
 /** The URL of a loopback port that was just free: nothing answers there. */
@@ -48,6 +49,24 @@ async function used(customer: string): Promise<number | null | undefined> {
   return entitlements.features.find((feature) => feature.feature === "ai_calls")?.used;
 }
 
+describe("conditional reads", () => {
+  it("a second read of entitlements revalidates with the ETag and returns the kept copy on 304", async () => {
+    const client = through();
+    const customer = customerId("etag");
+    await direct.track(customer, "ai_calls");
+    const first = await client.entitlements(customer);
+    const second = await client.entitlements(customer);
+    assert.deepEqual(second, first);
+    assert.equal(proxy.seen[0]?.headers["if-none-match"], undefined);
+    assert.ok(proxy.seen[1]?.headers["if-none-match"]);
+    assert.equal(proxy.seen[1]?.answered, 304);
+    await direct.track(customer, "ai_calls");
+    const third = await client.entitlements(customer);
+    assert.equal(proxy.seen[2]?.answered, 200);
+    assert.equal(third.features.find((feature) => feature.feature === "ai_calls")?.used, 2);
+  });
+});
+
 describe("retries", () => {
   it("503s with Retry-After are waited out, the key is resent, and the usage counts once", async () => {
     const client = through();
@@ -59,6 +78,7 @@ describe("retries", () => {
     assert.equal(tracked.recorded, true);
     assert.equal(proxy.seen.length, 3);
     assert.equal(new Set(keysSent()).size, 1);
+    assert.match(String(keysSent()[0]), /^[0-9a-f]{32}$/);
     assert.equal(await used(customer), 1);
   });
 
@@ -144,7 +164,7 @@ describe("retries", () => {
         cancel_url: "https://app.example.com/cancel",
       }),
     );
-    const keys = proxy.seen.map((request) => request.headers["idempotency-key"]);
+    const keys = keysSent();
     assert.equal(keys.length, 3);
     assert.ok(keys[0]);
     assert.equal(new Set(keys).size, 1);
