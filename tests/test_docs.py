@@ -75,6 +75,7 @@ PRELUDE = r"""set -euo pipefail
 curl() {
   local n
   n=$(( $(find "$DOCS_ANSWERS" -name '*.status' | wc -l) + 1 ))
+  : > "$DOCS_ANSWERS/$n.body"  # curl writes no file for an empty body (204, 304)
   command curl -sS -o "$DOCS_ANSWERS/$n.body" -w '%{http_code}' "$@" > "$DOCS_ANSWERS/$n.status"
   cat "$DOCS_ANSWERS/$n.body"
 }
@@ -132,6 +133,7 @@ async def live_service(database_url: str) -> AsyncIterator[LiveService]:
             "BILLING_STRIPE_API_BASE": stripe.url,
             "BILLING_STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRETS[0],
             "BILLING_ALLOWED_REDIRECT_HOSTS": APP_HOST,
+            "BILLING_CORS_ORIGINS": f"https://{APP_HOST}",
         }
         service = await start_service(env, base)
         try:

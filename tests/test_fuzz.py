@@ -57,6 +57,8 @@ async def test_schemathesis_finds_no_server_error_and_no_departure_from_the_cont
         "BILLING_ALLOWED_REDIRECT_HOSTS": APP_HOST,
         # The fuzzer probes unauthenticated access on purpose, thousands of times.
         "BILLING_AUTH_FAILURES_PER_MINUTE": "1000000",
+        # and the public pricing list as often (its per-address limit has its own test).
+        "BILLING_RATE_LIMIT_PUBLIC_PER_ADDRESS": "0",
     }
     service = await start_service(env, base)
     try:
