@@ -83,6 +83,42 @@ def readme_typescript() -> str:
     return blocks[0].text
 
 
+def installed_like_an_app(folder: Path) -> None:
+    """`folder` as an app with the package installed: node_modules/@billing-service/client."""
+    installed = folder / "node_modules" / "@billing-service" / "client"
+    installed.parent.mkdir(parents=True)
+    installed.symlink_to(PACKAGE, target_is_directory=True)
+    (folder / "package.json").write_text(json.dumps({"type": "module"}), encoding="utf-8")
+
+
+def tsc(folder: Path, *args: str) -> list[str]:
+    """The package's tsc, strict, as an ES module app with Node's types would compile."""
+    return [
+        "node", str(PACKAGE / "node_modules" / "typescript" / "bin" / "tsc"),
+        "--strict", "--target", "es2022", "--module", "nodenext", "--moduleResolution", "nodenext",
+        "--typeRoots", str(PACKAGE / "node_modules" / "@types"), "--types", "node",
+        "--lib", "es2022,dom", "--outDir", str(folder), *args,
+    ]  # fmt: skip
+
+
+async def test_the_typescript_examples_of_the_docs_compile(tmp_path: Path) -> None:
+    """Every ```ts block of docs/clients-typescript.md type-checks (strict) against the package
+    as an app installs it, so the documented calls and shapes are the client's."""
+    require_node()
+    await build_package()
+    installed_like_an_app(tmp_path)
+    blocks = [
+        b for b in fenced_blocks(ROOT / "docs" / "clients-typescript.md") if b.language == "ts"
+    ]
+    assert len(blocks) >= 3
+    names = []
+    for number, block in enumerate(blocks):
+        (tmp_path / f"block{number}.ts").write_text(block.text, encoding="utf-8")
+        names.append(f"block{number}.ts")
+    compiled = await run(*tsc(tmp_path, "--noEmit", *names), cwd=tmp_path)
+    assert compiled.code == 0, compiled.out + compiled.err
+
+
 async def test_the_readme_typescript_example_checks_and_tracks(
     service: LiveService, settings: Settings, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
@@ -92,19 +128,9 @@ async def test_the_readme_typescript_example_checks_and_tracks(
     assert len([line for line in code.splitlines() if line.strip()]) <= 5
     await build_package()
     env = await client_env(service, settings, pool)
-    # Installed as an app would have it: node_modules/@billing-service/client.
-    installed = tmp_path / "node_modules" / "@billing-service" / "client"
-    installed.parent.mkdir(parents=True)
-    installed.symlink_to(PACKAGE, target_is_directory=True)
-    (tmp_path / "package.json").write_text(json.dumps({"type": "module"}), encoding="utf-8")
+    installed_like_an_app(tmp_path)
     (tmp_path / "example.ts").write_text(code, encoding="utf-8")
-    compiled = await run(
-        "node", str(PACKAGE / "node_modules" / "typescript" / "bin" / "tsc"),
-        "--strict", "--target", "es2022", "--module", "nodenext", "--moduleResolution", "nodenext",
-        "--typeRoots", str(PACKAGE / "node_modules" / "@types"), "--types", "node",
-        "--outDir", str(tmp_path), "example.ts",
-        cwd=tmp_path,
-    )  # fmt: skip
+    compiled = await run(*tsc(tmp_path, "example.ts"), cwd=tmp_path)
     assert compiled.code == 0, compiled.out + compiled.err
     ran = await run("node", "example.js", env=env, cwd=tmp_path)
     assert ran.code == 0, ran.out + ran.err
