@@ -32,8 +32,6 @@ from tests.support import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's (`apt-get install chromium`); .ci/run installs it
 PAGE = Path(__file__).parent / "page" / "index.html"
-PAGE_PORT = free_port()
-PAGE_ORIGIN = f"http://127.0.0.1:{PAGE_PORT}"
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -56,21 +54,24 @@ def static_site(folder: Path, port: int) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-async def service(database_url: str) -> AsyncIterator[LiveService]:
-    require_node()
-    async with live_service(database_url, BILLING_CORS_ORIGINS=PAGE_ORIGIN) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
 async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """The page and the built browser entry (dist/ as `client/`), served on PAGE_ORIGIN."""
+    """The page and the built browser entry (dist/ as `client/`), served on a port of its own:
+    the page's origin, which differs from the service's."""
+    require_node()
     await build_package()
     folder = tmp_path_factory.mktemp("site")
     shutil.copy(PAGE, folder / "index.html")
     shutil.copytree(PACKAGE / "dist", folder / "client")
-    with static_site(folder, PAGE_PORT):
-        yield PAGE_ORIGIN
+    port = free_port()
+    with static_site(folder, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+async def service(database_url: str, site: str) -> AsyncIterator[LiveService]:
+    """The service, with the page's origin (only) in BILLING_CORS_ORIGINS."""
+    async with live_service(database_url, BILLING_CORS_ORIGINS=site) as live:
+        yield live
 
 
 def system_chromium() -> Path:

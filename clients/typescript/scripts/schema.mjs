@@ -16,7 +16,9 @@ const FLAGS = ["--default-non-nullable", "false"];
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
 const write = args.includes("--write");
-const spec = resolve(args.find((arg) => arg !== "--write") ?? join(root, "..", "..", "openapi.yaml"));
+const spec = resolve(
+  args.find((arg) => arg !== "--write") ?? join(root, "..", "..", "openapi.yaml"),
+);
 const committed = join(root, "src", "schema.ts");
 const cli = join(root, "node_modules", "openapi-typescript", "bin", "cli.js");
 

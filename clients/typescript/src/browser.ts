@@ -40,7 +40,11 @@ export class BrowserClient {
   async entitlements(options: CallOptions = {}): Promise<Entitlements> {
     const path = customerPath(this.customerId, "/entitlements");
     const answer = await this.#http.send<Entitlements>({
-      method: "GET", path, retry: "safe", conditional: true, signal: options.signal,
+      method: "GET",
+      path,
+      retry: "safe",
+      conditional: true,
+      signal: options.signal,
     });
     return answer.body;
   }
@@ -55,9 +59,7 @@ export class BrowserClient {
  * The plans a pricing page shows (`GET /v1/public/plans`): active, public plans in display
  * order with their prices and limits. No credential, so any page may call it.
  */
-export async function publicPlans(
-  options: TransportOptions & CallOptions,
-): Promise<Plan[]> {
+export async function publicPlans(options: TransportOptions & CallOptions): Promise<Plan[]> {
   return readPublicPlans(new Transport(options, null), options);
 }
 

@@ -87,13 +87,24 @@ export class BillingClient {
       async upsert(customerId, input, callOptions) {
         const path = customerPath(customerId);
         const answer = await http.send<Customer>({
-          method: "PUT", path, body: input, retry: "safe", signal: callOptions?.signal,
+          method: "PUT",
+          path,
+          body: input,
+          retry: "safe",
+          signal: callOptions?.signal,
         });
         return answer.body;
       },
       async get(customerId, callOptions) {
         const path = customerPath(customerId);
-        return (await http.send<Customer>({ method: "GET", path, retry: "safe", signal: callOptions?.signal })).body;
+        return (
+          await http.send<Customer>({
+            method: "GET",
+            path,
+            retry: "safe",
+            signal: callOptions?.signal,
+          })
+        ).body;
       },
     };
     // Subscription changes carry no idempotency key: only a 429 (refused before any work) is
@@ -101,26 +112,44 @@ export class BillingClient {
     this.subscription = {
       async get(customerId, callOptions) {
         const path = customerPath(customerId, "/subscription");
-        return (await http.send<Subscription>({ method: "GET", path, retry: "safe", signal: callOptions?.signal })).body;
+        return (
+          await http.send<Subscription>({
+            method: "GET",
+            path,
+            retry: "safe",
+            signal: callOptions?.signal,
+          })
+        ).body;
       },
       async change(customerId, price, callOptions) {
         const path = customerPath(customerId, "/subscription/change");
         const answer = await http.send<SubscriptionChange>({
-          method: "POST", path, body: { price }, retry: "rate-limited", signal: callOptions?.signal,
+          method: "POST",
+          path,
+          body: { price },
+          retry: "rate-limited",
+          signal: callOptions?.signal,
         });
         return answer.body;
       },
       async cancel(customerId, input = {}, callOptions) {
         const path = customerPath(customerId, "/subscription/cancel");
         const answer = await http.send<Subscription>({
-          method: "POST", path, body: input, retry: "rate-limited", signal: callOptions?.signal,
+          method: "POST",
+          path,
+          body: input,
+          retry: "rate-limited",
+          signal: callOptions?.signal,
         });
         return answer.body;
       },
       async resume(customerId, callOptions) {
         const path = customerPath(customerId, "/subscription/resume");
         const answer = await http.send<Subscription>({
-          method: "POST", path, retry: "rate-limited", signal: callOptions?.signal,
+          method: "POST",
+          path,
+          retry: "rate-limited",
+          signal: callOptions?.signal,
         });
         return answer.body;
       },
@@ -136,13 +165,21 @@ export class BillingClient {
   ): Promise<UsageDecision> {
     const body: CheckInput = { customer_id: customerId, feature, amount };
     const answer = await this.#http.send<UsageDecision>({
-      method: "POST", path: "/v1/usage/check", body, retry: "safe", signal: options.signal,
+      method: "POST",
+      path: "/v1/usage/check",
+      body,
+      retry: "safe",
+      signal: options.signal,
     });
     return answer.body;
   }
 
   /** Check and record usage in one atomic step; counted once however often it is retried. */
-  async track(customerId: string, feature: string, options: TrackOptions = {}): Promise<TrackedUsage> {
+  async track(
+    customerId: string,
+    feature: string,
+    options: TrackOptions = {},
+  ): Promise<TrackedUsage> {
     const body: TrackInput = { customer_id: customerId, feature, amount: options.amount ?? 1 };
     if (options.cost !== undefined) body.cost = options.cost;
     if (options.metadata !== undefined) body.metadata = options.metadata;
@@ -162,7 +199,11 @@ export class BillingClient {
   async entitlements(customerId: string, options: CallOptions = {}): Promise<Entitlements> {
     const path = customerPath(customerId, "/entitlements");
     const answer = await this.#http.send<Entitlements>({
-      method: "GET", path, retry: "safe", conditional: true, signal: options.signal,
+      method: "GET",
+      path,
+      retry: "safe",
+      conditional: true,
+      signal: options.signal,
     });
     return answer.body;
   }
@@ -175,7 +216,11 @@ export class BillingClient {
   ): Promise<UsageReport> {
     const path = customerPath(customerId, "/usage");
     const answer = await this.#http.send<UsageReport>({
-      method: "GET", path, query, retry: "safe", signal: options.signal,
+      method: "GET",
+      path,
+      query,
+      retry: "safe",
+      signal: options.signal,
     });
     return answer.body;
   }
@@ -194,13 +239,27 @@ export class BillingClient {
   }
 
   /** A Checkout session's status; a completed one syncs the customer from Stripe at once. */
-  async checkoutSession(sessionId: string, options: CallOptions = {}): Promise<CheckoutSessionStatus> {
+  async checkoutSession(
+    sessionId: string,
+    options: CallOptions = {},
+  ): Promise<CheckoutSessionStatus> {
     const path = `/v1/checkout/sessions/${encodeURIComponent(sessionId)}`;
-    return (await this.#http.send<CheckoutSessionStatus>({ method: "GET", path, retry: "safe", signal: options.signal })).body;
+    return (
+      await this.#http.send<CheckoutSessionStatus>({
+        method: "GET",
+        path,
+        retry: "safe",
+        signal: options.signal,
+      })
+    ).body;
   }
 
   /** Open a Stripe customer portal session; send the customer to its `url`. */
-  async portal(customerId: string, returnUrl: string, options: CallOptions = {}): Promise<PortalSession> {
+  async portal(
+    customerId: string,
+    returnUrl: string,
+    options: CallOptions = {},
+  ): Promise<PortalSession> {
     const answer = await this.#http.send<PortalSession>({
       method: "POST",
       path: "/v1/portal/sessions",
@@ -219,7 +278,11 @@ export class BillingClient {
   ): Promise<CustomerToken> {
     const path = customerPath(customerId, "/tokens");
     const answer = await this.#http.send<CustomerToken>({
-      method: "POST", path, body: input, retry: "safe", signal: options.signal,
+      method: "POST",
+      path,
+      body: input,
+      retry: "safe",
+      signal: options.signal,
     });
     return answer.body;
   }

@@ -35,7 +35,11 @@ describe("usage", () => {
 
   it("track records each call once, and a repeated idempotency key counts once", async () => {
     const customer = customerId("track");
-    const first = await usage.track(customer, "ai_calls", { amount: 2, cost: "0.25", metadata: { model: "m1" } });
+    const first = await usage.track(customer, "ai_calls", {
+      amount: 2,
+      cost: "0.25",
+      metadata: { model: "m1" },
+    });
     assert.equal(first.recorded, true);
     assert.equal(first.used, 2);
     const keyed = await usage.track(customer, "ai_calls", { idempotencyKey: "ts-one-key" });
@@ -52,11 +56,14 @@ describe("usage", () => {
   it("the same idempotency key with another body is a Conflict", async () => {
     const customer = customerId("reuse");
     await usage.track(customer, "ai_calls", { idempotencyKey: "ts-reused" });
-    await assert.rejects(usage.track(customer, "ai_calls", { amount: 2, idempotencyKey: "ts-reused" }), (error) => {
-      assert.ok(error instanceof Conflict);
-      assert.equal(error.status, 409);
-      return true;
-    });
+    await assert.rejects(
+      usage.track(customer, "ai_calls", { amount: 2, idempotencyKey: "ts-reused" }),
+      (error) => {
+        assert.ok(error instanceof Conflict);
+        assert.equal(error.status, 409);
+        return true;
+      },
+    );
   });
 
   it("entitlements and the usage report reflect what was tracked", async () => {
@@ -80,7 +87,10 @@ describe("usage", () => {
       assert.ok(error instanceof ValidationFailed);
       assert.ok(error instanceof BillingError);
       assert.equal(error.slug, "validation-failed");
-      assert.ok(error.errors.some((field) => field.field === "amount"), JSON.stringify(error.errors));
+      assert.ok(
+        error.errors.some((field) => field.field === "amount"),
+        JSON.stringify(error.errors),
+      );
       assert.ok(error.requestId);
       return true;
     });
@@ -89,7 +99,10 @@ describe("usage", () => {
 
 describe("credentials", () => {
   it("an unknown key is Unauthenticated, with the problem's type and request id", async () => {
-    const stranger = new BillingClient({ baseUrl: BILLING_URL, apiKey: "bsk_not_a_real_key_at_all_0000" });
+    const stranger = new BillingClient({
+      baseUrl: BILLING_URL,
+      apiKey: "bsk_not_a_real_key_at_all_0000",
+    });
     await assert.rejects(stranger.check(customerId("anon"), "ai_calls"), (error) => {
       assert.ok(error instanceof Unauthenticated);
       assert.equal(error.type, "urn:billing-service:problem:unauthenticated");
@@ -105,7 +118,13 @@ describe("credentials", () => {
 
   it("the key may come from a function, asked before every call", async () => {
     let asked = 0;
-    const client = new BillingClient({ baseUrl: BILLING_URL, apiKey: () => { asked += 1; return USAGE_KEY; } });
+    const client = new BillingClient({
+      baseUrl: BILLING_URL,
+      apiKey: () => {
+        asked += 1;
+        return USAGE_KEY;
+      },
+    });
     await client.check(customerId("fn"), "ai_calls");
     await client.check(customerId("fn"), "ai_calls");
     assert.equal(asked, 2);
@@ -115,10 +134,16 @@ describe("credentials", () => {
 describe("customers and billing", () => {
   it("customers.upsert creates then updates, and customers.get reads it back", async () => {
     const customer = customerId("cust");
-    const created = await billing.customers.upsert(customer, { email: "ada@example.com", name: "Ada" });
+    const created = await billing.customers.upsert(customer, {
+      email: "ada@example.com",
+      name: "Ada",
+    });
     assert.equal(created.customer_id, customer);
     assert.equal(created.plan?.key, "free");
-    const updated = await billing.customers.upsert(customer, { email: "ada@example.com", name: "Ada L." });
+    const updated = await billing.customers.upsert(customer, {
+      email: "ada@example.com",
+      name: "Ada L.",
+    });
     assert.equal(updated.name, "Ada L.");
     const read = await billing.customers.get(customer);
     assert.equal(read.name, "Ada L.");
@@ -165,16 +190,24 @@ describe("customers and billing", () => {
 
   it("plans lists the live catalog in display order", async () => {
     const plans = await usage.plans();
-    assert.deepEqual(plans.map((plan) => plan.key), ["free", "pro", "credits"]);
+    assert.deepEqual(
+      plans.map((plan) => plan.key),
+      ["free", "pro", "credits"],
+    );
     const pro = plans[1];
-    assert.ok(pro?.prices.some((price) => price.lookup_key === "pro_monthly" && price.amount === 1900));
+    assert.ok(
+      pro?.prices.some((price) => price.lookup_key === "pro_monthly" && price.amount === 1900),
+    );
   });
 });
 
 describe("public plans", () => {
   it("publicPlans reads the pricing list with no credential", async () => {
     const plans = await publicPlans({ baseUrl: BILLING_URL });
-    assert.deepEqual(plans.map((plan) => plan.key), ["free", "pro", "credits"]);
+    assert.deepEqual(
+      plans.map((plan) => plan.key),
+      ["free", "pro", "credits"],
+    );
     assert.ok(plans.every((plan) => plan.public && plan.active));
   });
 });
@@ -194,7 +227,11 @@ describe("customer tokens", () => {
 
   it("a token cannot read another customer's entitlements", async () => {
     const { token } = await usage.customerToken(customerId("owner"));
-    const browser = new BrowserClient({ baseUrl: BILLING_URL, customerId: customerId("other"), token });
+    const browser = new BrowserClient({
+      baseUrl: BILLING_URL,
+      customerId: customerId("other"),
+      token,
+    });
     await assert.rejects(browser.entitlements(), BillingError);
   });
 });

@@ -40,7 +40,12 @@ export async function startProxy(target: string): Promise<FaultProxy> {
     const chunks: Buffer[] = [];
     for await (const chunk of request) chunks.push(chunk as Buffer);
     const body = Buffer.concat(chunks).toString("utf8");
-    const record: Seen = { method: request.method ?? "GET", path: request.url ?? "/", body, headers: request.headers };
+    const record: Seen = {
+      method: request.method ?? "GET",
+      path: request.url ?? "/",
+      body,
+      headers: request.headers,
+    };
     seen.push(record);
     const fault = faults.shift();
     if (fault?.kind === "hang") return;
@@ -81,7 +86,9 @@ export async function startProxy(target: string): Promise<FaultProxy> {
     }
     const headers: Record<string, string> = {};
     answer.headers.forEach((value, name) => {
-      if (!["content-length", "content-encoding", "transfer-encoding", "connection"].includes(name)) {
+      if (
+        !["content-length", "content-encoding", "transfer-encoding", "connection"].includes(name)
+      ) {
         headers[name] = value;
       }
     });

@@ -24,7 +24,10 @@ after(async () => {
   await proxy.close();
 });
 
-function through(options: Partial<{ maxRetries: number; timeoutMs: number; maxRetryAfterMs: number }> = {}, apiKey = USAGE_KEY): BillingClient {
+function through(
+  options: Partial<{ maxRetries: number; timeoutMs: number; maxRetryAfterMs: number }> = {},
+  apiKey = USAGE_KEY,
+): BillingClient {
   proxy.seen.length = 0;
   proxy.faults.length = 0;
   return new BillingClient({ baseUrl: proxy.url, apiKey, ...fast, ...options });
@@ -71,7 +74,10 @@ describe("retries", () => {
   it("503s with Retry-After are waited out, the key is resent, and the usage counts once", async () => {
     const client = through();
     const customer = customerId("r503");
-    proxy.faults.push({ kind: "status", status: 503, retryAfter: "1" }, { kind: "status", status: 503, retryAfter: "1" });
+    proxy.faults.push(
+      { kind: "status", status: 503, retryAfter: "1" },
+      { kind: "status", status: 503, retryAfter: "1" },
+    );
     const started = Date.now();
     const tracked = await client.track(customer, "ai_calls");
     assert.ok(Date.now() - started >= 2000, "Retry-After: 1 was honoured twice");
@@ -85,7 +91,10 @@ describe("retries", () => {
   it("429s are retried the same way", async () => {
     const client = through();
     const customer = customerId("r429");
-    proxy.faults.push({ kind: "status", status: 429, retryAfter: "1" }, { kind: "status", status: 429 });
+    proxy.faults.push(
+      { kind: "status", status: 429, retryAfter: "1" },
+      { kind: "status", status: 429 },
+    );
     const tracked = await client.track(customer, "ai_calls", { amount: 2 });
     assert.equal(tracked.used, 2);
     assert.equal(proxy.seen.length, 3);
@@ -116,7 +125,10 @@ describe("retries", () => {
   it("once the retries are spent the last problem is raised, with its Retry-After", async () => {
     const client = through({ maxRetries: 2 });
     proxy.faults.push(
-      ...Array.from({ length: 3 }, () => ({ kind: "status", status: 503, retryAfter: "0" }) as const),
+      ...Array.from(
+        { length: 3 },
+        () => ({ kind: "status", status: 503, retryAfter: "0" }) as const,
+      ),
     );
     await assert.rejects(client.check(customerId("spent"), "ai_calls"), (error) => {
       assert.ok(error instanceof Unavailable);
@@ -148,7 +160,10 @@ describe("retries", () => {
     await assert.rejects(client.subscription.resume(customer), ConnectionFailed);
     assert.equal(proxy.seen.length, 2);
     proxy.faults.push({ kind: "status", status: 429, retryAfter: "0" });
-    await assert.rejects(client.subscription.resume(customer), (error: Error) => error.name === "NotFound");
+    await assert.rejects(
+      client.subscription.resume(customer),
+      (error: Error) => error.name === "NotFound",
+    );
     assert.equal(proxy.seen.length, 4);
   });
 
@@ -171,7 +186,12 @@ describe("retries", () => {
   });
 
   it("a service nobody answers for is a ConnectionFailed after the retries", async () => {
-    const client = new BillingClient({ baseUrl: await closedPort(), apiKey: USAGE_KEY, maxRetries: 2, ...fast });
+    const client = new BillingClient({
+      baseUrl: await closedPort(),
+      apiKey: USAGE_KEY,
+      maxRetries: 2,
+      ...fast,
+    });
     await assert.rejects(client.check(customerId("void"), "ai_calls"), (error) => {
       assert.ok(error instanceof ConnectionFailed);
       assert.equal(error.status, 0);
@@ -185,7 +205,10 @@ describe("retries", () => {
     proxy.faults.push({ kind: "status", status: 503, retryAfter: "5" });
     const controller = new AbortController();
     setTimeout(() => controller.abort(new Error("caller gave up")), 200);
-    await assert.rejects(client.check(customerId("abort"), "ai_calls", 1, { signal: controller.signal }), /caller gave up/);
+    await assert.rejects(
+      client.check(customerId("abort"), "ai_calls", 1, { signal: controller.signal }),
+      /caller gave up/,
+    );
     assert.equal(proxy.seen.length, 1);
   });
 });
