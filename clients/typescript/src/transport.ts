@@ -144,6 +144,7 @@ export class Transport {
   async #attempt(url: string, call: Call): Promise<Response> {
     const headers: Record<string, string> = { Accept: "application/json", ...call.headers };
     if (!call.anonymous) {
+      if (this.#credential === null) throw new TypeError(`${call.path} needs a credential`);
       const token =
         typeof this.#credential === "function" ? await this.#credential() : this.#credential;
       headers["Authorization"] = `Bearer ${token}`;
