@@ -97,6 +97,9 @@ export class Transport {
 
   /** Send the call; the parsed JSON body of a 2xx, or a `BillingError`. */
   async send<T>(call: Call): Promise<Answer<T>> {
+    if (!call.anonymous && this.#credential === null) {
+      throw new TypeError(`${call.path} needs a credential`);
+    }
     const url = this.#url(call);
     const cached = call.conditional ? this.#cached.get(url) : undefined;
     if (cached) call = { ...call, headers: { ...call.headers, "If-None-Match": cached.etag } };
@@ -144,9 +147,8 @@ export class Transport {
   async #attempt(url: string, call: Call): Promise<Response> {
     const headers: Record<string, string> = { Accept: "application/json", ...call.headers };
     if (!call.anonymous) {
-      if (this.#credential === null) throw new TypeError(`${call.path} needs a credential`);
-      const token =
-        typeof this.#credential === "function" ? await this.#credential() : this.#credential;
+      const credential = this.#credential ?? "";
+      const token = typeof credential === "function" ? await credential() : credential;
       headers["Authorization"] = `Bearer ${token}`;
     }
     const init: RequestInit = { method: call.method, headers };
