@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 
+from billing_service import errors
 from billing_service.config import Settings
 from tests.conftest import app_client
+from tests.doc_examples import ROOT
 
 PROBLEM = "application/problem+json"
 
@@ -159,3 +161,15 @@ async def test_nul_characters_are_refused_before_they_reach_the_database(
     in_query = await client.get("/v1/events?status=failed%00", headers=auth)
     assert in_query.status_code == 400
     assert await pool.fetchval("SELECT count(*) FROM api_keys") == 1
+
+
+def _error_classes(base: type[errors.BillingError]) -> list[type[errors.BillingError]]:
+    return [base, *(c for sub in base.__subclasses__() for c in _error_classes(sub))]
+
+
+def test_every_problem_type_is_documented_with_its_status() -> None:
+    """docs/errors.md has a row for each type the service can answer, with that status, so a
+    caller branching on `type` finds every value there."""
+    rows = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    for error in _error_classes(errors.BillingError):
+        assert f"| `{error.slug}` | {error.status} |" in rows, error.slug
