@@ -17,8 +17,12 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 PIP_FLAGS := --quiet --disable-pip-version-check
 UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python
+# The TypeScript client's build and test tools, exactly as its package-lock.json pins them; npm ci
+# writes node_modules/.package-lock.json, so a changed lock file makes the install stale.
+TS_CLIENT := clients/typescript
+TS_STAMP := $(TS_CLIENT)/node_modules/.package-lock.json
 
-.PHONY: install install-runtime dev test test-faults lint typecheck format clean
+.PHONY: install install-runtime install-clients dev test test-faults test-clients lint typecheck format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv --without-pip $(VENV)
@@ -47,6 +51,13 @@ $(DEV_STAMP): pyproject.toml $(CLIENT_PYPROJECT) | $(UV)
 ## Everything: the project, the embedded PostgreSQL and the dev tools.
 install: $(DEV_STAMP)
 
+$(TS_STAMP): $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
+	touch $(TS_STAMP)
+
+## The clients' dependencies (npm ci in clients/typescript; Node.js 20+ and npm needed).
+install-clients: $(TS_STAMP)
+
 ## Only what `billing-service dev` and `serve` need.
 install-runtime: $(RUNTIME_STAMP)
 
@@ -54,9 +65,15 @@ install-runtime: $(RUNTIME_STAMP)
 dev: $(RUNTIME_STAMP)
 	$(BIN)/billing-service dev
 
-## Lint, type-check and run the tests against PostgreSQL.
-test: lint typecheck
+## Lint, type-check and run the tests against PostgreSQL, the clients' suites and the browser
+## test (Chromium at /usr/bin/chromium) included.
+test: lint typecheck $(TS_STAMP)
 	$(BIN)/pytest
+
+## The clients' suites alone (also part of `make test`): the TypeScript client's Node tests
+## against a live service, its types against openapi.yaml, and the browser test.
+test-clients: $(DEV_STAMP) $(TS_STAMP)
+	$(BIN)/pytest tests/clients
 
 ## The fault suites alone (also part of `make test`): killed connections, a stopped database,
 ## SIGKILL under load, and a slow, failing or resetting Stripe.
