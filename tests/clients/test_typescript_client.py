@@ -107,9 +107,7 @@ async def test_the_typescript_examples_of_the_docs_compile(tmp_path: Path) -> No
     require_node()
     await build_package()
     installed_like_an_app(tmp_path)
-    blocks = [
-        b for b in fenced_blocks(ROOT / "docs" / "clients.md") if b.language == "ts"
-    ]
+    blocks = [b for b in fenced_blocks(ROOT / "docs" / "clients.md") if b.language == "ts"]
     assert len(blocks) >= 3
     names = []
     for number, block in enumerate(blocks):
