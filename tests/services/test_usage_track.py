@@ -138,3 +138,48 @@ async def test_two_serve_processes_grant_exactly_500_of_1000_concurrent_tracks(
         "SELECT count(*) FROM outbox_events WHERE type = 'usage.limit_reached'"
     )
     assert announced == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "past_due_days", "grants_pro"),
+    [
+        ("active", None, True),
+        ("trialing", None, True),
+        ("past_due", 1, True),  # within the 7-day grace
+        ("past_due", 8, False),
+        ("unpaid", None, False),
+        ("paused", None, False),
+        ("canceled", None, False),
+    ],
+)
+async def test_check_and_track_apply_the_same_access_policy(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, status: str, past_due_days: int | None,
+    grants_pro: bool,
+) -> None:  # fmt: skip
+    """track decides in SQL and check in Python: for every subscription status (past due within
+    and beyond the grace period included) both grant the same plan's allowance, Pro's 500 calls
+    or the free plan's 5."""
+    await catalog_with(pool, limit=5, reset="month")
+    key = await issue_key(pool, Scope.USAGE)
+    await pool.execute(
+        """
+        WITH c AS (INSERT INTO customers (external_id) VALUES ('user_1') RETURNING id)
+        INSERT INTO subscriptions (customer_id, stripe_subscription_id, status, stripe_price_id,
+                                   price_id, past_due_since, stripe_created_at)
+        SELECT c.id, 'sub_x', $1, 'price_x', p.id, now() - make_interval(days => $2), now()
+        FROM c, prices p WHERE p.lookup_key = 'pro_monthly'
+        """,
+        status,
+        past_due_days or 0,
+    )
+    body = {"customer_id": "user_1", "feature": "ai_calls", "amount": 6}
+    checked = (await client.post("/v1/usage/check", headers=bearer(key), json=body)).json()
+    tracked = await client.post(
+        "/v1/usage/track", headers=bearer(key), json=body | {"idempotency_key": "k-1"}
+    )
+    assert (checked["allowed"], checked["limit"]) == (grants_pro, 500 if grants_pro else 5)
+    assert (tracked.json()["allowed"], tracked.json()["limit"]) == (
+        checked["allowed"],
+        checked["limit"],
+    )
+    assert tracked.json()["resets_at"] == checked["resets_at"]
