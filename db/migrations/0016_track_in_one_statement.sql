@@ -59,12 +59,10 @@ DECLARE
     max_cost CONSTANT numeric := 999999999999999999.999999999999;
     ctx record;
     v_customer uuid;
-    v_subscribed boolean;
     v_plan_key text;
     v_enabled boolean;
     v_limit bigint;
     v_soft bigint;
-    v_reset text;
     v_overage_policy text;
     v_start timestamptz;
     v_end timestamptz;
@@ -87,16 +85,10 @@ DECLARE
 BEGIN
     -- 1. The context (db/usage.py _CONTEXT for one feature).
     SELECT f.id AS feature_id, f.kind, c.id AS customer_id,
-           s.status, s.plan_id, s.plan_key, s.past_due_since, s.current_period_start,
-           s.current_period_end, s.billing_interval,
-           d.key AS default_plan_key,
-           sp.enabled AS s_enabled, sp."limit" AS s_limit, sp.soft_limit AS s_soft,
-           sp.reset AS s_reset, sp.overage AS s_overage,
-           dp.enabled AS d_enabled, dp."limit" AS d_limit, dp.soft_limit AS d_soft,
-           dp.reset AS d_reset, dp.overage AS d_overage,
+           CASE WHEN s.granted THEN s.plan_key ELSE d.key END AS plan_key,
+           coalesce(a.enabled, false) AS enabled, a."limit", a.soft_limit, a.overage,
            coalesce(cb.granted - cb.spent, 0) AS credits,
-           sw.window_start AS s_start, sw.window_end AS s_end,
-           dw.window_start AS d_start, dw.window_end AS d_end,
+           w.window_start, w.window_end,
            e.request_hash AS stored_hash, e.response AS stored_response
     INTO ctx
     FROM features f
@@ -104,8 +96,11 @@ BEGIN
     -- Joined by key through LATERAL … LIMIT 1 so that the cached (generic) plan probes indexes
     -- rather than hashing tables that grow.
     LEFT JOIN LATERAL (
-        SELECT s.status, p.plan_id, pl.key AS plan_key, s.past_due_since,
-               s.current_period_start,
+        -- The access policy (services/access.py grants_plan_status).
+        SELECT pl.id IS NOT NULL AND (s.status IN ('active', 'trialing')
+                   OR (s.status = 'past_due'
+                       AND coalesce(s.past_due_since, p_now) + p_grace > p_now)) AS granted,
+               p.plan_id, pl.key AS plan_key, s.current_period_start,
                least(s.current_period_end, s.cancel_at) AS current_period_end,
                CASE WHEN s.cancel_at_period_end OR s.cancel_at <= s.current_period_end THEN NULL
                     ELSE p.recurring_interval END AS billing_interval
@@ -125,21 +120,21 @@ BEGIN
         LIMIT 1
     ) s ON true
     LEFT JOIN plans d ON d.is_default
+    -- The allowance of the plan granted now, else the default plan's.
     LEFT JOIN LATERAL (
         SELECT enabled, "limit", soft_limit, reset, overage FROM plan_features
-        WHERE plan_id = s.plan_id AND feature_id = f.id LIMIT 1
-    ) sp ON true
-    LEFT JOIN LATERAL (
-        SELECT enabled, "limit", soft_limit, reset, overage FROM plan_features
-        WHERE plan_id = d.id AND feature_id = f.id LIMIT 1
-    ) dp ON true
+        WHERE plan_id = CASE WHEN s.granted THEN s.plan_id ELSE d.id END AND feature_id = f.id
+        LIMIT 1
+    ) a ON true
     LEFT JOIN LATERAL (
         SELECT granted, spent FROM credit_balances
         WHERE customer_id = c.id AND feature_id = f.id LIMIT 1
     ) cb ON true
-    LEFT JOIN usage_window(coalesce(sp.reset, 'month'), p_now, s.current_period_start,
-                           s.current_period_end, s.billing_interval) sw ON f.kind = 'metered'
-    LEFT JOIN usage_window(coalesce(dp.reset, 'month'), p_now, NULL, NULL, NULL) dw
+    -- Its window: the billing period only under the subscribed plan (periods.period_for).
+    LEFT JOIN usage_window(coalesce(a.reset, 'month'), p_now,
+                           CASE WHEN s.granted THEN s.current_period_start END,
+                           CASE WHEN s.granted THEN s.current_period_end END,
+                           CASE WHEN s.granted THEN s.billing_interval END) w
            ON f.kind = 'metered'
     LEFT JOIN LATERAL (
         SELECT ue.request_hash, ue.response FROM usage_events ue
@@ -165,21 +160,11 @@ BEGIN
         END IF;
     END IF;
 
-    -- The access policy (services/access.py grants_plan_status) picks the allowance.
-    v_subscribed := ctx.status IS NOT NULL AND ctx.plan_id IS NOT NULL AND (
-        ctx.status IN ('active', 'trialing')
-        OR (ctx.status = 'past_due' AND p_now < coalesce(ctx.past_due_since, p_now) + p_grace));
-    IF v_subscribed THEN
-        v_plan_key := ctx.plan_key;
-        v_enabled := coalesce(ctx.s_enabled, false);
-        v_limit := ctx.s_limit; v_soft := ctx.s_soft;
-        v_reset := ctx.s_reset; v_overage_policy := ctx.s_overage;
-    ELSE
-        v_plan_key := ctx.default_plan_key;
-        v_enabled := coalesce(ctx.d_enabled, false);
-        v_limit := ctx.d_limit; v_soft := ctx.d_soft;
-        v_reset := ctx.d_reset; v_overage_policy := ctx.d_overage;
-    END IF;
+    v_plan_key := ctx.plan_key;
+    v_enabled := ctx.enabled;
+    v_limit := ctx."limit";
+    v_soft := ctx.soft_limit;
+    v_overage_policy := ctx.overage;
     v_credits := ctx.credits;
     v_used := 0;
 
@@ -188,12 +173,8 @@ BEGIN
         v_reason := 'feature_not_in_plan';
     ELSIF ctx.kind = 'metered' THEN
         -- 3. The window and the counter.
-        IF v_subscribed THEN
-            v_start := ctx.s_start; v_end := ctx.s_end;
-        ELSE
-            v_start := ctx.d_start; v_end := ctx.d_end;
-        END IF;
-
+        v_start := ctx.window_start;
+        v_end := ctx.window_end;
         v_used := NULL;
         INSERT INTO usage_counters AS uc (customer_id, feature_id, period_start, period_end,
                                           used, cost)
