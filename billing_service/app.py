@@ -40,6 +40,7 @@ from billing_service.routes import (
     webhook_endpoints,
 )
 from billing_service.services.email import EmailWorker
+from billing_service.services.entitlement_cache import EntitlementCache
 from billing_service.services.key_cache import KeyCache
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
@@ -87,6 +88,12 @@ def create_app(
         listener = Listener(database_url, metrics=metrics)
         key_cache = KeyCache(settings.api_key_cache_seconds, listener)
         token_index = TokenIndex(listener)
+        entitlement_cache = EntitlementCache(
+            settings.entitlement_cache_size,
+            settings.entitlement_cache_seconds,
+            listener,
+            metrics=metrics,
+        )
         listening = asyncio.create_task(listener.start())  # its connection opens beside the pool's
         try:
             pool = await create_pool(
@@ -115,6 +122,7 @@ def create_app(
                 worker=worker,
                 clock=clock,
                 key_cache=key_cache,
+                entitlement_cache=entitlement_cache,
                 token_index=token_index,
                 limits=limits,
                 outbound=outbound,

@@ -147,9 +147,10 @@ def _grace(request: Request) -> timedelta:
 @requires(Scope.USAGE, Scope.BILLING)
 async def check_usage(request: Request) -> Response:
     body = await parse_json(request, CheckUsage)
+    state = app_state(request)
     decision = await usage.check(
-        app_state(request)["pool"], body.customer_id, body.feature, body.amount,
-        now=_now(request), grace=_grace(request),
+        state["pool"], body.customer_id, body.feature, body.amount,
+        now=_now(request), grace=_grace(request), cache=state["entitlement_cache"],
     )  # fmt: skip
     return JSONResponse(decision)
 
@@ -159,19 +160,23 @@ async def track_usage(request: Request) -> Response:
     body = await parse_json(request, TrackUsage)
     if body.amount == 0:
         raise ValidationFailed([FieldError("amount", "must not be 0")])
-    decision = await usage.track(
-        app_state(request)["pool"],
-        TrackRequest(
-            customer_key=body.customer_id,
-            feature_key=body.feature,
-            amount=body.amount,
-            cost=body.cost,
-            idempotency_key=body.idempotency_key,
-            metadata=body.metadata,
-        ),
-        now=_now(request),
-        grace=_grace(request),
-    )
+    state = app_state(request)
+    try:
+        decision = await usage.track(
+            state["pool"],
+            TrackRequest(
+                customer_key=body.customer_id,
+                feature_key=body.feature,
+                amount=body.amount,
+                cost=body.cost,
+                idempotency_key=body.idempotency_key,
+                metadata=body.metadata,
+            ),
+            now=_now(request),
+            grace=_grace(request),
+        )
+    finally:  # this process's next check sees the track, whatever it did
+        state["entitlement_cache"].evict(body.customer_id)
     return JSONResponse(decision)
 
 
@@ -198,9 +203,11 @@ def serialize_entitlement(entitlement: Entitlement) -> dict[str, object]:
 @requires(Scope.USAGE, Scope.BILLING, customer_token=True)
 async def get_entitlements(request: Request) -> Response:
     customer_id = customer_id_param(request)
+    state = app_state(request)
     found = await usage.entitlements(
-        app_state(request)["pool"], customer_id, now=_now(request), grace=_grace(request)
-    )
+        state["pool"], customer_id, now=_now(request), grace=_grace(request),
+        cache=state["entitlement_cache"],
+    )  # fmt: skip
     first = found[0].context if found else None
     plan = next((e.plan_key for e in found if e.plan_key), None)
     return JSONResponse(
