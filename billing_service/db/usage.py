@@ -41,7 +41,9 @@ SELECT f.id AS feature_id, f.key AS feature_key, f.kind, f.unit,
        d.id AS default_plan_id, d.key AS default_plan_key,
        to_jsonb(sp) AS subscribed_allowance, to_jsonb(dp) AS default_allowance,
        coalesce(cb.granted - cb.spent, 0) AS credits,
-       uc.period_start AS counter_period_start, uc.used AS counter_used, uc.cost AS counter_cost
+       su.period_start AS counter_period_start, su.used AS counter_used, su.cost AS counter_cost,
+       du.period_start AS default_counter_period_start, du.used AS default_counter_used,
+       du.cost AS default_counter_cost
 FROM f
 LEFT JOIN c ON true
 LEFT JOIN s ON true
@@ -53,11 +55,24 @@ LEFT JOIN LATERAL (
     SELECT {_ALLOWANCE} FROM plan_features WHERE plan_id = d.id AND feature_id = f.id
 ) dp ON true
 LEFT JOIN credit_balances cb ON cb.customer_id = c.id AND cb.feature_id = f.id
+-- The counters of the current window, by exact key, under each allowance: the subscribed
+-- plan's (in the subscription's billing period) and the default plan's (calendar windows);
+-- resolve() uses the one the access policy picks. usage_window mirrors periods.period_for.
 LEFT JOIN LATERAL (
-    SELECT period_start, used, cost FROM usage_counters
-    WHERE customer_id = c.id AND feature_id = f.id
-    ORDER BY period_start DESC LIMIT 1
-) uc ON true
+    SELECT uc.period_start, uc.used, uc.cost
+    FROM usage_window(coalesce(sp.reset, 'month'), $3, s.current_period_start,
+                      s.current_period_end) w
+    JOIN usage_counters uc ON uc.customer_id = c.id AND uc.feature_id = f.id
+                          AND uc.period_start = w.window_start
+    WHERE f.kind = 'metered' AND sp.enabled
+) su ON true
+LEFT JOIN LATERAL (
+    SELECT uc.period_start, uc.used, uc.cost
+    FROM usage_window(coalesce(dp.reset, 'month'), $3, NULL, NULL) w
+    JOIN usage_counters uc ON uc.customer_id = c.id AND uc.feature_id = f.id
+                          AND uc.period_start = w.window_start
+    WHERE f.kind = 'metered' AND dp.enabled
+) du ON true
 ORDER BY f.key
 """  # noqa: S608 - constant fragments only
 
@@ -82,9 +97,13 @@ class FeatureContext:
     subscribed_allowance: dict[str, Any] | None
     default_allowance: dict[str, Any] | None
     credits: int
+    # The current window's counter under the subscribed allowance, then under the default one.
     counter_period_start: datetime | None
     counter_used: int | None
     counter_cost: Decimal | None
+    default_counter_period_start: datetime | None
+    default_counter_used: int | None
+    default_counter_cost: Decimal | None
 
 
 async def select_context(

@@ -84,9 +84,18 @@ def resolve(context: FeatureContext, *, now: datetime, grace: timedelta) -> Enti
             else None
         )
         period = period_for(reset or "month", now, billing_period=billing_period)
-        if context.counter_period_start == period.start:
-            used = context.counter_used or 0
-            cost = context.counter_cost or Decimal(0)
+        counter = (
+            (context.counter_period_start, context.counter_used, context.counter_cost)
+            if subscribed
+            else (
+                context.default_counter_period_start,
+                context.default_counter_used,
+                context.default_counter_cost,
+            )
+        )
+        if counter[0] == period.start:  # the SQL found the same window's counter
+            used = counter[1] or 0
+            cost = counter[2] or Decimal(0)
     return Entitlement(
         context=context,
         plan_key=plan_key,
