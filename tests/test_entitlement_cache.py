@@ -110,7 +110,7 @@ async def test_a_track_on_one_process_is_seen_there_at_once_and_by_another_withi
             assert (await check(first, key)).json()["used"] == n
 
             async def second_sees(n: int = n) -> bool:
-                return (await check(second, key)).json()["used"] == n
+                return bool((await check(second, key)).json()["used"] == n)
 
             await eventually(second_sees)
         assert await metric(second, "billing_entitlement_cache_hits_total") >= 9
