@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -18,13 +19,14 @@ from pydantic import SecretStr
 
 from billing_service.config import Settings
 from billing_service.services.api_keys import Scope
-from tests.conftest import APP_HOST, WEBHOOK_SECRETS, issue_key
+from tests.conftest import APP_HOST, WEBHOOK_SECRETS, app_client, issue_key
 from tests.routes.test_checkout import bearer, checkout_body
 from tests.routes.test_usage import catalog_with, check, track
 from tests.routes.test_webhooks import post_event, stripe_price
 from tests.stripe_fakes import stripe_event
 from tests.stripe_server import StripeServer, sync_example_catalog
-from tests.support import free_port, start_service
+from tests.support import ADMIN_DATABASE, free_port, start_service, with_database
+from tests.test_invalidation import _listener_pid
 
 CONVERGENCE_BOUND = 2.0  # seconds; generous: the measured p99 is in docs/cache.md
 INVALIDATED_CUSTOMER = 'billing_entitlement_cache_invalidations_total{scope="customer"}'
@@ -257,3 +259,57 @@ async def test_1000_concurrent_tracks_at_a_limit_of_500_across_two_processes_cou
                 return answer["used"] == 500 and answer["allowed"] is False
 
             await eventually(settled)
+
+
+async def test_a_killed_listener_sends_reads_to_the_database_until_it_is_back(
+    settings: Settings, pool: asyncpg.Pool, server_url: str, database_url: str
+) -> None:
+    """pg_terminate_backend on the listener while the database takes no new connections: the
+    cache is emptied and bypassed at once, so counters changed in plain SQL meanwhile (whose
+    notifications nobody hears) are in the very next answers; once the listener is back, checks
+    are answered from memory again and changes flow again."""
+    await catalog_with(pool, limit=100, reset="month")
+    key = await issue_key(pool, Scope.USAGE)
+    patient = settings.model_copy(update={"entitlement_cache_seconds": 300, "database_pool_min": 3})
+    database = urlsplit(database_url).path.lstrip("/")
+    admin_db = await asyncpg.connect(with_database(server_url, ADMIN_DATABASE))
+    async with app_client(patient) as client:
+        assert (await track(client, key)).json()["used"] == 1
+        for _ in range(2):
+            assert (await check(client, key)).json()["used"] == 1
+        assert await metric(client, "billing_entitlement_cache_hits_total") == 1
+        first_pid = await _listener_pid(pool)
+        assert first_pid is not None
+        try:
+            await admin_db.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            assert await pool.fetchval("SELECT pg_terminate_backend($1)", first_pid)
+
+            async def listener_down() -> bool:
+                return await metric(client, "billing_invalidation_listener_up") == 0
+
+            await eventually(listener_down, 5.0)
+            assert await metric(client, "billing_entitlement_cache_size") == 0
+            for used in (5, 9):
+                await pool.execute("UPDATE usage_counters SET used = $1", used)
+                assert (await check(client, key)).json()["used"] == used
+                assert (await ai_calls(client, key))["used"] == used
+            assert await metric(client, "billing_entitlement_cache_bypassed_total") == 4
+            assert await metric(client, "billing_entitlement_cache_size") == 0
+        finally:
+            await admin_db.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            await admin_db.close()
+
+        async def listener_back() -> bool:
+            return await metric(client, "billing_invalidation_listener_up") == 1
+
+        await eventually(listener_back, 10.0)
+        hits = await metric(client, "billing_entitlement_cache_hits_total")
+        for _ in range(2):
+            assert (await check(client, key)).json()["used"] == 9
+        assert await metric(client, "billing_entitlement_cache_hits_total") == hits + 1
+        await pool.execute("UPDATE usage_counters SET used = 12")
+
+        async def changed() -> bool:
+            return bool((await check(client, key)).json()["used"] == 12)
+
+        await eventually(changed)
