@@ -22,9 +22,12 @@ WITH f AS (
     SELECT id FROM customers WHERE external_id = $1
 ), s AS (
     -- Of all the customer's subscriptions, the one granting the best plan now ($3, grace $4);
-    -- a pending cancellation ends its billing period early.
+    -- a pending cancellation ends its billing period early, and a period that will not renew
+    -- has no interval to be advanced by (see periods.renewed_period).
     SELECT s.status, p.plan_id, pl.key AS plan_key, s.past_due_since,
-           s.current_period_start, least(s.current_period_end, s.cancel_at) AS current_period_end
+           s.current_period_start, least(s.current_period_end, s.cancel_at) AS current_period_end,
+           CASE WHEN s.cancel_at_period_end OR s.cancel_at <= s.current_period_end THEN NULL
+                ELSE p.recurring_interval END AS billing_interval
     FROM subscriptions s
     JOIN c ON s.customer_id = c.id
     LEFT JOIN prices p ON p.id = s.price_id
@@ -37,7 +40,7 @@ WITH f AS (
 SELECT f.id AS feature_id, f.key AS feature_key, f.kind, f.unit,
        c.id AS customer_id,
        s.status, s.plan_id AS subscribed_plan_id, s.plan_key AS subscribed_plan_key,
-       s.past_due_since, s.current_period_start, s.current_period_end,
+       s.past_due_since, s.current_period_start, s.current_period_end, s.billing_interval,
        d.id AS default_plan_id, d.key AS default_plan_key,
        to_jsonb(sp) AS subscribed_allowance, to_jsonb(dp) AS default_allowance,
        coalesce(cb.granted - cb.spent, 0) AS credits,
@@ -61,14 +64,14 @@ LEFT JOIN credit_balances cb ON cb.customer_id = c.id AND cb.feature_id = f.id
 LEFT JOIN LATERAL (
     SELECT uc.period_start, uc.used, uc.cost
     FROM usage_window(coalesce(sp.reset, 'month'), $3, s.current_period_start,
-                      s.current_period_end) w
+                      s.current_period_end, s.billing_interval) w
     JOIN usage_counters uc ON uc.customer_id = c.id AND uc.feature_id = f.id
                           AND uc.period_start = w.window_start
     WHERE f.kind = 'metered' AND sp.enabled
 ) su ON true
 LEFT JOIN LATERAL (
     SELECT uc.period_start, uc.used, uc.cost
-    FROM usage_window(coalesce(dp.reset, 'month'), $3, NULL, NULL) w
+    FROM usage_window(coalesce(dp.reset, 'month'), $3, NULL, NULL, NULL) w
     JOIN usage_counters uc ON uc.customer_id = c.id AND uc.feature_id = f.id
                           AND uc.period_start = w.window_start
     WHERE f.kind = 'metered' AND dp.enabled
@@ -92,6 +95,7 @@ class FeatureContext:
     past_due_since: datetime | None
     current_period_start: datetime | None
     current_period_end: datetime | None
+    billing_interval: str | None  # the price's, while the subscription renews
     default_plan_id: uuid.UUID | None
     default_plan_key: str | None
     subscribed_allowance: dict[str, Any] | None

@@ -83,7 +83,12 @@ def resolve(context: FeatureContext, *, now: datetime, grace: timedelta) -> Enti
             if subscribed and context.current_period_start and context.current_period_end
             else None
         )
-        period = period_for(reset or "month", now, billing_period=billing_period)
+        period = period_for(
+            reset or "month",
+            now,
+            billing_period=billing_period,
+            interval=context.billing_interval if subscribed else None,
+        )
         counter = (
             (context.counter_period_start, context.counter_used, context.counter_cost)
             if subscribed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -40,9 +41,12 @@ def _moments(count: int, seed: int) -> list[datetime]:
     return [start + timedelta(microseconds=rng.randrange(span)) for _ in range(count)] + EDGES
 
 
+Case = tuple[str, datetime, tuple[datetime, datetime] | None, str | None]
+
+
 def _billing_periods(at: datetime, rng: random.Random) -> list[tuple[datetime, datetime] | None]:
     """A subscription period containing `at`, one ended before it, one starting after it,
-    one ending exactly at it, and none."""
+    one ending exactly at it, one starting at it, and none."""
     start = at - timedelta(days=rng.randint(0, 30), seconds=rng.randint(0, 86_399))
     return [
         (start, start + timedelta(days=31)),
@@ -54,39 +58,94 @@ def _billing_periods(at: datetime, rng: random.Random) -> list[tuple[datetime, d
     ]
 
 
+def stripe_boundary(anchor: datetime, interval: str, n: int) -> datetime:
+    """The n-th period boundary of a subscription whose billing cycle anchor is `anchor`, as
+    Stripe counts them: the anchor's day, clamped to the length of each month."""
+    years, month0 = divmod(anchor.month - 1 + n * (12 if interval == "year" else 1), 12)
+    year, month = anchor.year + years, month0 + 1
+    return anchor.replace(
+        year=year, month=month, day=min(anchor.day, calendar.monthrange(year, month)[1])
+    )
+
+
 async def _sql_windows(
-    conn: Connection,
-    cases: list[tuple[str, datetime, tuple[datetime, datetime] | None]],
+    conn: Connection, cases: list[Case]
 ) -> list[tuple[datetime, datetime | None]]:
     rows = await conn.fetch(
         """
         SELECT w.window_start, w.window_end
-        FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
-             WITH ORDINALITY AS a(reset, at, billing_start, billing_end, n)
-        CROSS JOIN LATERAL usage_window(a.reset, a.at, a.billing_start, a.billing_end) w
+        FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[],
+                    $5::text[])
+             WITH ORDINALITY AS a(reset, at, billing_start, billing_end, billing_interval, n)
+        CROSS JOIN LATERAL usage_window(a.reset, a.at, a.billing_start, a.billing_end,
+                                        a.billing_interval) w
         ORDER BY a.n
         """,
-        [reset for reset, _, _ in cases],
-        [at for _, at, _ in cases],
-        [None if period is None else period[0] for _, _, period in cases],
-        [None if period is None else period[1] for _, _, period in cases],
+        [reset for reset, _, _, _ in cases],
+        [at for _, at, _, _ in cases],
+        [None if period is None else period[0] for _, _, period, _ in cases],
+        [None if period is None else period[1] for _, _, period, _ in cases],
+        [interval for _, _, _, interval in cases],
     )
     return [(row["window_start"], row["window_end"]) for row in rows]
 
 
+def _python_windows(cases: list[Case]) -> list[tuple[datetime, datetime | None]]:
+    return [
+        (p.start, p.end)
+        for p in (
+            period_for(reset, at, billing_period=period, interval=interval)
+            for reset, at, period, interval in cases
+        )
+    ]
+
+
+def _anchor(rng: random.Random) -> datetime:
+    """A billing cycle anchor, often on a month's last days."""
+    year, month = rng.randint(2000, 2090), rng.randint(1, 12)
+    last = calendar.monthrange(year, month)[1]
+    day = rng.choice([1, 15, 28, last - 1, last, last, rng.randint(1, last)])
+    return datetime(year, month, day, rng.randint(0, 23), rng.randint(0, 59), tzinfo=UTC)
+
+
+def _renewals(count: int, rng: random.Random) -> list[tuple[Case, tuple[datetime, datetime]]]:
+    """Late renewals: a Stripe period sequence from a random anchor, the mirror stuck at one
+    period, a moment up to three years past its end; each with the period Stripe has then.
+
+    Left out: a yearly period anchored on Feb 29 and stuck between two Feb 28ths, whose anchor
+    day the period alone cannot tell (docs/usage.md, "Renewals")."""
+    found: list[tuple[Case, tuple[datetime, datetime]]] = []
+    while len(found) < count:
+        anchor = _anchor(rng)
+        interval = rng.choice(["month", "year"])
+        k = rng.randint(0, 30)
+        mirrored = (stripe_boundary(anchor, interval, k), stripe_boundary(anchor, interval, k + 1))
+        if interval == "year" and (anchor.month, anchor.day, mirrored[0].day) == (2, 29, 28):
+            continue
+        late = timedelta(microseconds=rng.randrange(3 * 366 * 86_400 * 1_000_000))
+        at = mirrored[1] + (late if len(found) % 7 else timedelta(0))
+        n = k + 1
+        while stripe_boundary(anchor, interval, n + 1) <= at:
+            n += 1
+        truth = (stripe_boundary(anchor, interval, n), stripe_boundary(anchor, interval, n + 1))
+        found.append((("billing_period", at, mirrored, interval), truth))
+    return found
+
+
 async def test_sql_and_python_agree_on_every_window(pool: asyncpg.Pool) -> None:
     """Over 2,000 random moments from 1999 to 2100 plus calendar edges, every reset kind and
-    billing periods around each moment, usage_window returns exactly periods.period_for's
-    window, whatever the session's time zone."""
+    billing periods around each moment (with and without a renewal interval), usage_window
+    returns exactly periods.period_for's window, whatever the session's time zone."""
     rng = random.Random(18)
-    cases: list[tuple[str, datetime, tuple[datetime, datetime] | None]] = []
+    cases: list[Case] = []
     for at in _moments(2_000, seed=11):
-        cases += [(reset, at, None) for reset in RESETS]
-        cases += [("billing_period", at, period) for period in _billing_periods(at, rng)]
-    expected = [
-        (p.start, p.end)
-        for p in (period_for(reset, at, billing_period=period) for reset, at, period in cases)
-    ]
+        cases += [(reset, at, None, None) for reset in RESETS]
+        cases += [
+            ("billing_period", at, period, rng.choice([None, "month", "year"]))
+            for period in _billing_periods(at, rng)
+        ]
+    cases += [case for case, _ in _renewals(2_000, rng)]
+    expected = _python_windows(cases)
     async with pool.acquire() as conn:
         for zone in ("UTC", "Pacific/Chatham", "America/St_Johns"):
             await conn.execute(f"SET TIME ZONE '{zone}'")
@@ -103,6 +162,25 @@ async def test_sql_and_python_agree_on_every_window(pool: asyncpg.Pool) -> None:
     assert len(cases) > 20_000
 
 
+def test_a_late_renewal_is_advanced_to_the_period_stripe_has() -> None:
+    """A mirror stuck on an ended period (monthly or yearly, any anchor day, clamped months
+    and leap days included): the window is the period Stripe's own anchor gives then."""
+    renewals = _renewals(3_000, random.Random(12))
+    found = _python_windows([case for case, _ in renewals])
+    wrong = [
+        (case, truth, got)
+        for (case, truth), got in zip(renewals, found, strict=True)
+        if got != truth
+    ]
+    assert wrong == [], (len(wrong), wrong[:3])
+    jan31 = (datetime(2027, 1, 31, 10, tzinfo=UTC), datetime(2027, 2, 28, 10, tzinfo=UTC))
+    late = period_for(
+        "billing_period", datetime(2027, 2, 28, 11, tzinfo=UTC), billing_period=jan31,
+        interval="month",
+    )  # fmt: skip
+    assert (late.start, late.end) == (jan31[1], datetime(2027, 3, 31, 10, tzinfo=UTC))
+
+
 async def test_the_current_window_counter_is_found_through_the_primary_key(
     pool: asyncpg.Pool,
 ) -> None:
@@ -111,7 +189,7 @@ async def test_the_current_window_counter_is_found_through_the_primary_key(
     never reads the customer's other periods, however many there are."""
     plan = await pool.fetch(
         """
-        EXPLAIN SELECT uc.used FROM usage_window('hour', now(), NULL, NULL) w
+        EXPLAIN SELECT uc.used FROM usage_window('hour', now(), NULL, NULL, NULL) w
         JOIN usage_counters uc ON uc.customer_id = $1 AND uc.feature_id = $2
          AND uc.period_start = w.window_start
         """,

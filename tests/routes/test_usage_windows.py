@@ -3,7 +3,7 @@ counter alike, across a change of reset and across a renewal the mirror has not 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -13,10 +13,13 @@ import pytest
 from billing_service.catalog_spec import CatalogSpec, MeteredLimit, Reset
 from billing_service.config import Settings
 from billing_service.services.api_keys import Scope
+from billing_service.stripe_gateway import StripeGateway
 from tests.conftest import app_client, issue_key
 from tests.routes.test_checkout import bearer
 from tests.routes.test_usage import Clock, check, track
+from tests.routes.tiers import allowance, mirrored, price_id, tiered
 from tests.services.test_catalog import apply, example
+from tests.stripe_fakes import FakeStripe
 
 
 @pytest.fixture
@@ -94,3 +97,63 @@ async def test_check_entitlements_and_track_agree_when_the_reset_window_changes(
         "SELECT period_start, used FROM usage_counters ORDER BY period_start"
     )
     assert [(r["period_start"].day, r["used"]) for r in counters] == [(1, 5), (5, 5)]
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+async def test_usage_during_a_late_renewal_counts_in_the_new_period(
+    stripe_client: httpx.AsyncClient,
+    stripe_settings: Settings,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    fake_stripe: FakeStripe,
+    billing_key: str,
+) -> None:
+    """Pro billed on the 31st: its period ends Feb 28 10:00 and Stripe renews it to Mar 31, but
+    the renewal webhook lands an hour late. Seats used in that hour count in the new period's
+    counter, resets_at is Mar 31 (the anchor day, no longer clamped), and once the webhook
+    lands the same counter goes on: no reset, nothing counted twice."""
+    stripe_customer = await tiered(stripe_client, pool, gateway, billing_key)
+    subscription = fake_stripe.add_subscription(
+        stripe_customer, await price_id(pool, "pro_monthly")
+    )
+    item = subscription["items"]["data"][0]
+    jan31, feb28, mar31 = (
+        datetime(2027, m, d, 10, tzinfo=UTC) for m, d in ((1, 31), (2, 28), (3, 31))
+    )
+    item.update(current_period_start=_epoch(jan31), current_period_end=_epoch(feb28))
+    await mirrored(stripe_client, pool, gateway, subscription)
+
+    clock = Clock(feb28 - timedelta(hours=1))
+    async with app_client(stripe_settings, clock=clock) as client:
+        before = (await track(client, billing_key, feature="seats", amount=2)).json()
+        assert (before["used"], before["resets_at"]) == (2, feb28.isoformat())
+
+        clock.now = feb28 + timedelta(hours=1)  # renewed at Stripe, not yet in the mirror
+        gap = (await track(client, billing_key, feature="seats", amount=3)).json()
+        assert (gap["allowed"], gap["used"], gap["resets_at"]) == (True, 3, mar31.isoformat())
+        checked = (await check(client, billing_key, feature="seats", amount=7)).json()
+        assert (checked["allowed"], checked["used"]) == (True, 3)
+        seats = await allowance(client, billing_key, "seats")
+        assert (seats["used"], seats["resets_at"]) == (3, mar31.isoformat())
+
+        item.update(current_period_start=_epoch(feb28), current_period_end=_epoch(mar31))
+        await mirrored(stripe_client, pool, gateway, subscription)  # the late webhook lands
+        after = (await track(client, billing_key, feature="seats", amount=1)).json()
+        assert (after["used"], after["resets_at"]) == (4, mar31.isoformat())
+        assert (await check(client, billing_key, feature="seats", amount=7)).json()[
+            "allowed"
+        ] is False
+
+    counters = await pool.fetch(
+        "SELECT uc.period_start, uc.period_end, uc.used FROM usage_counters uc "
+        "JOIN features f ON f.id = uc.feature_id WHERE f.key = 'seats' ORDER BY period_start"
+    )
+    assert [tuple(r.values()) for r in counters] == [(jan31, feb28, 2), (feb28, mar31, 4)]
+    mirror = await pool.fetchrow(
+        "SELECT current_period_start, current_period_end FROM subscriptions"
+    )
+    assert mirror is not None
+    assert tuple(mirror.values()) == (feb28, mar31)
