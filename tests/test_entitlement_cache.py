@@ -275,6 +275,11 @@ async def test_a_killed_listener_sends_reads_to_the_database_until_it_is_back(
     admin_db = await asyncpg.connect(with_database(server_url, ADMIN_DATABASE))
     async with app_client(patient) as client:
         assert (await track(client, key)).json()["used"] == 1
+
+        async def track_notified() -> bool:
+            return await metric(client, INVALIDATED_CUSTOMER) >= 1
+
+        await eventually(track_notified)  # or it could drop the snapshot the next check loads
         for _ in range(2):
             assert (await check(client, key)).json()["used"] == 1
         assert await metric(client, "billing_entitlement_cache_hits_total") == 1

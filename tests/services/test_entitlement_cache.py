@@ -124,6 +124,12 @@ async def test_a_period_reset_and_a_grace_end_need_no_notification(
         settings.model_copy(update={"entitlement_cache_seconds": 300}), clock=clock
     ) as client:
         await track(client, key, amount=3)
+
+        async def track_notified() -> bool:
+            sample = 'billing_entitlement_cache_invalidations_total{scope="customer"}'
+            return await metric(client, sample) >= 1
+
+        await eventually(track_notified)  # or it could drop the snapshot the next check loads
         assert (await check(client, key)).json()["used"] == 3
         assert (await check(client, key)).json()["used"] == 3
         assert await metric(client, "billing_entitlement_cache_hits_total") == 1
