@@ -45,6 +45,7 @@ from billing_service.services.key_cache import KeyCache
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.services.token_index import TokenIndex
+from billing_service.services.usage_publisher import UsagePublisher
 from billing_service.state import AppState, Limits
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import PollingWorker
@@ -100,6 +101,7 @@ def create_app(
                 database_url,
                 min_size=settings.database_pool_min,
                 max_size=settings.database_pool_max,
+                publishes_usage=True,
             )
         except BaseException:
             await asyncio.gather(listening, return_exceptions=True)
@@ -107,6 +109,8 @@ def create_app(
             raise
         await listening
         metrics.watch_pool(pool)
+        usage_publisher = UsagePublisher(pool)
+        usage_publisher.start()
         stripe = StripeGateway.from_settings(settings)
         outbound = OutboundPolicy.from_settings(settings, resolver)
         webhooks = WebhookClient(outbound)
@@ -123,6 +127,7 @@ def create_app(
                 clock=clock,
                 key_cache=key_cache,
                 entitlement_cache=entitlement_cache,
+                usage_publisher=usage_publisher,
                 token_index=token_index,
                 limits=limits,
                 outbound=outbound,
@@ -134,6 +139,7 @@ def create_app(
             if stripe is not None:
                 await stripe.close()
             await webhooks.aclose()
+            await usage_publisher.stop()
             await listener.stop()
             await pool.close()
             logger.info("app.stopped")

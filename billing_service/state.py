@@ -18,6 +18,7 @@ from billing_service.ratelimit import FailureWindows, TokenBuckets
 from billing_service.services.entitlement_cache import EntitlementCache
 from billing_service.services.key_cache import KeyCache
 from billing_service.services.token_index import TokenIndex
+from billing_service.services.usage_publisher import UsagePublisher
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import PollingWorker
 
@@ -40,6 +41,7 @@ class AppState(TypedDict):
     clock: Callable[[], datetime]
     key_cache: KeyCache
     entitlement_cache: EntitlementCache
+    usage_publisher: UsagePublisher
     token_index: TokenIndex
     limits: Limits
     outbound: OutboundPolicy

@@ -161,6 +161,7 @@ async def track_usage(request: Request) -> Response:
     if body.amount == 0:
         raise ValidationFailed([FieldError("amount", "must not be 0")])
     state = app_state(request)
+    recorded = True  # as far as anyone can tell, until the answer says otherwise
     try:
         decision = await usage.track(
             state["pool"],
@@ -175,8 +176,11 @@ async def track_usage(request: Request) -> Response:
             now=_now(request),
             grace=_grace(request),
         )
-    finally:  # this process's next check sees the track, whatever it did
+        recorded = decision.get("recorded") is not False
+    finally:  # this process's next check sees the track at once, the others moments later
         state["entitlement_cache"].evict(body.customer_id)
+        if recorded:
+            state["usage_publisher"].publish(body.customer_id)
     return JSONResponse(decision)
 
 
