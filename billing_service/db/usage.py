@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+
 from billing_service.db.pool import Executor
 from billing_service.db.subscriptions import ranking_sql
 from billing_service.periods import BEGINNING
@@ -141,177 +143,61 @@ async def ensure_customer(conn: Executor, customer_key: str) -> uuid.UUID:
     raise RuntimeError("customer row neither inserted nor visible")
 
 
-async def insert_usage_event(
-    conn: Executor,
-    *,
-    customer_id: uuid.UUID,
-    feature_id: uuid.UUID,
-    idempotency_key: str,
-    request_hash: bytes,
-    amount: int,
-    cost: Decimal | None,
-    metadata: dict[str, Any],
-    recorded: bool,
-    period_start: datetime | None,
-    response: dict[str, Any],
-) -> bool:
-    """Record the track call under its idempotency key; False when the key is already taken.
-
-    A concurrent call with the same key waits here on the unique index until the first one
-    commits, then sees it; that is what makes 20 simultaneous retries count once.
-    """
-    inserted = await conn.fetchval(
-        """
-        INSERT INTO usage_events (customer_id, feature_id, idempotency_key, request_hash, amount,
-                                  cost, metadata, recorded, period_start, response)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-        ON CONFLICT (customer_id, idempotency_key) DO NOTHING
-        RETURNING true
-        """,
-        customer_id,
-        feature_id,
-        idempotency_key,
-        request_hash,
-        amount,
-        cost,
-        metadata,
-        recorded,
-        period_start,
-        response,
-    )
-    return bool(inserted)
-
-
-async def select_usage_event(
-    conn: Executor, customer_id: uuid.UUID, idempotency_key: str
-) -> tuple[bytes, Any] | None:
-    row = await conn.fetchrow(
-        "SELECT request_hash, response FROM usage_events "
-        "WHERE customer_id = $1 AND idempotency_key = $2",
-        customer_id,
-        idempotency_key,
-    )
-    return None if row is None else (bytes(row["request_hash"]), row["response"])
-
-
-@dataclass(frozen=True, slots=True)
-class CounterKey:
-    """Which counter: one customer's one feature in one period."""
-
-    customer_id: uuid.UUID
-    feature_id: uuid.UUID
-    period_start: datetime
-    period_end: datetime | None
-
-
 # A period counter never overflows its column: at these bounds it stays put (saturates), so a
 # counter that reached one keeps accepting calls instead of failing every later one.
 MAX_USED = 2**63 - 1  # bigint
 MAX_COST = Decimal("999999999999999999.999999999999")  # numeric(30, 12)
 
 
-async def add_within_cap(
+# Raised by usage_track when a concurrent call with the same idempotency key committed first.
+_USAGE_EVENT_EXISTS = "BS001"
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """What usage_track (migration 0016) did: `answered` (response is the new answer),
+    `replayed` (the key's stored response), `reused` (the key holds a different request),
+    `no_feature`, or `raced` (a concurrent call with the key committed first: call again)."""
+
+    outcome: str
+    response: dict[str, Any] | None
+
+
+async def track(
     conn: Executor,
-    key: CounterKey,
     *,
+    customer_key: str,
+    feature_key: str,
     amount: int,
     cost: Decimal | None,
-    cap: int | None,
-) -> int | None:
-    """Add `amount` to the period's counter unless that would pass `cap`; the new total, or None.
-
-    One conditional statement: concurrent calls can never push the counter past the cap.
-    Negative amounts (refunds) always apply, and the counter never goes below zero. Both sums
-    saturate at their column's bound (`MAX_USED`, `MAX_COST`) rather than overflow.
-    """
-    used: int | None = await conn.fetchval(
-        """
-        INSERT INTO usage_counters (customer_id, feature_id, period_start, period_end, used, cost)
-        SELECT $1, $2, $3, $4, greatest($5::bigint, 0), least(coalesce($6::numeric, 0), $9)
-        WHERE $7::bigint IS NULL OR $5::bigint <= $7::bigint
-        ON CONFLICT (customer_id, feature_id, period_start) DO UPDATE
-        SET used = least(greatest(usage_counters.used::numeric + $5::bigint, 0), $8)::bigint,
-            cost = least(usage_counters.cost + coalesce($6::numeric, 0), $9)
-        WHERE $7::bigint IS NULL OR $5::bigint <= 0
-              OR usage_counters.used::numeric + $5::bigint <= $7::bigint
-        RETURNING used
-        """,
-        key.customer_id,
-        key.feature_id,
-        key.period_start,
-        key.period_end,
-        amount,
-        cost,
-        cap,
-        MAX_USED,
-        MAX_COST,
-    )
-    return used
-
-
-async def lock_counter_and_credits(conn: Executor, key: CounterKey) -> tuple[int, int]:
-    """Lock the period counter and the credit balance (in that order); (used, credits left)."""
-    await conn.execute(
-        """
-        INSERT INTO usage_counters (customer_id, feature_id, period_start, period_end)
-        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
-        """,
-        key.customer_id,
-        key.feature_id,
-        key.period_start,
-        key.period_end,
-    )
-    used: int = await conn.fetchval(
-        "SELECT used FROM usage_counters "
-        "WHERE customer_id = $1 AND feature_id = $2 AND period_start = $3 FOR UPDATE",
-        key.customer_id,
-        key.feature_id,
-        key.period_start,
-    )
-    credits: int | None = await conn.fetchval(
-        "SELECT granted - spent FROM credit_balances "
-        "WHERE customer_id = $1 AND feature_id = $2 FOR UPDATE",
-        key.customer_id,
-        key.feature_id,
-    )
-    return used, credits or 0
-
-
-async def add_locked(
-    conn: Executor,
-    key: CounterKey,
-    *,
-    amount: int,
-    cost: Decimal | None,
-    credits_spent: int,
-) -> int:
-    """Apply a decision taken under `lock_counter_and_credits`; returns the new total (both
-    sums saturate at their bounds, as in `add_within_cap`)."""
-    used: int = await conn.fetchval(
-        """
-        UPDATE usage_counters
-        SET used = least(used::numeric + $4::bigint, $6)::bigint,
-            cost = least(cost + coalesce($5::numeric, 0), $7)
-        WHERE customer_id = $1 AND feature_id = $2 AND period_start = $3
-        RETURNING used
-        """,
-        key.customer_id,
-        key.feature_id,
-        key.period_start,
-        amount,
-        cost,
-        MAX_USED,
-        MAX_COST,
-    )
-    if credits_spent:
-        await conn.execute(
-            "UPDATE credit_balances SET spent = spent + $3 "
-            "WHERE customer_id = $1 AND feature_id = $2",
-            key.customer_id,
-            key.feature_id,
-            credits_spent,
+    idempotency_key: str,
+    request_hash: bytes,
+    metadata: dict[str, Any],
+    now: datetime,
+    grace: timedelta,
+) -> Tracked:
+    """Check, count and record one track call in one statement, its own transaction: the
+    context, the replay, the counter (credits and overage under row locks), the usage event
+    and the threshold outbox events all commit together, or none does."""
+    try:
+        row = await conn.fetchrow(
+            "SELECT outcome, response FROM usage_track($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            customer_key,
+            feature_key,
+            amount,
+            cost,
+            idempotency_key,
+            request_hash,
+            metadata,
+            now,
+            grace,
         )
-    return used
+    except asyncpg.PostgresError as error:
+        if error.sqlstate == _USAGE_EVENT_EXISTS:
+            return Tracked("raced", None)
+        raise
+    assert row is not None
+    return Tracked(row["outcome"], row["response"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,30 +284,11 @@ class UpgradeOption:
 async def select_upgrade_options(
     conn: Executor, feature_id: uuid.UUID, needed: int, customer_id: uuid.UUID | None
 ) -> list[UpgradeOption]:
-    """Live plans whose allowance covers `needed`, in the customer's currency: the cheapest
-    plan (by monthly equivalent) first, and within a plan its smallest payment (monthly before
-    yearly). The customer's currency is their latest subscription's, else their latest
-    order's; a customer who never paid is offered every currency."""
+    """Live plans whose allowance covers `needed`, in the customer's currency, the cheapest
+    first (migration 0016 `usage_upgrade_options`, which track uses too)."""
     rows = await conn.fetch(
-        """
-        WITH currency AS (
-            SELECT coalesce(
-                (SELECT currency FROM subscriptions WHERE customer_id = $3 AND currency IS NOT NULL
-                 ORDER BY stripe_created_at DESC LIMIT 1),
-                (SELECT currency FROM orders WHERE customer_id = $3 AND currency <> ''
-                 ORDER BY created_at DESC LIMIT 1)) AS code
-        )
-        SELECT pl.key AS plan_key, p.lookup_key AS price_key
-        FROM plan_features pf
-        JOIN plans pl ON pl.id = pf.plan_id AND pl.active
-        JOIN prices p ON p.plan_id = pl.id AND p.active AND p.type = 'recurring'
-        CROSS JOIN currency
-        WHERE pf.feature_id = $1 AND pf.enabled AND (pf."limit" IS NULL OR pf."limit" >= $2)
-          AND (currency.code IS NULL OR p.currency = currency.code)
-        ORDER BY min(p.amount::numeric / CASE p.recurring_interval WHEN 'year' THEN 12 ELSE 1 END)
-                     OVER (PARTITION BY pl.id),
-                 pl.display_order, p.amount
-        """,
+        "SELECT o.plan_key, o.price_key "
+        "FROM usage_upgrade_options($1, $2, $3) WITH ORDINALITY AS o ORDER BY o.ordinality",
         feature_id,
         needed,
         customer_id,

@@ -1,16 +1,17 @@
 """Entitlements and usage quotas: may this customer use this feature, and record that they did.
 
 Limits add up from the plan's allowance plus purchased credits, the allowance spent first.
-`track` checks and records in one transaction: the counter moves with one conditional statement
-when the allowance covers the call, and under row locks on the counter and the credit balance
-when credits (or overage) come into play, so concurrent calls can never overspend.
+`track` checks and records in one statement (`usage_track`, migration 0016), its own
+transaction: the counter moves with one conditional upsert when the allowance covers the call,
+and under row locks on the counter and the credit balance when credits (or overage) come into
+play, so concurrent calls can never overspend. `check` and `entitlements` read the same context
+and decide in Python (`resolve`), by the same rules.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
-from billing_service.db import outbox
 from billing_service.db import usage as db
 from billing_service.db.pool import Connection
 from billing_service.db.usage import FeatureContext
@@ -216,140 +216,37 @@ class TrackRequest:
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
 
 
-class _AlreadyRecorded(Exception):
-    """Raised inside the track transaction to undo it when the idempotency key is taken."""
-
-    def __init__(self, customer_id: uuid.UUID) -> None:
-        super().__init__(str(customer_id))
-        self.customer_id = customer_id
-
-
 async def track(
     pool: asyncpg.Pool, request: TrackRequest, *, now: datetime, grace: timedelta
 ) -> dict[str, Any]:
-    """Check and record in one step; the same idempotency key replays the first answer."""
-    try:
-        return await _track_once(pool, request, now=now, grace=grace)
-    except _AlreadyRecorded as taken:
-        return await _replay(pool, taken.customer_id, request)
-
-
-async def _track_once(
-    pool: asyncpg.Pool, request: TrackRequest, *, now: datetime, grace: timedelta
-) -> dict[str, Any]:
-    """The counter moves first and the usage event (keyed by the idempotency key) is written
-    last, in one transaction. A concurrent call with the same key waits on that key's unique
-    index until the first commits, then finds it taken and rolls its own change back."""
-    async with pool.acquire() as conn, conn.transaction():
-        entitlement = await _one(
-            conn, request.customer_key, request.feature_key, now=now, grace=grace
-        )
-        customer_id = entitlement.context.customer_id or await db.ensure_customer(
-            conn, request.customer_key
-        )
-        body, recorded = await _record(conn, customer_id, entitlement, request)
-        inserted = await db.insert_usage_event(
-            conn,
-            customer_id=customer_id,
-            feature_id=entitlement.context.feature_id,
-            idempotency_key=request.idempotency_key,
-            request_hash=request.fingerprint(),
+    """Check and record in one statement (db.track); the same idempotency key replays the
+    first answer. A call racing another with its key waits for it, is undone, and is then
+    answered with the first call's response by calling again."""
+    for _ in range(3):
+        tracked = await db.track(
+            pool,
+            customer_key=request.customer_key,
+            feature_key=request.feature_key,
             amount=request.amount,
             cost=request.cost,
+            idempotency_key=request.idempotency_key,
+            request_hash=request.fingerprint(),
             metadata=request.metadata,
-            recorded=recorded,
-            period_start=entitlement.period.start if recorded and entitlement.period else None,
-            response=body,
+            now=now,
+            grace=grace,
         )
-        if not inserted:
-            raise _AlreadyRecorded(customer_id)
-        return body
-
-
-async def _replay(
-    conn: Connection | asyncpg.Pool, customer_id: uuid.UUID, request: TrackRequest
-) -> dict[str, Any]:
-    stored = await db.select_usage_event(conn, customer_id, request.idempotency_key)
-    assert stored is not None
-    request_hash, response = stored
-    if request_hash != request.fingerprint():
-        raise IdempotencyKeyReused(
-            "This idempotency_key was already used for a different usage record."
-        )
-    replayed: dict[str, Any] = response
-    # Refusals stored before every answer said `recorded` replay with it too.
-    replayed.setdefault("recorded", False)
-    return replayed
-
-
-async def _record(
-    conn: Connection, customer_id: uuid.UUID, entitlement: Entitlement, request: TrackRequest
-) -> tuple[dict[str, Any], bool]:
-    amount = request.amount
-    if not entitlement.enabled:
-        refused = await _denial(conn, entitlement, amount, "feature_not_in_plan")
-        return refused | {"recorded": False}, False
-    if not entitlement.metered:
-        return _decision(entitlement, allowed=True, reason=None) | {"recorded": False}, False
-    period = entitlement.period
-    assert period is not None
-    key = db.CounterKey(customer_id, entitlement.context.feature_id, period.start, period.end)
-    used = await db.add_within_cap(
-        conn, key, amount=amount, cost=request.cost, cap=entitlement.limit
-    )
-    credits_spent = 0
-    overage = False
-    if used is None:  # past the plan's allowance: credits, then overage if the plan allows it
-        current, credits = await db.lock_counter_and_credits(conn, key)
-        assert entitlement.limit is not None
-        from_allowance = max(0, min(amount, entitlement.limit - current))
-        credits_spent = min(amount - from_allowance, credits)
-        overage = from_allowance + credits_spent < amount
-        if overage and entitlement.overage != "allow":
-            locked = _with_usage(entitlement, current, credits)
-            return await _denial(conn, locked, amount, "limit_reached") | {"recorded": False}, False
-        used = await db.add_locked(
-            conn, key, amount=amount, cost=request.cost, credits_spent=credits_spent
-        )
-        entitlement = _with_usage(entitlement, used, credits - credits_spent)
-    else:
-        entitlement = _with_usage(entitlement, used, entitlement.credits)
-    body = _decision(entitlement, allowed=True, reason=None)
-    body["recorded"] = True
-    if overage:
-        body["overage"] = True
-    await _announce_thresholds(conn, customer_id, request.customer_key, entitlement)
-    return body, True
-
-
-async def _announce_thresholds(
-    conn: Connection, customer_id: uuid.UUID, customer_key: str, entitlement: Entitlement
-) -> None:
-    """Tell calling apps once per period that a soft or hard limit has been reached."""
-    period = entitlement.period
-    if period is None:
-        return
-    payload = {
-        "customer_id": customer_key,
-        "feature": entitlement.context.feature_key,
-        "used": entitlement.used,
-        "soft_limit": entitlement.soft_limit,
-        "limit": entitlement.limit,
-        "period_start": period.start.isoformat(),
-        "resets_at": period.end.isoformat() if period.end else None,
-    }
-    window = f"{customer_id}:{entitlement.context.feature_id}:{period.start.isoformat()}"
-    for event_type, threshold in (
-        ("usage.soft_limit_reached", entitlement.soft_limit),
-        ("usage.limit_reached", entitlement.limit),
-    ):
-        if threshold is not None and entitlement.used >= threshold:
-            await outbox.emit(conn, event_type, payload, dedupe_key=f"{event_type}:{window}")
-
-
-def _with_usage(entitlement: Entitlement, used: int, credits: int) -> Entitlement:
-    """The entitlement after a recorded call: the new counter and what credits remain."""
-    return replace(entitlement, used=used, context=replace(entitlement.context, credits=credits))
+        if tracked.outcome == "no_feature":
+            raise NotFound(f"No feature has key '{request.feature_key}'.")
+        if tracked.outcome == "reused":
+            raise IdempotencyKeyReused(
+                "This idempotency_key was already used for a different usage record."
+            )
+        if tracked.response is not None:
+            response = tracked.response
+            # Refusals stored before every answer said `recorded` replay with it too.
+            response.setdefault("recorded", False)
+            return response
+    raise RuntimeError("usage event neither recorded nor visible")
 
 
 async def usage_history(

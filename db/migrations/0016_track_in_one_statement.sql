@@ -1,0 +1,308 @@
+-- A whole usage `track` in one statement, so one round trip: services/usage.py calls
+-- usage_track(...) once, outside an explicit transaction (the statement is its own).
+--
+-- It does what the service did in five round trips, in the same order of decisions:
+--   1. the context: the feature, the customer (created on first use), the subscription that
+--      counts (db/subscriptions.py ranking_sql) and whether it grants its plan now
+--      (services/access.py), that plan's or the default plan's allowance, the credit balance;
+--   2. a replay: the idempotency key already recorded answers its stored response (or
+--      'reused' when the request differs);
+--   3. the window (usage_window, migration 0015) and the counter: one conditional upsert while
+--      the allowance covers the call; past it, under row locks on the counter then the credit
+--      balance, credits are spent and overage is recorded when the plan allows it;
+--   4. the answer, the usage event under the idempotency key, and the outbox events for a
+--      reached soft or hard limit (once per window, by dedupe key), all in this transaction.
+-- A concurrent call with the same key waits on the key's unique index until the first commits;
+-- it then raises 'BS001' (usage_event_exists), which undoes its counter change, and the service
+-- calls again to be answered with the first call's response.
+--
+-- Limits: counters and costs saturate at their column's bound, as db/usage.py MAX_USED/MAX_COST.
+
+-- A moment as Python's datetime.isoformat() writes an aware UTC datetime.
+CREATE FUNCTION usage_isoformat(moment timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT to_char(moment AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+           || CASE WHEN date_trunc('second', moment) = moment THEN ''
+                   ELSE to_char(moment AT TIME ZONE 'UTC', '.US') END
+           || '+00:00'
+$$;
+
+-- Live plans whose allowance of a feature covers `needed` units, in the customer's currency:
+-- the cheapest plan (by monthly equivalent) first, and within a plan its smallest payment
+-- (monthly before yearly). The customer's currency is their latest subscription's, else their
+-- latest order's; a customer who never paid is offered every currency.
+CREATE FUNCTION usage_upgrade_options(p_feature_id uuid, p_needed bigint, p_customer_id uuid)
+RETURNS TABLE (plan_key text, price_key text)
+LANGUAGE sql STABLE
+AS $$
+    WITH currency AS (
+        SELECT coalesce(
+            (SELECT currency FROM subscriptions
+             WHERE customer_id = p_customer_id AND currency IS NOT NULL
+             ORDER BY stripe_created_at DESC LIMIT 1),
+            (SELECT currency FROM orders WHERE customer_id = p_customer_id AND currency <> ''
+             ORDER BY created_at DESC LIMIT 1)) AS code
+    )
+    SELECT pl.key AS plan_key, p.lookup_key AS price_key
+    FROM plan_features pf
+    JOIN plans pl ON pl.id = pf.plan_id AND pl.active
+    JOIN prices p ON p.plan_id = pl.id AND p.active AND p.type = 'recurring'
+    CROSS JOIN currency
+    WHERE pf.feature_id = p_feature_id AND pf.enabled
+      AND (pf."limit" IS NULL OR pf."limit" >= p_needed)
+      AND (currency.code IS NULL OR p.currency = currency.code)
+    ORDER BY min(p.amount::numeric / CASE p.recurring_interval WHEN 'year' THEN 12 ELSE 1 END)
+                 OVER (PARTITION BY pl.id),
+             pl.display_order, p.amount
+$$;
+
+CREATE FUNCTION usage_track(
+    p_customer text, p_feature text, p_amount bigint, p_cost numeric, p_key text,
+    p_hash bytea, p_metadata jsonb, p_now timestamptz, p_grace interval,
+    OUT outcome text, OUT response json
+)
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    max_used CONSTANT numeric := 9223372036854775807;
+    max_cost CONSTANT numeric := 999999999999999999.999999999999;
+    ctx record;
+    stored record;
+    v_customer uuid;
+    v_subscribed boolean;
+    v_plan_key text;
+    v_enabled boolean;
+    v_limit bigint;
+    v_soft bigint;
+    v_reset text;
+    v_overage_policy text;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_used bigint;
+    v_current bigint;
+    v_credits bigint;
+    v_from_allowance bigint;
+    v_spent bigint := 0;
+    v_overage boolean := false;
+    v_reason text;
+    v_upgrade json;
+    v_recorded boolean := false;
+    v_remaining numeric;
+    v_soft_reached boolean;
+    v_resets_at text;
+    v_event_type text;
+    v_threshold bigint;
+    v_payload jsonb;
+BEGIN
+    -- 1. The context (db/usage.py _CONTEXT for one feature).
+    SELECT f.id AS feature_id, f.kind, c.id AS customer_id,
+           s.status, s.plan_id, s.plan_key, s.past_due_since, s.current_period_start,
+           s.current_period_end, s.billing_interval,
+           d.key AS default_plan_key,
+           sp.enabled AS s_enabled, sp."limit" AS s_limit, sp.soft_limit AS s_soft,
+           sp.reset AS s_reset, sp.overage AS s_overage,
+           dp.enabled AS d_enabled, dp."limit" AS d_limit, dp.soft_limit AS d_soft,
+           dp.reset AS d_reset, dp.overage AS d_overage,
+           coalesce(cb.granted - cb.spent, 0) AS credits
+    INTO ctx
+    FROM features f
+    LEFT JOIN customers c ON c.external_id = p_customer
+    LEFT JOIN LATERAL (
+        SELECT s.status, p.plan_id, pl.key AS plan_key, s.past_due_since,
+               s.current_period_start,
+               least(s.current_period_end, s.cancel_at) AS current_period_end,
+               CASE WHEN s.cancel_at_period_end OR s.cancel_at <= s.current_period_end THEN NULL
+                    ELSE p.recurring_interval END AS billing_interval
+        FROM subscriptions s
+        LEFT JOIN prices p ON p.id = s.price_id
+        LEFT JOIN plans pl ON pl.id = p.plan_id
+        WHERE s.customer_id = c.id
+        ORDER BY (pl.id IS NOT NULL AND (s.status IN ('active', 'trialing')
+                  OR (s.status = 'past_due' AND (p_grace IS NULL
+                      OR coalesce(s.past_due_since, p_now) + p_grace > p_now)))) DESC,
+                 s.status IN ('trialing', 'active', 'past_due', 'unpaid', 'paused') DESC,
+                 pl.id IS NOT NULL DESC,
+                 CASE WHEN s.status IN ('trialing', 'active', 'past_due', 'unpaid', 'paused')
+                      THEN pl.display_order END DESC NULLS LAST,
+                 s.status IN ('active', 'trialing') DESC,
+                 s.stripe_created_at DESC
+        LIMIT 1
+    ) s ON true
+    LEFT JOIN plans d ON d.is_default
+    LEFT JOIN plan_features sp ON sp.plan_id = s.plan_id AND sp.feature_id = f.id
+    LEFT JOIN plan_features dp ON dp.plan_id = d.id AND dp.feature_id = f.id
+    LEFT JOIN credit_balances cb ON cb.customer_id = c.id AND cb.feature_id = f.id
+    WHERE f.active AND f.key = p_feature;
+    IF NOT FOUND THEN
+        outcome := 'no_feature';
+        RETURN;
+    END IF;
+
+    -- 2. A replay of a recorded call.
+    v_customer := ctx.customer_id;
+    IF v_customer IS NOT NULL THEN
+        SELECT e.request_hash, e.response INTO stored
+        FROM usage_events e WHERE e.customer_id = v_customer AND e.idempotency_key = p_key;
+        IF FOUND THEN
+            outcome := CASE WHEN stored.request_hash = p_hash THEN 'replayed' ELSE 'reused' END;
+            response := CASE WHEN outcome = 'replayed' THEN stored.response END;
+            RETURN;
+        END IF;
+    ELSE
+        INSERT INTO customers (external_id) VALUES (p_customer)
+        ON CONFLICT (external_id) DO NOTHING RETURNING id INTO v_customer;
+        IF v_customer IS NULL THEN  -- created meanwhile by a concurrent call, now committed
+            SELECT id INTO STRICT v_customer FROM customers WHERE external_id = p_customer;
+        END IF;
+    END IF;
+
+    -- The access policy (services/access.py grants_plan_status) picks the allowance.
+    v_subscribed := ctx.status IS NOT NULL AND ctx.plan_id IS NOT NULL AND (
+        ctx.status IN ('active', 'trialing')
+        OR (ctx.status = 'past_due' AND p_now < coalesce(ctx.past_due_since, p_now) + p_grace));
+    IF v_subscribed THEN
+        v_plan_key := ctx.plan_key;
+        v_enabled := coalesce(ctx.s_enabled, false);
+        v_limit := ctx.s_limit; v_soft := ctx.s_soft;
+        v_reset := ctx.s_reset; v_overage_policy := ctx.s_overage;
+    ELSE
+        v_plan_key := ctx.default_plan_key;
+        v_enabled := coalesce(ctx.d_enabled, false);
+        v_limit := ctx.d_limit; v_soft := ctx.d_soft;
+        v_reset := ctx.d_reset; v_overage_policy := ctx.d_overage;
+    END IF;
+    v_credits := ctx.credits;
+    v_used := 0;
+
+    IF NOT v_enabled THEN
+        v_limit := NULL; v_soft := NULL;
+        v_reason := 'feature_not_in_plan';
+    ELSIF ctx.kind = 'metered' THEN
+        -- 3. The window and the counter.
+        IF v_subscribed THEN
+            SELECT w.window_start, w.window_end INTO v_start, v_end
+            FROM usage_window(coalesce(v_reset, 'month'), p_now, ctx.current_period_start,
+                              ctx.current_period_end, ctx.billing_interval) w;
+        ELSE
+            SELECT w.window_start, w.window_end INTO v_start, v_end
+            FROM usage_window(coalesce(v_reset, 'month'), p_now, NULL, NULL, NULL) w;
+        END IF;
+
+        v_used := NULL;
+        INSERT INTO usage_counters AS uc (customer_id, feature_id, period_start, period_end,
+                                          used, cost)
+        SELECT v_customer, ctx.feature_id, v_start, v_end, greatest(p_amount, 0),
+               least(coalesce(p_cost, 0), max_cost)
+        WHERE v_limit IS NULL OR p_amount <= v_limit
+        ON CONFLICT (customer_id, feature_id, period_start) DO UPDATE
+        SET used = least(greatest(uc.used::numeric + p_amount, 0), max_used)::bigint,
+            cost = least(uc.cost + coalesce(p_cost, 0), max_cost)
+        WHERE v_limit IS NULL OR p_amount <= 0 OR uc.used::numeric + p_amount <= v_limit
+        RETURNING uc.used INTO v_used;
+
+        IF v_used IS NULL THEN
+            -- Past the allowance: credits, then overage if the plan allows it, under row locks
+            -- on the counter and then the credit balance.
+            INSERT INTO usage_counters (customer_id, feature_id, period_start, period_end)
+            VALUES (v_customer, ctx.feature_id, v_start, v_end) ON CONFLICT DO NOTHING;
+            SELECT used INTO v_current FROM usage_counters
+            WHERE customer_id = v_customer AND feature_id = ctx.feature_id
+              AND period_start = v_start
+            FOR UPDATE;
+            SELECT granted - spent INTO v_credits FROM credit_balances
+            WHERE customer_id = v_customer AND feature_id = ctx.feature_id
+            FOR UPDATE;
+            v_credits := coalesce(v_credits, 0);
+            v_from_allowance := greatest(0, least(p_amount, v_limit - v_current));
+            v_spent := least(p_amount - v_from_allowance, v_credits);
+            v_overage := v_from_allowance + v_spent < p_amount;
+            IF v_overage AND v_overage_policy IS DISTINCT FROM 'allow' THEN
+                v_used := v_current;
+                v_spent := 0;
+                v_overage := false;
+                v_reason := 'limit_reached';
+            ELSE
+                UPDATE usage_counters
+                SET used = least(used::numeric + p_amount, max_used)::bigint,
+                    cost = least(cost + coalesce(p_cost, 0), max_cost)
+                WHERE customer_id = v_customer AND feature_id = ctx.feature_id
+                  AND period_start = v_start
+                RETURNING used INTO v_used;
+                IF v_spent > 0 THEN
+                    UPDATE credit_balances SET spent = spent + v_spent
+                    WHERE customer_id = v_customer AND feature_id = ctx.feature_id;
+                END IF;
+                v_credits := v_credits - v_spent;
+            END IF;
+        END IF;
+        v_recorded := v_reason IS NULL;
+    END IF;
+
+    -- 4. The answer (services/usage.py _decision, key for key).
+    IF v_reason IS NOT NULL THEN
+        SELECT json_build_object('plan', o.plan_key, 'price', o.price_key) INTO v_upgrade
+        FROM usage_upgrade_options(ctx.feature_id,
+                                   least(v_used::numeric + greatest(p_amount, 1), max_used)::bigint,
+                                   v_customer) o
+        WHERE o.plan_key IS DISTINCT FROM v_plan_key
+        LIMIT 1;
+    END IF;
+    v_remaining := CASE WHEN v_enabled AND ctx.kind = 'metered' AND v_limit IS NOT NULL
+                        THEN greatest(0, v_limit::numeric - v_used) + v_credits END;
+    v_soft_reached := v_soft IS NOT NULL AND v_used >= v_soft;
+    v_resets_at := usage_isoformat(v_end);
+    IF v_reason IS NOT NULL THEN
+        response := json_build_object(
+            'allowed', false, 'feature', p_feature, 'used', v_used, 'limit', v_limit,
+            'remaining', v_remaining, 'soft_limit_reached', v_soft_reached,
+            'resets_at', v_resets_at, 'reason', v_reason, 'upgrade', v_upgrade,
+            'recorded', false);
+    ELSIF v_overage THEN
+        response := json_build_object(
+            'allowed', true, 'feature', p_feature, 'used', v_used, 'limit', v_limit,
+            'remaining', v_remaining, 'soft_limit_reached', v_soft_reached,
+            'resets_at', v_resets_at, 'recorded', true, 'overage', true);
+    ELSE
+        response := json_build_object(
+            'allowed', true, 'feature', p_feature, 'used', v_used, 'limit', v_limit,
+            'remaining', v_remaining, 'soft_limit_reached', v_soft_reached,
+            'resets_at', v_resets_at, 'recorded', v_recorded);
+    END IF;
+
+    INSERT INTO usage_events (customer_id, feature_id, idempotency_key, request_hash, amount,
+                              cost, metadata, recorded, period_start, response)
+    VALUES (v_customer, ctx.feature_id, p_key, p_hash, p_amount, p_cost, p_metadata,
+            v_recorded, CASE WHEN v_recorded THEN v_start END, response)
+    ON CONFLICT (customer_id, idempotency_key) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'usage event % exists', p_key USING ERRCODE = 'BS001';
+    END IF;
+
+    -- Soft and hard limits reached: told once per window (db/outbox.py emit, dedupe_key).
+    IF v_recorded THEN
+        v_payload := jsonb_build_object(
+            'customer_id', p_customer, 'feature', p_feature, 'used', v_used,
+            'soft_limit', v_soft, 'limit', v_limit, 'period_start', usage_isoformat(v_start),
+            'resets_at', usage_isoformat(v_end));
+        FOREACH v_event_type IN ARRAY ARRAY['usage.soft_limit_reached', 'usage.limit_reached']
+        LOOP
+            v_threshold := CASE v_event_type WHEN 'usage.soft_limit_reached' THEN v_soft
+                                             ELSE v_limit END;
+            CONTINUE WHEN v_threshold IS NULL OR v_used < v_threshold;
+            WITH event AS (
+                INSERT INTO outbox_events (type, payload, dedupe_key)
+                VALUES (v_event_type, v_payload,
+                        v_event_type || ':' || v_customer || ':' || ctx.feature_id || ':'
+                        || usage_isoformat(v_start))
+                ON CONFLICT (dedupe_key) DO NOTHING
+                RETURNING id
+            )
+            INSERT INTO webhook_deliveries (event_id, endpoint_id)
+            SELECT event.id, e.id FROM event, webhook_endpoints e
+            WHERE e.enabled AND v_event_type = ANY (e.event_types);
+        END LOOP;
+    END IF;
+    outcome := 'answered';
+END
+$fn$;
