@@ -5,8 +5,8 @@
 --   1. the context: the feature, the customer (created on first use), the subscription that
 --      counts (db/subscriptions.py ranking_sql) and whether it grants its plan now
 --      (services/access.py), that plan's or the default plan's allowance, the credit balance;
---   2. a replay: the idempotency key already recorded answers its stored response (or
---      'reused' when the request differs);
+--   2. a replay: the idempotency key already recorded (read with the context) answers its
+--      stored response, or 'reused' when the request differs;
 --   3. the window (usage_window, migration 0015) and the counter: one conditional upsert while
 --      the allowance covers the call; past it, under row locks on the counter then the credit
 --      balance, credits are spent and overage is recorded when the plan allows it;
@@ -17,16 +17,6 @@
 -- calls again to be answered with the first call's response.
 --
 -- Limits: counters and costs saturate at their column's bound, as db/usage.py MAX_USED/MAX_COST.
-
--- A moment as Python's datetime.isoformat() writes an aware UTC datetime.
-CREATE FUNCTION usage_isoformat(moment timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-    SELECT to_char(moment AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-           || CASE WHEN date_trunc('second', moment) = moment THEN ''
-                   ELSE to_char(moment AT TIME ZONE 'UTC', '.US') END
-           || '+00:00'
-$$;
 
 -- Live plans whose allowance of a feature covers `needed` units, in the customer's currency:
 -- the cheapest plan (by monthly equivalent) first, and within a plan its smallest payment
@@ -68,7 +58,6 @@ DECLARE
     max_used CONSTANT numeric := 9223372036854775807;
     max_cost CONSTANT numeric := 999999999999999999.999999999999;
     ctx record;
-    stored record;
     v_customer uuid;
     v_subscribed boolean;
     v_plan_key text;
@@ -91,6 +80,7 @@ DECLARE
     v_remaining numeric;
     v_soft_reached boolean;
     v_resets_at text;
+    v_start_iso text;
     v_event_type text;
     v_threshold bigint;
     v_payload jsonb;
@@ -104,10 +94,15 @@ BEGIN
            sp.reset AS s_reset, sp.overage AS s_overage,
            dp.enabled AS d_enabled, dp."limit" AS d_limit, dp.soft_limit AS d_soft,
            dp.reset AS d_reset, dp.overage AS d_overage,
-           coalesce(cb.granted - cb.spent, 0) AS credits
+           coalesce(cb.granted - cb.spent, 0) AS credits,
+           sw.window_start AS s_start, sw.window_end AS s_end,
+           dw.window_start AS d_start, dw.window_end AS d_end,
+           e.request_hash AS stored_hash, e.response AS stored_response
     INTO ctx
     FROM features f
     LEFT JOIN customers c ON c.external_id = p_customer
+    -- Joined by key through LATERAL … LIMIT 1 so that the cached (generic) plan probes indexes
+    -- rather than hashing tables that grow.
     LEFT JOIN LATERAL (
         SELECT s.status, p.plan_id, pl.key AS plan_key, s.past_due_since,
                s.current_period_start,
@@ -130,9 +125,26 @@ BEGIN
         LIMIT 1
     ) s ON true
     LEFT JOIN plans d ON d.is_default
-    LEFT JOIN plan_features sp ON sp.plan_id = s.plan_id AND sp.feature_id = f.id
-    LEFT JOIN plan_features dp ON dp.plan_id = d.id AND dp.feature_id = f.id
-    LEFT JOIN credit_balances cb ON cb.customer_id = c.id AND cb.feature_id = f.id
+    LEFT JOIN LATERAL (
+        SELECT enabled, "limit", soft_limit, reset, overage FROM plan_features
+        WHERE plan_id = s.plan_id AND feature_id = f.id LIMIT 1
+    ) sp ON true
+    LEFT JOIN LATERAL (
+        SELECT enabled, "limit", soft_limit, reset, overage FROM plan_features
+        WHERE plan_id = d.id AND feature_id = f.id LIMIT 1
+    ) dp ON true
+    LEFT JOIN LATERAL (
+        SELECT granted, spent FROM credit_balances
+        WHERE customer_id = c.id AND feature_id = f.id LIMIT 1
+    ) cb ON true
+    LEFT JOIN usage_window(coalesce(sp.reset, 'month'), p_now, s.current_period_start,
+                           s.current_period_end, s.billing_interval) sw ON f.kind = 'metered'
+    LEFT JOIN usage_window(coalesce(dp.reset, 'month'), p_now, NULL, NULL, NULL) dw
+           ON f.kind = 'metered'
+    LEFT JOIN LATERAL (
+        SELECT ue.request_hash, ue.response FROM usage_events ue
+        WHERE ue.customer_id = c.id AND ue.idempotency_key = p_key LIMIT 1
+    ) e ON true
     WHERE f.active AND f.key = p_feature;
     IF NOT FOUND THEN
         outcome := 'no_feature';
@@ -141,15 +153,11 @@ BEGIN
 
     -- 2. A replay of a recorded call.
     v_customer := ctx.customer_id;
-    IF v_customer IS NOT NULL THEN
-        SELECT e.request_hash, e.response INTO stored
-        FROM usage_events e WHERE e.customer_id = v_customer AND e.idempotency_key = p_key;
-        IF FOUND THEN
-            outcome := CASE WHEN stored.request_hash = p_hash THEN 'replayed' ELSE 'reused' END;
-            response := CASE WHEN outcome = 'replayed' THEN stored.response END;
-            RETURN;
-        END IF;
-    ELSE
+    IF ctx.stored_hash IS NOT NULL THEN
+        outcome := CASE WHEN ctx.stored_hash = p_hash THEN 'replayed' ELSE 'reused' END;
+        response := CASE WHEN outcome = 'replayed' THEN ctx.stored_response END;
+        RETURN;
+    ELSIF v_customer IS NULL THEN
         INSERT INTO customers (external_id) VALUES (p_customer)
         ON CONFLICT (external_id) DO NOTHING RETURNING id INTO v_customer;
         IF v_customer IS NULL THEN  -- created meanwhile by a concurrent call, now committed
@@ -181,12 +189,9 @@ BEGIN
     ELSIF ctx.kind = 'metered' THEN
         -- 3. The window and the counter.
         IF v_subscribed THEN
-            SELECT w.window_start, w.window_end INTO v_start, v_end
-            FROM usage_window(coalesce(v_reset, 'month'), p_now, ctx.current_period_start,
-                              ctx.current_period_end, ctx.billing_interval) w;
+            v_start := ctx.s_start; v_end := ctx.s_end;
         ELSE
-            SELECT w.window_start, w.window_end INTO v_start, v_end
-            FROM usage_window(coalesce(v_reset, 'month'), p_now, NULL, NULL, NULL) w;
+            v_start := ctx.d_start; v_end := ctx.d_end;
         END IF;
 
         v_used := NULL;
@@ -251,7 +256,13 @@ BEGIN
     v_remaining := CASE WHEN v_enabled AND ctx.kind = 'metered' AND v_limit IS NOT NULL
                         THEN greatest(0, v_limit::numeric - v_used) + v_credits END;
     v_soft_reached := v_soft IS NOT NULL AND v_used >= v_soft;
-    v_resets_at := usage_isoformat(v_end);
+    -- Moments as Python's datetime.isoformat() writes them (UTC).
+    v_resets_at := to_char(v_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+                   || CASE WHEN date_trunc('second', v_end) = v_end THEN ''
+                           ELSE to_char(v_end AT TIME ZONE 'UTC', '.US') END || '+00:00';
+    v_start_iso := to_char(v_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+                   || CASE WHEN date_trunc('second', v_start) = v_start THEN ''
+                           ELSE to_char(v_start AT TIME ZONE 'UTC', '.US') END || '+00:00';
     IF v_reason IS NOT NULL THEN
         response := json_build_object(
             'allowed', false, 'feature', p_feature, 'used', v_used, 'limit', v_limit,
@@ -283,8 +294,8 @@ BEGIN
     IF v_recorded THEN
         v_payload := jsonb_build_object(
             'customer_id', p_customer, 'feature', p_feature, 'used', v_used,
-            'soft_limit', v_soft, 'limit', v_limit, 'period_start', usage_isoformat(v_start),
-            'resets_at', usage_isoformat(v_end));
+            'soft_limit', v_soft, 'limit', v_limit, 'period_start', v_start_iso,
+            'resets_at', v_resets_at);
         FOREACH v_event_type IN ARRAY ARRAY['usage.soft_limit_reached', 'usage.limit_reached']
         LOOP
             v_threshold := CASE v_event_type WHEN 'usage.soft_limit_reached' THEN v_soft
@@ -294,7 +305,7 @@ BEGIN
                 INSERT INTO outbox_events (type, payload, dedupe_key)
                 VALUES (v_event_type, v_payload,
                         v_event_type || ':' || v_customer || ':' || ctx.feature_id || ':'
-                        || usage_isoformat(v_start))
+                        || v_start_iso)
                 ON CONFLICT (dedupe_key) DO NOTHING
                 RETURNING id
             )
