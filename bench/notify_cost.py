@@ -95,7 +95,7 @@ async def measure(server_url: str, seconds: float, repeat: int) -> dict[str, lis
             for mode in MODES[repetition % 3 :] + MODES[: repetition % 3]:
                 state = "DISABLE" if mode == "none" else "ENABLE"
                 await conn.execute(f"ALTER TABLE usage_counters {state} TRIGGER {_TRIGGER}")
-                publisher = UsagePublisher(service) if mode == "published" else None
+                publisher = UsagePublisher(service, "bench") if mode == "published" else None
                 if publisher is not None:
                     publisher.start()
                 pool = service if mode == "published" else plain

@@ -109,7 +109,7 @@ def create_app(
             raise
         await listening
         metrics.watch_pool(pool)
-        usage_publisher = UsagePublisher(pool)
+        usage_publisher = UsagePublisher(pool, entitlement_cache.origin)
         usage_publisher.start()
         stripe = StripeGateway.from_settings(settings)
         outbound = OutboundPolicy.from_settings(settings, resolver)

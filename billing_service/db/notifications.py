@@ -16,11 +16,15 @@ async def trigger_installed(conn: Executor, table: str, trigger: str) -> bool:
     return bool(found)
 
 
-async def notify_customers_changed(conn: Executor, channel: str, customer_keys: list[str]) -> None:
-    """One notification per customer on `channel`, carrying their id (never their key), all
+async def notify_customers_changed(
+    conn: Executor, channel: str, customer_keys: list[str], origin: str
+) -> None:
+    """One notification per customer on `channel`, `<their id> <origin>` (never their key), all
     in one transaction: it takes the notification queue's commit lock once for the lot."""
     await conn.execute(
-        "SELECT pg_notify($1, id::text) FROM customers WHERE external_id = ANY($2::text[])",
+        "SELECT pg_notify($1, id::text || ' ' || $3) FROM customers "
+        "WHERE external_id = ANY($2::text[])",
         channel,
         customer_keys,
+        origin,
     )

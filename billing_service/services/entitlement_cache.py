@@ -15,6 +15,7 @@ of its customer is not stored. `size` bounds the snapshots (least recently used 
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -33,7 +34,8 @@ from billing_service.services.usage import resolve
 
 CHANNEL = "billing_entitlements"
 _TRIGGER = ("usage_counters", "usage_counters_notify_entitlements")
-# Payloads besides a customer's uuid (see the migration); "key:…" is this process's own write.
+# Payloads besides a customer's uuid (see the migration), which a process's own announcement of
+# its tracks follows with a space and its origin; "key:…" marks this process's own write.
 EVERYONE = "*"
 NEW_CUSTOMER = "new"
 _KEY = "key:"
@@ -88,6 +90,8 @@ class EntitlementCache:
     ) -> None:
         self.size = size
         self.ttl_seconds = ttl_seconds
+        # Tags what this process publishes after its own tracks, which it has already applied.
+        self.origin = secrets.token_hex(8)
         self._listener = listener
         self._clock = clock
         self._entries: OrderedDict[str, _Snapshot] = OrderedDict()
@@ -166,8 +170,12 @@ class EntitlementCache:
             for unknown in list(self._unknown):
                 self._drop(unknown)
         else:
-            self._invalidate(payload, "customer")
-            key = self._key_of.get(payload)
+            customer_id, _, origin = payload.partition(" ")
+            if origin == self.origin:
+                return  # this process's own track: evicted before it answered, and every load
+                # since began after that commit
+            self._invalidate(customer_id, "customer")
+            key = self._key_of.get(customer_id)
             if key is not None:
                 self._drop(key)
 

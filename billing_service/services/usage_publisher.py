@@ -32,8 +32,9 @@ _ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 class UsagePublisher:
     """Customers whose usage this process changed, on their way to every process."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, origin: str) -> None:
         self._pool = pool
+        self._origin = origin  # the sending process's cache ignores its own announcements
         self._pending: set[str] = set()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -69,7 +70,7 @@ class UsagePublisher:
         keys = list(itertools.islice(self._pending, MAX_PER_SEND))
         self._pending.difference_update(keys)
         try:
-            await notify_customers_changed(self._pool, CHANNEL, keys)
+            await notify_customers_changed(self._pool, CHANNEL, keys, self._origin)
         except BaseException:
             self._pending.update(keys)
             raise

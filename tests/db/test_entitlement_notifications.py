@@ -115,7 +115,7 @@ async def test_the_services_connections_leave_a_tracks_moves_to_the_publisher(
         await service.execute("UPDATE credit_balances SET granted = granted + 5")
         assert await heard.after(service) == [str(customer)]
 
-        await notify_customers_changed(service, CHANNEL, ["user_1", "nobody"])
-        assert await heard.after(service) == [str(customer)]
+        await notify_customers_changed(service, CHANNEL, ["user_1", "nobody"], "origin")
+        assert await heard.after(service) == [f"{customer} origin"]
     finally:
         await service.close()
