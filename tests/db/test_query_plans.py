@@ -12,15 +12,18 @@ their lists must still find an index, which proves the index exists and is usabl
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
+from billing_service.db import usage as usage_db
 from billing_service.db.pool import create_pool
-from tests.plan_catalog import QUERIES, bound, fixtures
+from tests.plan_catalog import CUSTOMER, GRACE, QUERIES, bound, fixtures
 from tests.query_plans import Mode, plan_of, scans
-from tests.volume import Volume, seed
+from tests.volume import MONTHLY_FEATURE, Volume, seed
 
 BIG_TABLES = {
     "customers",
@@ -109,3 +112,54 @@ async def test_usage_events_keep_only_the_indexes_something_reads(pool: asyncpg.
         "usage_events_customer_id_idempotency_key_key",
         "usage_events_created",
     }
+
+
+async def test_the_track_function_reads_every_big_table_through_an_index(
+    seeded_pool: asyncpg.Pool,
+) -> None:
+    """EXPLAIN of a track shows only the call of usage_track: the statements inside it are
+    logged by auto_explain instead, over enough calls that PL/pgSQL caches their generic plans
+    (a first track, replays, refusals, spending past the allowance), and none reads a big
+    table whole."""
+    messages: list[str] = []
+
+    def listen(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        messages.append(message.message)
+
+    async with seeded_pool.acquire() as conn:
+        conn.add_log_listener(listen)
+        await conn.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+            "SET auto_explain.log_nested_statements = on; SET auto_explain.log_format = json;"
+            "SET client_min_messages = log"
+        )
+        try:
+            for n in range(12):
+                for customer, amount in ((CUSTOMER, 1), ("cust_new", 10**13), (CUSTOMER, -1)):
+                    tracked = await usage_db.track(
+                        conn,
+                        customer_key=customer,
+                        feature_key=MONTHLY_FEATURE,
+                        amount=amount,
+                        cost=None,
+                        idempotency_key=f"plan-{n % 6}-{amount}",
+                        request_hash=b"h",
+                        metadata={},
+                        now=datetime.now(UTC),
+                        grace=GRACE,
+                    )
+                    assert tracked.outcome in {"answered", "replayed"}, tracked
+        finally:
+            await conn.execute("RESET client_min_messages; RESET auto_explain.log_min_duration")
+            conn.remove_log_listener(listen)
+    plans = [json.loads(m.split("plan:", 1)[1]) for m in messages if "plan:" in m]
+    nested = [p for p in plans if "usage_track" not in p["Query Text"]]
+    touched = {scan.relation for plan in nested for scan in scans(plan)}
+    assert {"usage_counters", "usage_events", "customers"} <= touched, touched
+    whole_reads = [
+        (scan.relation, " ".join(plan["Query Text"].split())[:80])
+        for plan in nested
+        for scan in scans(plan)
+        if scan.node == "Seq Scan" and scan.relation in BIG_TABLES
+    ]
+    assert whole_reads == []
