@@ -40,7 +40,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def open_pool() -> asyncpg.Pool:
-    """A pool on `BENCH_DATABASE_URL` sized like the service's default pool."""
+    """A pool on `BENCH_DATABASE_URL` sized and set like the service's default pool."""
     fields = Settings.model_fields
     pool = await asyncpg.create_pool(
         os.environ["BENCH_DATABASE_URL"],
@@ -48,7 +48,13 @@ async def open_pool() -> asyncpg.Pool:
         max_size=fields["database_pool_max"].default,
         reset=_keep_session,
         command_timeout=30,
-        server_settings={"application_name": "billing-bench-floor", "timezone": "UTC"},
+        # As on the service's own connections: a track's counter moves are announced after
+        # commit, not by a notification inside each transaction (migration 0017).
+        server_settings={
+            "application_name": "billing-bench-floor",
+            "timezone": "UTC",
+            "billing.publishes_usage": "on",
+        },
     )
     assert pool is not None
     return pool

@@ -42,10 +42,12 @@ from billing_service.routes import (
     webhook_endpoints,
 )
 from billing_service.services.email import EmailWorker
+from billing_service.services.entitlement_cache import EntitlementCache
 from billing_service.services.key_cache import KeyCache
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.services.token_index import TokenIndex
+from billing_service.services.usage_publisher import UsagePublisher
 from billing_service.state import AppState, Limits
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import PollingWorker
@@ -90,12 +92,19 @@ def create_app(
         listener = Listener(database_url, metrics=metrics)
         key_cache = KeyCache(settings.api_key_cache_seconds, listener)
         token_index = TokenIndex(listener)
+        entitlement_cache = EntitlementCache(
+            settings.entitlement_cache_size,
+            settings.entitlement_cache_seconds,
+            listener,
+            metrics=metrics,
+        )
         listening = asyncio.create_task(listener.start())  # its connection opens beside the pool's
         try:
             pool = await create_pool(
                 database_url,
                 min_size=settings.database_pool_min,
                 max_size=settings.database_pool_max,
+                publishes_usage=True,
             )
         except BaseException:
             await asyncio.gather(listening, return_exceptions=True)
@@ -103,6 +112,8 @@ def create_app(
             raise
         await listening
         metrics.watch_pool(pool)
+        usage_publisher = UsagePublisher(pool, entitlement_cache.origin)
+        usage_publisher.start()
         stripe = StripeGateway.from_settings(settings)
         outbound = OutboundPolicy.from_settings(settings, resolver)
         webhooks = WebhookClient(outbound)
@@ -118,6 +129,8 @@ def create_app(
                 worker=worker,
                 clock=clock,
                 key_cache=key_cache,
+                entitlement_cache=entitlement_cache,
+                usage_publisher=usage_publisher,
                 token_index=token_index,
                 limits=limits,
                 outbound=outbound,
@@ -129,6 +142,7 @@ def create_app(
             if stripe is not None:
                 await stripe.close()
             await webhooks.aclose()
+            await usage_publisher.stop()
             await listener.stop()
             await pool.close()
             logger.info("app.stopped")

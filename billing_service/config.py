@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Customers whose entitlement snapshot each process keeps (0: off), and for how long at most.
+    entitlement_cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
+    entitlement_cache_seconds: float = Field(default=5.0, gt=0, le=300)
     rate_limit_per_key: float = Field(default=0.0, ge=0)
     rate_limit_burst: float = Field(default=0.0, ge=0)
     rate_limit_public_per_address: float = Field(default=10.0, ge=0)

@@ -1,5 +1,5 @@
 """Prometheus metrics: requests by route and status, latency, database pool use, refused
-credentials and the cache-invalidation listener.
+credentials, the cache-invalidation listener and the entitlement cache.
 
 Each app owns its registry, so several apps in one process (tests) never share counters.
 """
@@ -109,6 +109,35 @@ class Metrics:
             "billing_invalidation_notifications",
             "Invalidation notifications received, by channel.",
             ["channel"],
+            registry=self.registry,
+        )
+        self.entitlement_cache_hits = Counter(
+            "billing_entitlement_cache_hits",
+            "Checks and entitlement reads answered from this process's entitlement cache.",
+            registry=self.registry,
+        )
+        self.entitlement_cache_misses = Counter(
+            "billing_entitlement_cache_misses",
+            "Entitlement cache misses: a customer's snapshot loaded from the database.",
+            registry=self.registry,
+        )
+        self.entitlement_cache_bypassed = Counter(
+            "billing_entitlement_cache_bypassed",
+            "Checks and entitlement reads sent straight to the database: the cache is off, or "
+            "the invalidation listener is down.",
+            registry=self.registry,
+        )
+        self.entitlement_cache_invalidations = Counter(
+            "billing_entitlement_cache_invalidations",
+            "Entitlement cache invalidations, by scope: `customer` (one customer changed), "
+            "`new_customer`, `catalog` (everything dropped), `local` (this process's own "
+            "write, applied before it answers).",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.entitlement_cache_size = Gauge(
+            "billing_entitlement_cache_size",
+            "Customers whose entitlement snapshot this process holds.",
             registry=self.registry,
         )
 

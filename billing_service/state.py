@@ -15,8 +15,10 @@ from billing_service.db.migrations import Migration
 from billing_service.metrics import Metrics
 from billing_service.outbound import OutboundPolicy
 from billing_service.ratelimit import FailureWindows, TokenBuckets
+from billing_service.services.entitlement_cache import EntitlementCache
 from billing_service.services.key_cache import KeyCache
 from billing_service.services.token_index import TokenIndex
+from billing_service.services.usage_publisher import UsagePublisher
 from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import PollingWorker
 
@@ -40,6 +42,8 @@ class AppState(TypedDict):
     worker: PollingWorker | None
     clock: Callable[[], datetime]
     key_cache: KeyCache
+    entitlement_cache: EntitlementCache
+    usage_publisher: UsagePublisher
     token_index: TokenIndex
     limits: Limits
     outbound: OutboundPolicy

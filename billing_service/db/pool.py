@@ -32,7 +32,15 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     (`RESET ALL`, `UNLISTEN *`, …) on every release, which is most of a cheap query's price."""
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, publishes_usage: bool = False
+) -> asyncpg.Pool:
+    """With `publishes_usage`, a track's counter and credit moves on these connections do not
+    notify in their transaction: whoever tracks publishes the customer after commit
+    (services/usage_publisher.py, migration 0017)."""
+    settings = {"application_name": "billing-service", "timezone": "UTC"}
+    if publishes_usage:
+        settings["billing.publishes_usage"] = "on"
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -40,7 +48,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
         init=_init_connection,
         reset=_keep_session,
         command_timeout=30,
-        server_settings={"application_name": "billing-service", "timezone": "UTC"},
+        server_settings=settings,
     )
     assert pool is not None
     return pool

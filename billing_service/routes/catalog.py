@@ -159,7 +159,10 @@ async def put_feature(request: Request) -> Response:
     def with_feature(current: CatalogSpec) -> CatalogSpec:
         return current.model_copy(update={"features": current.features | {key: body}})
 
-    result = await catalog.apply_and_sync(state["pool"], state["stripe"], with_feature)
+    try:
+        result = await catalog.apply_and_sync(state["pool"], state["stripe"], with_feature)
+    finally:  # this process's next check sees the new catalog
+        state["entitlement_cache"].clear()
     payload = {"key": key, **body.model_dump(), **serialize_result(result)}
     return JSONResponse(payload, status_code=200 if key in result.before.features else 201)
 
@@ -182,6 +185,8 @@ async def put_plan(request: Request) -> Response:
         result = await catalog.apply_and_sync(state["pool"], state["stripe"], with_plan)
     except ValidationFailed as exc:
         raise ValidationFailed(_relative_to(exc.errors, f"plans.{key}."), exc.detail) from None
+    finally:  # this process's next check sees the new catalog
+        state["entitlement_cache"].clear()
     [view] = await catalog.plan_views(state["pool"], key=key)
     payload = serialize_plan(view) | serialize_result(result)
     return JSONResponse(payload, status_code=200 if key in result.before.plans else 201)

@@ -112,14 +112,17 @@ async def put_customer(request: Request) -> Response:
     customer_id = customer_id_param(request)
     body = await parse_json(request, PutCustomer)
     state = app_state(request)
-    _customer, created = await customers.upsert_customer(
-        state["pool"],
-        state["stripe"],
-        external_id=customer_id,
-        email=body.email,
-        name=body.name,
-        metadata=body.metadata,
-    )
+    try:
+        _customer, created = await customers.upsert_customer(
+            state["pool"],
+            state["stripe"],
+            external_id=customer_id,
+            email=body.email,
+            name=body.name,
+            metadata=body.metadata,
+        )
+    finally:  # this process's next check sees the new customer
+        state["entitlement_cache"].evict(customer_id)
     view = await _view(request, customer_id)
     return JSONResponse(serialize_customer(view), status_code=201 if created else 200)
 
@@ -145,14 +148,17 @@ async def change_subscription(request: Request) -> Response:
     state = app_state(request)
     gateway = require_stripe(state["stripe"])
     customer = await customers.get_customer(state["pool"], customer_id)
-    change = await subscriptions.change_plan(
-        state["pool"],
-        gateway,
-        customer,
-        price_key=body.price,
-        downgrade_at=state["settings"].downgrade_at,
-        grace=_grace(request),
-    )
+    try:
+        change = await subscriptions.change_plan(
+            state["pool"],
+            gateway,
+            customer,
+            price_key=body.price,
+            downgrade_at=state["settings"].downgrade_at,
+            grace=_grace(request),
+        )
+    finally:  # this process's next check sees the new plan
+        state["entitlement_cache"].evict(customer_id)
     view = await _view(request, customer_id)
     return JSONResponse(
         {
@@ -169,9 +175,13 @@ async def cancel_subscription(request: Request) -> Response:
     state = app_state(request)
     gateway = require_stripe(state["stripe"])
     customer = await customers.get_customer(state["pool"], customer_id)
-    await subscriptions.cancel(
-        state["pool"], gateway, customer, at_period_end=body.at_period_end, grace=_grace(request)
-    )
+    try:
+        await subscriptions.cancel(
+            state["pool"], gateway, customer, at_period_end=body.at_period_end,
+            grace=_grace(request),
+        )  # fmt: skip
+    finally:
+        state["entitlement_cache"].evict(customer_id)
     view = await _view(request, customer_id)
     return JSONResponse(serialize_subscription(view.subscription, now=view.as_of))
 
@@ -182,7 +192,10 @@ async def resume_subscription(request: Request) -> Response:
     state = app_state(request)
     gateway = require_stripe(state["stripe"])
     customer = await customers.get_customer(state["pool"], customer_id)
-    await subscriptions.resume(state["pool"], gateway, customer, grace=_grace(request))
+    try:
+        await subscriptions.resume(state["pool"], gateway, customer, grace=_grace(request))
+    finally:
+        state["entitlement_cache"].evict(customer_id)
     view = await _view(request, customer_id)
     return JSONResponse(serialize_subscription(view.subscription, now=view.as_of))
 

@@ -150,9 +150,10 @@ def _grace(request: Request) -> timedelta:
 @requires(Scope.USAGE, Scope.BILLING)
 async def check_usage(request: Request) -> Response:
     body = await parse_json(request, CheckUsage)
+    state = app_state(request)
     decision = await usage.check(
-        app_state(request)["pool"], body.customer_id, body.feature, body.amount,
-        now=_now(request), grace=_grace(request),
+        state["pool"], body.customer_id, body.feature, body.amount,
+        now=_now(request), grace=_grace(request), cache=state["entitlement_cache"],
     )  # fmt: skip
     return JSONResponse(decision)
 
@@ -180,19 +181,27 @@ async def track_usage(request: Request) -> Response:
     if body.amount == 0:
         raise ValidationFailed([FieldError("amount", "must not be 0")])
     idempotency_key = _track_key(request, body)
-    decision = await usage.track(
-        app_state(request)["pool"],
-        TrackRequest(
-            customer_key=body.customer_id,
-            feature_key=body.feature,
-            amount=body.amount,
-            cost=body.cost,
-            idempotency_key=idempotency_key,
-            metadata=body.metadata,
-        ),
-        now=_now(request),
-        grace=_grace(request),
-    )
+    state = app_state(request)
+    recorded = True  # as far as anyone can tell, until the answer says otherwise
+    try:
+        decision = await usage.track(
+            state["pool"],
+            TrackRequest(
+                customer_key=body.customer_id,
+                feature_key=body.feature,
+                amount=body.amount,
+                cost=body.cost,
+                idempotency_key=idempotency_key,
+                metadata=body.metadata,
+            ),
+            now=_now(request),
+            grace=_grace(request),
+        )
+        recorded = decision.get("recorded") is not False
+    finally:  # this process's next check sees the track at once, the others moments later
+        state["entitlement_cache"].evict(body.customer_id)
+        if recorded:
+            state["usage_publisher"].publish(body.customer_id)
     return JSONResponse(decision)
 
 
@@ -219,9 +228,11 @@ def serialize_entitlement(entitlement: Entitlement) -> dict[str, object]:
 @requires(Scope.USAGE, Scope.BILLING, customer_token=True)
 async def get_entitlements(request: Request) -> Response:
     customer_id = customer_id_param(request)
+    state = app_state(request)
     found = await usage.entitlements(
-        app_state(request)["pool"], customer_id, now=_now(request), grace=_grace(request)
-    )
+        state["pool"], customer_id, now=_now(request), grace=_grace(request),
+        cache=state["entitlement_cache"],
+    )  # fmt: skip
     first = found[0].context if found else None
     plan = next((e.plan_key for e in found if e.plan_key), None)
     return conditional_json(

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
@@ -26,6 +26,9 @@ from billing_service.errors import IdempotencyKeyReused, NotFound
 from billing_service.history_window import HistoryWindow
 from billing_service.periods import Period, period_for
 from billing_service.services.access import grants_plan_status
+
+if TYPE_CHECKING:
+    from billing_service.services.entitlement_cache import EntitlementCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,18 +116,21 @@ def resolve(context: FeatureContext, *, now: datetime, grace: timedelta) -> Enti
 
 
 async def entitlements(
-    pool: asyncpg.Pool, customer_key: str, *, now: datetime, grace: timedelta
-) -> list[Entitlement]:
+    pool: asyncpg.Pool, customer_key: str, *, now: datetime, grace: timedelta,
+    cache: EntitlementCache | None = None,
+) -> list[Entitlement]:  # fmt: skip
     """Every live feature as the customer may use it now (unknown customers: default plan)."""
-    contexts = await db.select_context(pool, customer_key, None, now=now, grace=grace)
+    read = db.select_context if cache is None else cache.contexts
+    contexts = await read(pool, customer_key, None, now=now, grace=grace)
     return [resolve(context, now=now, grace=grace) for context in contexts]
 
 
 async def _one(
     conn: Connection | asyncpg.Pool, customer_key: str, feature_key: str, *, now: datetime,
-    grace: timedelta,
+    grace: timedelta, cache: EntitlementCache | None = None,
 ) -> Entitlement:  # fmt: skip
-    contexts = await db.select_context(conn, customer_key, feature_key, now=now, grace=grace)
+    read = db.select_context if cache is None else cache.contexts
+    contexts = await read(conn, customer_key, feature_key, now=now, grace=grace)
     if not contexts:
         raise NotFound(f"No feature has key '{feature_key}'.")
     return resolve(contexts[0], now=now, grace=grace)
@@ -178,10 +184,12 @@ async def _denial(
 
 async def check(
     pool: asyncpg.Pool, customer_key: str, feature_key: str, amount: int, *, now: datetime,
-    grace: timedelta,
+    grace: timedelta, cache: EntitlementCache | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """May the customer use `amount` of the feature now? Records nothing."""
-    entitlement = await _one(pool, customer_key, feature_key, now=now, grace=grace)
+    """May the customer use `amount` of the feature now? Records nothing; with `cache`, the
+    context comes from this process's snapshot when it holds a good one (a denial still asks
+    the database for upgrade options)."""
+    entitlement = await _one(pool, customer_key, feature_key, now=now, grace=grace, cache=cache)
     if not entitlement.enabled:
         return await _denial(pool, entitlement, amount, "feature_not_in_plan")
     if not _fits(entitlement, amount):
