@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -10,7 +12,7 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from billing_service import problems
 from billing_service.config import ConfigurationError, Settings, load_settings
@@ -20,11 +22,7 @@ from billing_service.invalidation import Listener
 from billing_service.jobs import build_jobs, run_scheduler
 from billing_service.logs import configure_logging
 from billing_service.metrics import Metrics
-from billing_service.middleware import (
-    BodyLimitMiddleware,
-    RequestContextMiddleware,
-    route_template_lookup,
-)
+from billing_service.middleware import RequestMiddleware, route_template_lookup
 from billing_service.outbound import OutboundPolicy, Resolver, system_resolver
 from billing_service.outbound_http import WebhookClient
 from billing_service.ratelimit import FailureWindows, TokenBuckets
@@ -39,6 +37,7 @@ from billing_service.routes import (
     usage,
     webhook_endpoints,
 )
+from billing_service.routing import IndexedRouter
 from billing_service.services.email import EmailWorker
 from billing_service.services.key_cache import KeyCache
 from billing_service.services.outgoing_webhooks import DeliveryWorker
@@ -60,11 +59,15 @@ def create_app(
     *,
     clock: Callable[[], datetime] = utc_now,
     resolver: Resolver = system_resolver,
+    freeze_heap: bool = False,
 ) -> Starlette:
     """Build the ASGI app; connections are opened by the lifespan, not here.
 
     `clock` is what usage periods are computed from; tests move it across period boundaries.
     `resolver` answers the DNS questions about webhook endpoints; tests script its answers.
+    `freeze_heap` (serving processes): once started, move every object start-up made out of the
+    garbage collector's sight (`gc.freeze`), so full collections, which otherwise walk those
+    ~80,000 objects for ~60 ms mid-request, take about a millisecond.
     """
     if settings.database_url is None:
         raise ConfigurationError("BILLING_DATABASE_URL: required to serve the API")
@@ -105,6 +108,9 @@ def create_app(
         webhooks = WebhookClient(outbound)
         worker, tasks = _start_background_work(settings, pool, stripe, metrics, webhooks)
         logger.info("app.started", env=settings.env.value, stripe=stripe is not None)
+        if freeze_heap:
+            gc.collect()
+            gc.freeze()
         try:
             yield AppState(
                 settings=settings,
@@ -139,15 +145,30 @@ def create_app(
     )
     limits = Limits(per_key=per_key, failures=FailureWindows(settings.auth_failures_per_minute))
     route_of = route_template_lookup({route.endpoint: route.path for route in routes})
-    return Starlette(
-        routes=routes,
-        middleware=[
-            Middleware(RequestContextMiddleware, metrics=metrics, route_of=route_of),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-        ],
-        exception_handlers=problems.exception_handlers(),
-        lifespan=lifespan,
+    return BillingApp(
+        IndexedRouter(routes, lifespan=lifespan),
+        functools.partial(
+            RequestMiddleware,
+            metrics=metrics,
+            route_of=route_of,
+            max_bytes=settings.max_body_bytes,
+            handlers=problems.exception_handlers(),
+        ),
     )
+
+
+class BillingApp(Starlette):
+    """Starlette whose whole middleware stack is `RequestMiddleware`, which also holds the
+    exception handlers: Starlette's own stack adds a server-error and an exception layer around
+    it, two more calls and `send` wrappers on every request."""
+
+    def __init__(self, router: IndexedRouter, stack: Callable[[ASGIApp], ASGIApp]) -> None:
+        super().__init__()
+        self.router = router
+        self._stack = stack
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self._stack(self.router)
 
 
 def _start_background_work(
@@ -183,4 +204,4 @@ def app_from_environment() -> Starlette:
     """Uvicorn's factory for each worker process: settings from the environment, logs set up."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.effective_log_format, cache_loggers=True)
-    return create_app(settings)
+    return create_app(settings, freeze_heap=True)

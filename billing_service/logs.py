@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
 import structlog
+from structlog.contextvars import get_contextvars
 from structlog.types import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
@@ -51,9 +53,10 @@ _SECRET_MARKERS = ("_live_", "_test_", "whsec_", "bsk_", "bct_", "bearer", "://"
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         lowered = value.lower()
-        if not any(marker in lowered for marker in _SECRET_MARKERS):
-            return value
-        return _SECRET_VALUES.sub(REDACTED, value)
+        for marker in _SECRET_MARKERS:  # a plain loop: a generator costs more than the tests
+            if marker in lowered:
+                return _SECRET_VALUES.sub(REDACTED, value)
+        return value
     if isinstance(value, Mapping):
         return {key: _redact_item(str(key), item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -91,6 +94,68 @@ def _json_line(event_dict: EventDict, **_kwargs: Any) -> str:
     return orjson.dumps(event_dict, default=str).decode()
 
 
+_http_logger = structlog.get_logger("billing_service.http")
+
+
+def _request_line_through_structlog(
+    method: str, path: str, route: str, status: int, seconds: float
+) -> None:
+    _http_logger.info(
+        "http.request",
+        method=method,
+        path=path,
+        route=route,
+        status=status,
+        duration_ms=round(seconds * 1000, 2),
+    )
+
+
+def _direct_request_line(stream: TextIO) -> Callable[[str, str, str, int, float], None]:
+    """The summary line as JSON, written straight to `stream`: the same fields, order and
+    redaction the processor chain gives it, at a fraction of the cost (it is on every request).
+
+    Only the request's own fields are known to be safe (the method, our route template, numbers):
+    the path and whatever is bound to the context are redacted like any other value."""
+    write, flush = stream.write, stream.flush
+
+    def request_line(method: str, path: str, route: str, status: int, seconds: float) -> None:
+        line: dict[str, Any] = {
+            "event": "http.request",
+            "method": method,
+            "path": _redact_value(path),
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+        }
+        for key, value in get_contextvars().items():
+            if key not in line:
+                line[key] = _redact_item(key, value)
+        line["level"] = "info"
+        line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
+        flush()
+
+    return request_line
+
+
+def _no_request_line(method: str, path: str, route: str, status: int, seconds: float) -> None:
+    """The level drops info lines: nothing to format."""
+
+
+class _RequestLines:
+    """Where summary lines go, chosen by `configure_logging`."""
+
+    write: Callable[[str, str, str, int, float], None] = _request_line_through_structlog
+
+
+_request_lines = _RequestLines()
+
+
+def request_line(method: str, path: str, route: str, status: int, seconds: float) -> None:
+    """Log the one `http.request` summary line of a request (the middleware calls this)."""
+    _request_lines.write(method, path, route, status, seconds)
+
+
 def configure_logging(
     level: str = "info",
     log_format: str = "console",
@@ -112,6 +177,12 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     output = stream or sys.stdout
     numeric_level = logging.getLevelName(level.upper())
+    if numeric_level > logging.INFO:
+        _request_lines.write = _no_request_line
+    elif log_format == "json":
+        _request_lines.write = _direct_request_line(output)
+    else:
+        _request_lines.write = _request_line_through_structlog
     structlog.configure(
         processors=[*_shared_processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
