@@ -159,3 +159,19 @@ async def test_nul_characters_are_refused_before_they_reach_the_database(
     in_query = await client.get("/v1/events?status=failed%00", headers=auth)
     assert in_query.status_code == 400
     assert await pool.fetchval("SELECT count(*) FROM api_keys") == 1
+
+
+async def test_unstorable_text_sent_raw_in_a_body_is_unparsable_json(
+    client: httpx.AsyncClient, admin_key: str, pool: asyncpg.Pool
+) -> None:
+    """A raw NUL byte, invalid UTF-8 or an escaped lone surrogate in a body is unparsable JSON
+    (400), so only an escaped NUL (a 422, above) needs looking for in parsed text."""
+    auth = {"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"}
+    for raw in (
+        b'{"name": "bad\x00name", "scopes": ["usage"]}',
+        b'{"name": "bad\xffname", "scopes": ["usage"]}',
+        b'{"name": "bad\\ud800name", "scopes": ["usage"]}',
+    ):
+        response = await client.post("/v1/api-keys", headers=auth, content=raw)
+        _assert_problem(response, 400, "malformed-request")
+    assert await pool.fetchval("SELECT count(*) FROM api_keys") == 1
