@@ -8,10 +8,10 @@ per request, which on a cheap route such as `/healthz` was most of the service's
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
@@ -31,20 +31,22 @@ _BODILESS_METHODS = frozenset({"GET", "HEAD"})
 logger = structlog.get_logger("billing_service.http")
 
 
-def request_id_from(raw_headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """Accept a caller's well-formed request id so traces join up; otherwise mint one.
+_minted: list[str] = []
+os.register_at_fork(after_in_child=_minted.clear)  # a forked child draws its own
 
-    Reads the ASGI header list (names arrive lower-cased) directly: a `Headers` mapping
-    costs several percent of a usage check."""
-    for name, value in raw_headers:
-        if name == REQUEST_ID_HEADER:
-            return _accepted_request_id(value)
-    return secrets.token_hex(16)
+
+def mint_request_id() -> str:
+    """128 random bits as 32 hex digits, like `secrets.token_hex(16)`, but drawn from one
+    `os.urandom` call per 256 ids instead of a system call per request."""
+    if not _minted:
+        digits = os.urandom(16 * 256).hex()
+        _minted.extend(digits[start : start + 32] for start in range(0, len(digits), 32))
+    return _minted.pop()
 
 
 def _accepted_request_id(value: bytes) -> str:
     candidate = value.decode("latin-1")
-    return candidate if _VALID_REQUEST_ID.fullmatch(candidate) else secrets.token_hex(16)
+    return candidate if _VALID_REQUEST_ID.fullmatch(candidate) else mint_request_id()
 
 
 def _read_headers(scope: Scope) -> tuple[str, bytes | None, bool]:
@@ -62,7 +64,7 @@ def _read_headers(scope: Scope) -> tuple[str, bytes | None, bool]:
             may_have_body = True
         elif name == b"transfer-encoding":
             may_have_body = True
-    return request_id or secrets.token_hex(16), declared, may_have_body
+    return request_id or mint_request_id(), declared, may_have_body
 
 
 class RequestMiddleware:
