@@ -158,9 +158,11 @@ def create_app(
 
 
 class BillingApp(Starlette):
-    """Starlette whose whole middleware stack is `RequestMiddleware`, which also holds the
-    exception handlers: Starlette's own stack adds a server-error and an exception layer around
-    it, two more calls and `send` wrappers on every request."""
+    """Starlette whose middleware stack is `RequestMiddleware` around the router, which also
+    holds the exception handlers: Starlette's own stack adds a server-error and an exception
+    layer around it, two more calls and `send` wrappers on every request. Middleware added
+    the usual way (`add_middleware`) sits between the two, so its answers get a request id,
+    a log line and the problem handlers too."""
 
     def __init__(self, router: IndexedRouter, stack: Callable[[ASGIApp], ASGIApp]) -> None:
         super().__init__()
@@ -168,7 +170,10 @@ class BillingApp(Starlette):
         self._stack = stack
 
     def build_middleware_stack(self) -> ASGIApp:
-        return self._stack(self.router)
+        app: ASGIApp = self.router
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return self._stack(app)
 
 
 def _start_background_work(
