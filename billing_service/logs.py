@@ -9,6 +9,7 @@ warnings whatever the level.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import re
@@ -19,7 +20,7 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
-from structlog.contextvars import get_contextvars
+from structlog.contextvars import STRUCTLOG_KEY_PREFIX
 from structlog.types import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
@@ -125,6 +126,7 @@ def _request_line_through_structlog(
     )
 
 
+_PREFIX_LENGTH = len(STRUCTLOG_KEY_PREFIX)
 _second: list[object] = [None, ""]  # the last whole second formatted, and its text
 
 
@@ -156,9 +158,11 @@ def _direct_request_line(stream: TextIO) -> Callable[[str, str, str, int, float]
             "status": status,
             "duration_ms": round(seconds * 1000, 2),
         }
-        for key, value in get_contextvars().items():
-            if key not in line:
-                line[key] = _redact_item(key, value)
+        for var, value in contextvars.copy_context().items():  # as merge_contextvars reads it
+            if value is not Ellipsis and var.name.startswith(STRUCTLOG_KEY_PREFIX):
+                key = var.name[_PREFIX_LENGTH:]
+                if key not in line:
+                    line[key] = _redact_item(key, value)
         line["level"] = "info"
         line["timestamp"] = _timestamp()
         write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
