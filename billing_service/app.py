@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -10,7 +12,7 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from billing_service import problems
 from billing_service.auth import accepts_customer_token
@@ -22,11 +24,7 @@ from billing_service.invalidation import Listener
 from billing_service.jobs import build_jobs, run_scheduler
 from billing_service.logs import configure_logging
 from billing_service.metrics import Metrics
-from billing_service.middleware import (
-    BodyLimitMiddleware,
-    RequestContextMiddleware,
-    route_template_lookup,
-)
+from billing_service.middleware import RequestMiddleware, route_template_lookup
 from billing_service.outbound import OutboundPolicy, Resolver, system_resolver
 from billing_service.outbound_http import WebhookClient
 from billing_service.ratelimit import FailureWindows, TokenBuckets
@@ -41,6 +39,7 @@ from billing_service.routes import (
     usage,
     webhook_endpoints,
 )
+from billing_service.routing import IndexedRouter
 from billing_service.services.email import EmailWorker
 from billing_service.services.entitlement_cache import EntitlementCache
 from billing_service.services.key_cache import KeyCache
@@ -64,11 +63,15 @@ def create_app(
     *,
     clock: Callable[[], datetime] = utc_now,
     resolver: Resolver = system_resolver,
+    freeze_heap: bool = False,
 ) -> Starlette:
     """Build the ASGI app; connections are opened by the lifespan, not here.
 
     `clock` is what usage periods are computed from; tests move it across period boundaries.
     `resolver` answers the DNS questions about webhook endpoints; tests script its answers.
+    `freeze_heap` (serving processes): once started, move every object start-up made out of the
+    garbage collector's sight (`gc.freeze`), so full collections, which otherwise walk those
+    ~80,000 objects for ~60 ms mid-request, take about a millisecond.
     """
     if settings.database_url is None:
         raise ConfigurationError("BILLING_DATABASE_URL: required to serve the API")
@@ -119,6 +122,9 @@ def create_app(
         webhooks = WebhookClient(outbound)
         worker, tasks = _start_background_work(settings, pool, stripe, metrics, webhooks)
         logger.info("app.started", env=settings.env.value, stripe=stripe is not None)
+        if freeze_heap:
+            gc.collect()
+            gc.freeze()
         try:
             yield AppState(
                 settings=settings,
@@ -147,6 +153,29 @@ def create_app(
             await pool.close()
             logger.info("app.stopped")
 
+    limits = _limits(settings)
+    cors_routes = [
+        CorsRoute.of(route.path, route.methods or (), public=route in catalog.public_routes)
+        for route in routes
+        if route in catalog.public_routes or accepts_customer_token(route.endpoint)
+    ]
+    route_of = route_template_lookup({route.endpoint: route.path for route in routes})
+    app = BillingApp(
+        IndexedRouter(routes, lifespan=lifespan),
+        functools.partial(
+            RequestMiddleware,
+            metrics=metrics,
+            route_of=route_of,
+            max_bytes=settings.max_body_bytes,
+            handlers=problems.exception_handlers(),
+        ),
+    )
+    app.add_middleware(CorsMiddleware, origins=settings.cors_origins, routes=cors_routes)
+    return app
+
+
+def _limits(settings: Settings) -> Limits:
+    """Per-key buckets, failed-attempt windows and the per-address limit of public routes."""
     per_key = (
         TokenBuckets(
             settings.rate_limit_per_key, settings.rate_limit_burst or settings.rate_limit_per_key
@@ -155,27 +184,30 @@ def create_app(
         else None
     )
     public_rate = settings.rate_limit_public_per_address
-    limits = Limits(
+    return Limits(
         per_key=per_key,
         failures=FailureWindows(settings.auth_failures_per_minute),
         per_address=TokenBuckets(public_rate, 2 * public_rate) if public_rate > 0 else None,
     )
-    cors_routes = [
-        CorsRoute.of(route.path, route.methods or (), public=route in catalog.public_routes)
-        for route in routes
-        if route in catalog.public_routes or accepts_customer_token(route.endpoint)
-    ]
-    route_of = route_template_lookup({route.endpoint: route.path for route in routes})
-    return Starlette(
-        routes=routes,
-        middleware=[
-            Middleware(RequestContextMiddleware, metrics=metrics, route_of=route_of),
-            Middleware(CorsMiddleware, origins=settings.cors_origins, routes=cors_routes),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-        ],
-        exception_handlers=problems.exception_handlers(),
-        lifespan=lifespan,
-    )
+
+
+class BillingApp(Starlette):
+    """Starlette whose middleware stack is `RequestMiddleware` around the router, which also
+    holds the exception handlers: Starlette's own stack adds a server-error and an exception
+    layer around it, two more calls and `send` wrappers on every request. Middleware added
+    the usual way (`add_middleware`) sits between the two, so its answers get a request id,
+    a log line and the problem handlers too."""
+
+    def __init__(self, router: IndexedRouter, stack: Callable[[ASGIApp], ASGIApp]) -> None:
+        super().__init__()
+        self.router = router
+        self._stack = stack
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app: ASGIApp = self.router
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return self._stack(app)
 
 
 def _start_background_work(
@@ -211,4 +243,4 @@ def app_from_environment() -> Starlette:
     """Uvicorn's factory for each worker process: settings from the environment, logs set up."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.effective_log_format, cache_loggers=True)
-    return create_app(settings)
+    return create_app(settings, freeze_heap=True)

@@ -138,13 +138,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._arm(self.limits.body_timeout, self._body_timed_out)
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        if self._deadline is not None:
+            self._disarm()
         self._awaiting_headers, self._reading_body = False, True
         self._header_bytes, self._headers_seen = 0, self._headers_seen + 1
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        if self._deadline is not None:
+            self._disarm()
         self._awaiting_headers, self._reading_body = True, False
         super().on_message_complete()
 

@@ -9,14 +9,18 @@ warnings whatever the level.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import re
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import orjson
 import structlog
+from structlog.contextvars import STRUCTLOG_KEY_PREFIX
 from structlog.types import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
@@ -51,9 +55,10 @@ _SECRET_MARKERS = ("_live_", "_test_", "whsec_", "bsk_", "bct_", "bearer", "://"
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         lowered = value.lower()
-        if not any(marker in lowered for marker in _SECRET_MARKERS):
-            return value
-        return _SECRET_VALUES.sub(REDACTED, value)
+        for marker in _SECRET_MARKERS:  # a plain loop: a generator costs more than the tests
+            if marker in lowered:
+                return _SECRET_VALUES.sub(REDACTED, value)
+        return value
     if isinstance(value, Mapping):
         return {key: _redact_item(str(key), item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -61,12 +66,26 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
+_SECRET_NAME, _TOKEN_NAME, _PLAIN_NAME = range(3)
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_kind(key: str) -> int:
+    """What a field's name says about its value (cached: the same names recur on every line)."""
+    if _SECRET_KEY_NAMES.search(key):
+        return _SECRET_NAME
+    if _TOKEN_KEY_NAMES.search(key):
+        return _TOKEN_NAME
+    return _PLAIN_NAME
+
+
 def _redact_item(key: str, value: Any) -> Any:
     if value is None:
         return value
-    if _SECRET_KEY_NAMES.search(key):
+    kind = _name_kind(key)
+    if kind == _SECRET_NAME:
         return REDACTED
-    if _TOKEN_KEY_NAMES.search(key) and isinstance(value, str | bytes):
+    if kind == _TOKEN_NAME and isinstance(value, str | bytes):
         return REDACTED
     return _redact_value(value)
 
@@ -91,6 +110,85 @@ def _json_line(event_dict: EventDict, **_kwargs: Any) -> str:
     return orjson.dumps(event_dict, default=str).decode()
 
 
+_http_logger = structlog.get_logger("billing_service.http")
+
+
+def _request_line_through_structlog(
+    method: str, path: str, route: str, status: int, seconds: float
+) -> None:
+    _http_logger.info(
+        "http.request",
+        method=method,
+        path=path,
+        route=route,
+        status=status,
+        duration_ms=round(seconds * 1000, 2),
+    )
+
+
+_PREFIX_LENGTH = len(STRUCTLOG_KEY_PREFIX)
+_second: list[object] = [None, ""]  # the last whole second formatted, and its text
+
+
+def _timestamp() -> str:
+    """Now, as structlog's `TimeStamper(fmt="iso", utc=True)` writes it, formatting the date and
+    time of day once a second rather than on every line."""
+    now = time.time()
+    second = int(now)
+    if _second[0] != second:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    micros = int((now - second) * 1_000_000)
+    return f"{_second[1]}.{micros:06d}Z" if micros else f"{_second[1]}Z"
+
+
+def _direct_request_line(stream: TextIO) -> Callable[[str, str, str, int, float], None]:
+    """The summary line as JSON, written straight to `stream`: the same fields, order and
+    redaction the processor chain gives it, at a fraction of the cost (it is on every request).
+
+    Only the request's own fields are known to be safe (the method, our route template, numbers):
+    the path and whatever is bound to the context are redacted like any other value."""
+    write, flush = stream.write, stream.flush
+
+    def request_line(method: str, path: str, route: str, status: int, seconds: float) -> None:
+        line: dict[str, Any] = {
+            "event": "http.request",
+            "method": method,
+            "path": _redact_value(path),
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+        }
+        for var, value in contextvars.copy_context().items():  # as merge_contextvars reads it
+            if value is not Ellipsis and var.name.startswith(STRUCTLOG_KEY_PREFIX):
+                key = var.name[_PREFIX_LENGTH:]
+                if key not in line:
+                    line[key] = _redact_item(key, value)
+        line["level"] = "info"
+        line["timestamp"] = _timestamp()
+        write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
+        flush()
+
+    return request_line
+
+
+def _no_request_line(method: str, path: str, route: str, status: int, seconds: float) -> None:
+    """The level drops info lines: nothing to format."""
+
+
+class _RequestLines:
+    """Where summary lines go, chosen by `configure_logging`."""
+
+    write: Callable[[str, str, str, int, float], None] = _request_line_through_structlog
+
+
+_request_lines = _RequestLines()
+
+
+def request_line(method: str, path: str, route: str, status: int, seconds: float) -> None:
+    """Log the one `http.request` summary line of a request (the middleware calls this)."""
+    _request_lines.write(method, path, route, status, seconds)
+
+
 def configure_logging(
     level: str = "info",
     log_format: str = "console",
@@ -112,6 +210,12 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     output = stream or sys.stdout
     numeric_level = logging.getLevelName(level.upper())
+    if numeric_level > logging.INFO:
+        _request_lines.write = _no_request_line
+    elif log_format == "json":
+        _request_lines.write = _direct_request_line(output)
+    else:
+        _request_lines.write = _request_line_through_structlog
     structlog.configure(
         processors=[*_shared_processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),

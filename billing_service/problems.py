@@ -1,11 +1,13 @@
 """RFC 9457 problem+json rendering and the exception handlers that use it.
 
 One handler on `BillingError` covers the whole family by MRO lookup; Starlette's own HTTP
-exceptions are translated too, and `RequestContextMiddleware` turns anything unexpected into a
-bare 500 problem, so no response is ever HTML or a traceback.
+exceptions are translated too. `RequestMiddleware` applies these handlers and turns anything
+unexpected into a bare 500 problem, so no response is ever HTML or a traceback.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import orjson
@@ -14,7 +16,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import ExceptionHandler
 
 from billing_service import errors
 from billing_service.errors import BillingError
@@ -113,8 +114,11 @@ async def handle_database_unavailable(request: Request, exc: Exception) -> Respo
     return problem_response(error, instance=request.url.path, request_id=_request_id(request))
 
 
-def exception_handlers() -> dict[type[Exception] | int, ExceptionHandler]:
-    handlers: dict[type[Exception] | int, ExceptionHandler] = dict.fromkeys(
+ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def exception_handlers() -> dict[type[Exception], ExceptionHandler]:
+    handlers: dict[type[Exception], ExceptionHandler] = dict.fromkeys(
         DATABASE_CONNECTION_ERRORS, handle_database_unavailable
     )
     return handlers | {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import asyncpg
@@ -219,3 +220,55 @@ async def test_the_prune_job_logs_how_many_customer_tokens_it_deleted(
     await maintenance.prune(pool, retention_days=90)
     [line] = [line for line in _lines(captured_logs) if line["event"] == "prune.finished"]
     assert line["customer_tokens"] == 0
+
+
+async def test_the_summary_line_redacts_a_secret_in_the_path_or_the_request_id(
+    captured_logs: io.StringIO, client: httpx.AsyncClient
+) -> None:
+    """The request line is written without the processor chain, yet a secret-looking path or
+    caller-chosen request id is masked in it just as in any other line."""
+    await client.get("/v1/plans/sk_live_pathleak123", headers={"X-Request-ID": "bsk_idleak456"})
+    [line] = [line for line in _lines(captured_logs) if line["event"] == "http.request"]
+    output = captured_logs.getvalue()
+    assert "sk_live_pathleak123" not in output
+    assert "bsk_idleak456" not in output
+    assert line["path"] == "/v1/plans/" + REDACTED
+    assert line["request_id"] == REDACTED
+    assert line["route"] == "/v1/plans/{key}"
+    assert line["status"] == 401
+
+
+async def test_the_summary_line_has_the_fields_and_order_of_the_processor_chain(
+    captured_logs: io.StringIO, client: httpx.AsyncClient, admin_key: str
+) -> None:
+    """Written directly, the line still reads as structlog renders it: the event's own fields,
+    then the bound context (request id, key id), then the level and an ISO UTC timestamp."""
+    await client.get(
+        "/v1/api-keys",
+        headers={"Authorization": f"Bearer {admin_key}", "X-Request-ID": "trace-order"},
+    )
+    [line] = [line for line in _lines(captured_logs) if line["event"] == "http.request"]
+    keys = list(line)
+    assert keys[:6] == ["event", "method", "path", "route", "status", "duration_ms"]
+    assert set(keys[6:8]) == {"request_id", "key_id"}  # in the context's own order
+    assert keys[8:] == ["level", "timestamp"]
+    assert line["request_id"] == "trace-order"
+    timestamp = str(line["timestamp"])
+    assert timestamp.endswith("Z")
+    assert datetime.fromisoformat(timestamp).tzinfo is not None
+    assert abs(datetime.fromisoformat(timestamp) - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+async def test_no_summary_line_is_written_when_the_level_drops_info(
+    client: httpx.AsyncClient,
+) -> None:
+    """At `warning`, requests write nothing; in the console format the line is still there."""
+    quiet = io.StringIO()
+    configure_logging("warning", "json", stream=quiet)
+    await client.get("/healthz")
+    assert quiet.getvalue() == ""
+    console = io.StringIO()
+    configure_logging("info", "console", stream=console)
+    await client.get("/healthz", headers={"X-Request-ID": "console-7"})
+    assert "http.request" in console.getvalue()
+    assert "console-7" in console.getvalue()

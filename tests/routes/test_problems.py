@@ -173,3 +173,19 @@ def test_every_problem_type_is_documented_with_its_status() -> None:
     rows = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
     for error in _error_classes(errors.BillingError):
         assert f"| `{error.slug}` | {error.status} |" in rows, error.slug
+
+
+async def test_unstorable_text_sent_raw_in_a_body_is_unparsable_json(
+    client: httpx.AsyncClient, admin_key: str, pool: asyncpg.Pool
+) -> None:
+    """A raw NUL byte, invalid UTF-8 or an escaped lone surrogate in a body is unparsable JSON
+    (400), so only an escaped NUL (a 422, above) needs looking for in parsed text."""
+    auth = {"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"}
+    for raw in (
+        b'{"name": "bad\x00name", "scopes": ["usage"]}',
+        b'{"name": "bad\xffname", "scopes": ["usage"]}',
+        b'{"name": "bad\\ud800name", "scopes": ["usage"]}',
+    ):
+        response = await client.post("/v1/api-keys", headers=auth, content=raw)
+        _assert_problem(response, 400, "malformed-request")
+    assert await pool.fetchval("SELECT count(*) FROM api_keys") == 1
