@@ -14,10 +14,9 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.routing import compile_path
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from billing_service.errors import CrossOriginRefused
 from billing_service.problems import problem_response
@@ -29,6 +28,10 @@ TOKEN_HEADERS = ("authorization", "if-none-match", "x-request-id")
 PUBLIC_HEADERS = ("if-none-match", "x-request-id")
 EXPOSED_HEADERS = "ETag, Retry-After, X-Request-ID"
 _VARY_PREFLIGHT = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+
+
+RESPONSE_HEADERS = "billing.response_headers"
+"""Scope key of the headers the request middleware adds to whatever answers the request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +72,12 @@ class CorsMiddleware:
             await self.app(scope, receive, send)
             return
         extra = self._response_headers(route, headers.get("origin"), headers.get("authorization"))
-
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                response_headers = MutableHeaders(scope=message)
-                for name, value in extra.items():
-                    response_headers.append(name, value)
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
+        # Every answer carries them, problems the request middleware renders included.
+        scope[RESPONSE_HEADERS] = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in extra.items()
+        ]
+        await self.app(scope, receive, send)
 
     def _route(self, path: str) -> CorsRoute | None:
         return next((r for r in self.routes if r.pattern.match(path)), None)

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing_service import logs
+from billing_service.cors import RESPONSE_HEADERS
 from billing_service.errors import BillingError, MalformedRequest, PayloadTooLarge
 from billing_service.metrics import Metrics
 from billing_service.problems import ExceptionHandler, problem_response
@@ -105,7 +106,12 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), echoed]
+                # with any headers an inner layer set for every answer (CORS, on error answers too)
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    echoed,
+                    *scope.get(RESPONSE_HEADERS, ()),
+                ]
             await send(message)
 
         try:

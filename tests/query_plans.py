@@ -11,6 +11,7 @@ tests/plan_catalog.py lists the statements, and prints the table of docs/query-p
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
@@ -52,6 +53,7 @@ async def capturing(pool: asyncpg.Pool) -> AsyncIterator[list[Statement]]:
     try:
         yield sent
     finally:
+        await asyncio.sleep(0)  # asyncpg calls query loggers on the loop's next turn
         async with pool.acquire() as conn:
             conn.remove_query_logger(record)
 
