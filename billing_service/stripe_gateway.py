@@ -265,6 +265,16 @@ class StripeGateway:
         )
         return str(meter.id)
 
+    async def find_meter(self, event_name: str) -> str | None:
+        """The active meter for `event_name`, if the account has one: Stripe allows one per
+        event name, so a catalog applied again from a fresh database adopts it."""
+        page = await self._call(
+            "billing.meter.list",
+            self._client.v1.billing.meters.list_async,
+            {"status": "active", "limit": 100},
+        )
+        return next((str(m.id) for m in page.data if m.event_name == event_name), None)
+
     async def create_metered_price(
         self,
         *,

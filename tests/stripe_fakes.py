@@ -883,6 +883,7 @@ class FakeStripe:
         self._meter_event_identifiers: dict[str, float] = {}
         return {
             ("POST", r"^/v1/billing/meters$"): self._create_meter,
+            ("GET", r"^/v1/billing/meters$"): self._list_meters,
             ("GET", r"^/v1/billing/meters/(?P<object_id>[^/]+)$"): self._getter(self.meters),
             ("POST", r"^/v1/billing/meter_events$"): self._create_meter_event,
         }
@@ -926,6 +927,15 @@ class FakeStripe:
             return meter
 
         return self._respond(key, build)
+
+    def _list_meters(self, request: httpx.Request) -> httpx.Response:
+        fields, _key = self._record(request)
+        status = fields.get("status")
+        data = [m for m in self.meters.values() if status is None or m["status"] == status]
+        return httpx.Response(
+            200,
+            json={"object": "list", "data": data, "has_more": False, "url": "/v1/billing/meters"},
+        )
 
     def _create_meter_event(self, request: httpx.Request) -> httpx.Response:
         """A `billing.meter_event`. Stripe counts an identifier once within at least 24 hours:

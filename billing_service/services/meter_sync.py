@@ -66,10 +66,12 @@ async def sync_meters(conn: Connection, gateway: StripeGateway) -> tuple[list[st
 async def _create_meter(
     conn: Connection, gateway: StripeGateway, meter: Meter, feature_name: str
 ) -> Meter:
-    async with attempt_key(conn, f"catalog:meter:{meter.id}:create") as key:
-        stripe_meter_id = await gateway.create_meter(
-            display_name=feature_name, event_name=meter.event_name, idempotency_key=key
-        )
+    stripe_meter_id = await gateway.find_meter(meter.event_name)
+    if stripe_meter_id is None:
+        async with attempt_key(conn, f"catalog:meter:{meter.id}:create") as key:
+            stripe_meter_id = await gateway.create_meter(
+                display_name=feature_name, event_name=meter.event_name, idempotency_key=key
+            )
     await billing_meters.set_stripe_meter_id(conn, meter.id, stripe_meter_id)
     return Meter(
         id=meter.id,
