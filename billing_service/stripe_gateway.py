@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
@@ -473,11 +473,19 @@ class StripeGateway:
         price: str,
         proration_behavior: str,
         idempotency_key: str,
+        remove_items: Sequence[str] = (),
+        add_prices: Sequence[str] = (),
     ) -> StripeSubscription:
-        """Switch one item's price now (the other items stay as they are); with an immediate
-        invoice, it must be paid or nothing changes."""
+        """Switch one item's price now, in the same update deleting `remove_items` and adding
+        an item for each of `add_prices` (metered: no quantity, and no `clear_usage`, which
+        does nothing for a price on a billing meter); the other items stay as they are. With an
+        immediate invoice, it must be paid or nothing changes."""
         params: dict[str, Any] = {
-            "items": [{"id": item_id, "price": price}],
+            "items": [
+                {"id": item_id, "price": price},
+                *({"id": item, "deleted": True} for item in remove_items),
+                *({"price": added} for added in add_prices),
+            ],
             "proration_behavior": proration_behavior,
         }
         if proration_behavior == "always_invoice":
@@ -537,10 +545,18 @@ class StripeGateway:
         return parse_subscription(subscription.to_dict(for_json=True))
 
     async def schedule_price_change(
-        self, subscription_id: str, *, item_id: str, new_price: str, idempotency_key: str
+        self,
+        subscription_id: str,
+        *,
+        item_id: str,
+        new_price: str,
+        idempotency_key: str,
+        drop_prices: Collection[str] = (),
+        add_prices: Sequence[str] = (),
     ) -> tuple[str, datetime | None]:
         """Keep the subscription as it is until the item's period ends, then switch that item
-        to `new_price` without proration; returns the schedule's id and when the switch comes.
+        to `new_price` without proration, leave out the items priced in `drop_prices` and add
+        `add_prices`; returns the schedule's id and when the switch comes.
 
         The phases are built from the subscription as Stripe has it now (every item, its
         discounts, a running trial), never from an earlier phase: the phase in effect keeps its
@@ -573,6 +589,8 @@ class StripeGateway:
                 end=switch_at,
                 item_id=item_id,
                 new_price=new_price,
+                drop_prices=drop_prices,
+                add_prices=add_prices,
             ),
         }
         await self._call(
@@ -644,9 +662,12 @@ def price_change_phases(
     end: datetime | None,
     item_id: str,
     new_price: str,
+    drop_prices: Collection[str] = (),
+    add_prices: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The phase in effect (the subscription as it is, until `end`) and the one after it
-    (the same with one item's price changed), keeping discounts and a running trial."""
+    (the same with one item's price changed, the items priced in `drop_prices` left out and
+    `add_prices` added), keeping discounts and a running trial."""
     discounts = [{"discount": discount} for discount in subscription.discounts]
     current: dict[str, Any] = {
         "items": _phase_items(subscription.items, item_id=item_id),
@@ -656,8 +677,12 @@ def price_change_phases(
         current["end_date"] = int(end.timestamp())
     if subscription.status == "trialing" and subscription.trial_end is not None:
         current["trial_end"] = int(subscription.trial_end.timestamp())
+    kept = tuple(item for item in subscription.items if item.price_id not in drop_prices)
     following: dict[str, Any] = {
-        "items": _phase_items(subscription.items, item_id=item_id, price=new_price),
+        "items": [
+            *_phase_items(kept, item_id=item_id, price=new_price),
+            *({"price": added} for added in add_prices),
+        ],
         "proration_behavior": "none",
     }
     if discounts:

@@ -178,3 +178,31 @@ async def select_stripe_metered_prices(
         interval,
     )
     return [row["stripe_price_id"] for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class MeteredItem:
+    """A subscription item billing one of our metered prices (`price` is its Stripe id)."""
+
+    id: str
+    price: str
+
+
+async def select_catalog_metered_items(
+    conn: Executor, subscription_id: uuid.UUID
+) -> list[MeteredItem]:
+    """The mirrored items of a subscription whose price is one of the catalog's metered prices
+    (of any plan or interval, archived ones too): the items a plan change replaces. Items
+    priced outside the catalog are not listed, so a change leaves them alone."""
+    rows = await conn.fetch(
+        """
+        SELECT e.item ->> 'id' AS id, e.item ->> 'price' AS price
+        FROM subscriptions s
+        CROSS JOIN jsonb_array_elements(s.items) WITH ORDINALITY AS e(item, n)
+        WHERE s.id = $1
+          AND EXISTS (SELECT 1 FROM metered_prices m WHERE m.stripe_price_id = e.item ->> 'price')
+        ORDER BY e.n
+        """,
+        subscription_id,
+    )
+    return [MeteredItem(id=row["id"], price=row["price"]) for row in rows]
