@@ -36,6 +36,7 @@ from billing_service.routes import (
     customers,
     events,
     health,
+    meter_events,
     usage,
     webhook_endpoints,
 )
@@ -43,6 +44,7 @@ from billing_service.routing import IndexedRouter
 from billing_service.services.email import EmailWorker
 from billing_service.services.entitlement_cache import EntitlementCache
 from billing_service.services.key_cache import KeyCache
+from billing_service.services.meter_events import MeterEventDelivery
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.services.token_index import TokenIndex
@@ -84,6 +86,7 @@ def create_app(
         *catalog.routes,
         *catalog.public_routes,
         *customers.routes,
+        *meter_events.routes,
         *checkout.routes,
         *events.routes,
         *usage.routes,
@@ -236,6 +239,8 @@ def _start_background_work(
     )
     events = PollingWorker("stripe-events", processor.process_due)
     tasks.append(asyncio.create_task(events.run(), name="stripe-events"))
+    meters = PollingWorker("meter-events", MeterEventDelivery(pool, stripe).deliver_due)
+    tasks.append(asyncio.create_task(meters.run(), name="meter-events"))
     return events, tasks
 
 

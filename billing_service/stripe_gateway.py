@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import asyncpg
@@ -51,6 +52,9 @@ STRIPE_HOSTED_PREFIXES = (
     "https://billing.stripe.com/",
     "https://pay.stripe.com/",
 )
+
+# How Stripe refuses a meter event whose identifier it has already counted.
+_DUPLICATE_METER_EVENT = re.compile(r"already exists with identifier")
 
 logger = structlog.get_logger(__name__)
 
@@ -242,6 +246,101 @@ class StripeGateway:
             idempotency_key=idempotency_key,
         )
 
+    # Billing meters: the meter of a billed feature, its metered prices, usage reported to it
+
+    async def create_meter(
+        self, *, display_name: str, event_name: str, idempotency_key: str
+    ) -> str:
+        """A meter summing the `value` of events named `event_name`, per Stripe customer id."""
+        params: dict[str, Any] = {
+            "display_name": display_name,
+            "event_name": event_name,
+            "default_aggregation": {"formula": "sum"},
+            "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+            "value_settings": {"event_payload_key": "value"},
+        }
+        meters = self._client.v1.billing.meters
+        meter = await self._call(
+            "billing.meter.create", meters.create_async, params, idempotency_key=idempotency_key
+        )
+        return str(meter.id)
+
+    async def find_meter(self, event_name: str) -> str | None:
+        """The active meter for `event_name`, if the account has one: Stripe allows one per
+        event name, so a catalog applied again from a fresh database adopts it."""
+        page = await self._call(
+            "billing.meter.list",
+            self._client.v1.billing.meters.list_async,
+            {"status": "active", "limit": 100},
+        )
+        return next((str(m.id) for m in page.data if m.event_name == event_name), None)
+
+    async def create_metered_price(
+        self,
+        *,
+        product_id: str,
+        meter_id: str,
+        unit_amount: Decimal,
+        currency: str,
+        interval: str,
+        lookup_key: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> str:
+        """A recurring price billed on what the meter summed over each period; sub-cent unit
+        amounts go as `unit_amount_decimal`."""
+        params: dict[str, Any] = {
+            "product": product_id,
+            "currency": currency,
+            "unit_amount_decimal": format(unit_amount.normalize(), "f"),
+            "recurring": {"interval": interval, "usage_type": "metered", "meter": meter_id},
+            "billing_scheme": "per_unit",
+            "lookup_key": lookup_key,
+            "transfer_lookup_key": True,
+            "metadata": metadata,
+        }
+        prices = self._client.v1.prices
+        price = await self._call(
+            "price.create", prices.create_async, params, idempotency_key=idempotency_key
+        )
+        return str(price.id)
+
+    async def create_meter_event(
+        self,
+        *,
+        event_name: str,
+        stripe_customer_id: str,
+        value: int,
+        identifier: str,
+        timestamp: int,
+        idempotency_key: str,
+    ) -> bool:
+        """Report `value` units; Stripe counts an `identifier` once, however often it is sent.
+        False when Stripe already had the identifier (it refuses the repeat with a 400): the
+        units were delivered before, by an attempt whose answer was lost."""
+        params: dict[str, Any] = {
+            "event_name": event_name,
+            "identifier": identifier,
+            "timestamp": timestamp,
+            "payload": {"stripe_customer_id": stripe_customer_id, "value": str(value)},
+        }
+        events = self._client.v1.billing.meter_events
+        try:
+            await self._call(
+                "billing.meter_event.create",
+                events.create_async,
+                params,
+                idempotency_key=idempotency_key,
+            )
+        except StripeRequestFailed as exc:
+            cause = exc.__cause__
+            if isinstance(cause, stripe.InvalidRequestError) and _DUPLICATE_METER_EVENT.search(
+                str(cause.user_message or "")
+            ):
+                return False
+            raise
+        return True
+
     # Customers, Checkout and the portal
 
     async def create_customer(
@@ -283,11 +382,16 @@ class StripeGateway:
         trial_days: int,
         allow_promotion_codes: bool,
         idempotency_key: str,
+        metered_prices: list[str] | None = None,
     ) -> StripeCheckoutSession:
         params: dict[str, Any] = {
             "mode": mode,
             "customer": customer,
-            "line_items": [{"price": price, "quantity": quantity}],
+            # Metered prices take no quantity: Stripe bills what their meters summed.
+            "line_items": [
+                {"price": price, "quantity": quantity},
+                *({"price": metered} for metered in metered_prices or []),
+            ],
             "success_url": success_url,
             "cancel_url": cancel_url,
             "client_reference_id": client_reference_id,
@@ -369,11 +473,19 @@ class StripeGateway:
         price: str,
         proration_behavior: str,
         idempotency_key: str,
+        remove_items: Sequence[str] = (),
+        add_prices: Sequence[str] = (),
     ) -> StripeSubscription:
-        """Switch one item's price now (the other items stay as they are); with an immediate
-        invoice, it must be paid or nothing changes."""
+        """Switch one item's price now, in the same update deleting `remove_items` and adding
+        an item for each of `add_prices` (metered: no quantity, and no `clear_usage`, which
+        does nothing for a price on a billing meter); the other items stay as they are. With an
+        immediate invoice, it must be paid or nothing changes."""
         params: dict[str, Any] = {
-            "items": [{"id": item_id, "price": price}],
+            "items": [
+                {"id": item_id, "price": price},
+                *({"id": item, "deleted": True} for item in remove_items),
+                *({"price": added} for added in add_prices),
+            ],
             "proration_behavior": proration_behavior,
         }
         if proration_behavior == "always_invoice":
@@ -433,10 +545,18 @@ class StripeGateway:
         return parse_subscription(subscription.to_dict(for_json=True))
 
     async def schedule_price_change(
-        self, subscription_id: str, *, item_id: str, new_price: str, idempotency_key: str
+        self,
+        subscription_id: str,
+        *,
+        item_id: str,
+        new_price: str,
+        idempotency_key: str,
+        drop_prices: Collection[str] = (),
+        add_prices: Sequence[str] = (),
     ) -> tuple[str, datetime | None]:
         """Keep the subscription as it is until the item's period ends, then switch that item
-        to `new_price` without proration; returns the schedule's id and when the switch comes.
+        to `new_price` without proration, leave out the items priced in `drop_prices` and add
+        `add_prices`; returns the schedule's id and when the switch comes.
 
         The phases are built from the subscription as Stripe has it now (every item, its
         discounts, a running trial), never from an earlier phase: the phase in effect keeps its
@@ -469,6 +589,8 @@ class StripeGateway:
                 end=switch_at,
                 item_id=item_id,
                 new_price=new_price,
+                drop_prices=drop_prices,
+                add_prices=add_prices,
             ),
         }
         await self._call(
@@ -540,9 +662,12 @@ def price_change_phases(
     end: datetime | None,
     item_id: str,
     new_price: str,
+    drop_prices: Collection[str] = (),
+    add_prices: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The phase in effect (the subscription as it is, until `end`) and the one after it
-    (the same with one item's price changed), keeping discounts and a running trial."""
+    (the same with one item's price changed, the items priced in `drop_prices` left out and
+    `add_prices` added), keeping discounts and a running trial."""
     discounts = [{"discount": discount} for discount in subscription.discounts]
     current: dict[str, Any] = {
         "items": _phase_items(subscription.items, item_id=item_id),
@@ -552,8 +677,12 @@ def price_change_phases(
         current["end_date"] = int(end.timestamp())
     if subscription.status == "trialing" and subscription.trial_end is not None:
         current["trial_end"] = int(subscription.trial_end.timestamp())
+    kept = tuple(item for item in subscription.items if item.price_id not in drop_prices)
     following: dict[str, Any] = {
-        "items": _phase_items(subscription.items, item_id=item_id, price=new_price),
+        "items": [
+            *_phase_items(kept, item_id=item_id, price=new_price),
+            *({"price": added} for added in add_prices),
+        ],
         "proration_behavior": "none",
     }
     if discounts:

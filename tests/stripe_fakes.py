@@ -62,9 +62,21 @@ IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
-def stripe_error(status: int, error_type: str, code: str | None = None) -> httpx.Response:
+# How Stripe refuses items of different intervals on a subscription in classic billing mode
+# (flexible billing mode, from API version 2025-07-30.basil, accepts them).
+MIXED_INTERVALS = (
+    "Currency and interval fields must match across all plans on this subscription. "
+    "Found mismatch in interval field."
+)
+
+
+def stripe_error(
+    status: int, error_type: str, code: str | None = None, message: str | None = None
+) -> httpx.Response:
     """An error response in Stripe's shape."""
-    message = {"card_error": "Your card was declined."}.get(error_type, "Request failed.")
+    message = message or {"card_error": "Your card was declined."}.get(
+        error_type, "Request failed."
+    )
     return httpx.Response(
         status, json={"error": {"type": error_type, "code": code, "message": message}}
     )
@@ -128,6 +140,7 @@ class FakeStripe:
             ("GET", r"^/v1/prices/(?P<object_id>[^/]+)$"): self._getter(self.prices),
             ("GET", r"^/v1/events$"): self._list_events,
         }
+        routes |= self._meter_routes()
         for (method, pattern), handler in routes.items():
             router.route(method=method, path__regex=pattern).mock(
                 side_effect=self._unless_failing(handler)
@@ -239,19 +252,29 @@ class FakeStripe:
 
         def build() -> dict[str, Any]:
             recurring = _nested(fields, "recurring")
+            decimal = fields.get("unit_amount_decimal", fields.get("unit_amount"))
+            assert decimal is not None, "Stripe needs unit_amount or unit_amount_decimal"
             price = stripe_object(
                 "price",
                 id=self._new_id("price"),
                 product=fields["product"],
-                unit_amount=int(fields["unit_amount"]),
-                unit_amount_decimal=fields["unit_amount"],
+                # Stripe sets unit_amount only when the amount is a whole number of minor units.
+                unit_amount=int(decimal) if decimal.isdigit() else None,
+                unit_amount_decimal=decimal,
                 currency=fields["currency"],
                 lookup_key=fields.get("lookup_key"),
                 metadata=_nested(fields, "metadata"),
                 type="recurring" if recurring else "one_time",
             )
             price["recurring"] = (
-                price["recurring"] | {"interval": recurring["interval"]} if recurring else None
+                price["recurring"]
+                | {
+                    "interval": recurring["interval"],
+                    "usage_type": recurring.get("usage_type", "licensed"),
+                    "meter": recurring.get("meter"),
+                }
+                if recurring
+                else None
             )
             if fields.get("transfer_lookup_key") == "true":
                 for other in self.prices.values():
@@ -345,6 +368,12 @@ class FakeStripe:
             )
             session["_price"] = fields["line_items[0][price]"]
             session["_quantity"] = int(fields.get("line_items[0][quantity]", "1"))
+            session["_more_prices"] = [
+                fields[f"line_items[{n}][price]"]
+                for n in itertools.takewhile(
+                    lambda n: f"line_items[{n}][price]" in fields, itertools.count(1)
+                )
+            ]
             session["_trial_period_days"] = fields.get("subscription_data[trial_period_days]")
             self.sessions[session_id] = session
             return _public(session)
@@ -387,6 +416,8 @@ class FakeStripe:
                 status="trialing" if trial_days and status == "active" else status,
                 trial_end=int(time.time()) + trial_days * 86_400 if trial_days else None,
             )  # fmt: skip
+            for price in session["_more_prices"]:
+                self.add_item(subscription, price)
             session["subscription"] = subscription["id"]
         else:
             session["payment_intent"] = self._new_id("pi")
@@ -443,17 +474,22 @@ class FakeStripe:
         return subscription
 
     def add_price(
-        self, *, currency: str = "usd", amount: int | None = 500, metered: bool = False
+        self,
+        *,
+        currency: str = "usd",
+        amount: int | None = 500,
+        metered: bool = False,
+        interval: str = "month",
     ) -> str:
-        """A monthly price made in the Stripe dashboard, outside our catalog (an add-on, or a
-        metered price billed on usage, which has no unit amount here and no quantity)."""
+        """A price made in the Stripe dashboard, outside our catalog (an add-on, or a metered
+        price billed on usage, which has no unit amount here and no quantity)."""
         price = stripe_object(
             "price", id=self._new_id("price"), currency=currency, lookup_key=None,
             unit_amount=None if metered else amount,
             unit_amount_decimal=None if metered else str(amount), type="recurring",
         )  # fmt: skip
         price["recurring"] = price["recurring"] | {
-            "interval": "month",
+            "interval": interval,
             "usage_type": "metered" if metered else "licensed",
         }
         self.prices[price["id"]] = price
@@ -463,8 +499,11 @@ class FakeStripe:
         self, subscription: dict[str, Any], price: str, *, first: bool = False, quantity: int = 1
     ) -> dict[str, Any]:
         """Another item on the subscription, sharing its period; metered items carry no
-        quantity. `first` lists it before the others."""
+        quantity. `first` lists it before the others. Like Stripe, refuses (ValueError) an
+        interval other than the subscription's in classic billing mode."""
         items = subscription["items"]["data"]
+        if _interval_refused(subscription, [*(i["price"] for i in items), self.prices[price]]):
+            raise ValueError(MIXED_INTERVALS)
         item: dict[str, Any] = copy.deepcopy(items[0]) | {"id": self._new_id("si"), "discounts": []}
         item["price"] = self.prices[price]
         if item["price"]["recurring"]["usage_type"] == "metered":
@@ -549,30 +588,20 @@ class FakeStripe:
         return httpx.Response(200, json=self._expanded(subscription, expand))
 
     def _update_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
-        """Items are changed by id (the others stay), in the subscription's currency only;
-        `cancel_at_period_end` and `cancel_at` set or clear a pending cancellation."""
+        """Items are changed or deleted (`deleted`) by id, or added (no id); the others stay.
+        All in the subscription's currency, a metered item without a quantity, and in classic
+        billing mode every item on one interval, or nothing changes. `cancel_at_period_end`
+        and `cancel_at` set or clear a pending cancellation."""
         fields, key = self._record(request)
         subscription = self.subscriptions[object_id]
         if key is not None and self._replayable(key):
             return httpx.Response(200, json=self._responses[key])
-        items = subscription["items"]["data"]
-        changes = []
-        for n in itertools.count():
-            if f"items[{n}][id]" not in fields and f"items[{n}][price]" not in fields:
-                break
-            item = next((i for i in items if i["id"] == fields.get(f"items[{n}][id]")), None)
-            if item is None:
-                return stripe_error(400, "invalid_request_error", "resource_missing")
-            new_price = fields.get(f"items[{n}][price]")
-            if new_price is not None:
-                price = self.prices.get(new_price)
-                if price is None:
-                    return stripe_error(400, "invalid_request_error", "resource_missing")
-                if price["currency"] != subscription["currency"]:
-                    return stripe_error(400, "invalid_request_error", "currency_mismatch")
-                changes.append((item, price))
-        for item, price in changes:
-            item["price"] = copy.deepcopy(price)
+        items, refusal = self._items_after(subscription, fields)
+        if refusal == MIXED_INTERVALS:
+            return stripe_error(400, "invalid_request_error", None, refusal)
+        if refusal is not None:
+            return stripe_error(400, "invalid_request_error", refusal)
+        subscription["items"]["data"] = items
         if "cancel_at_period_end" in fields:
             cancel = fields["cancel_at_period_end"] == "true"
             subscription.update(
@@ -589,6 +618,41 @@ class FakeStripe:
         if key is not None:
             self._remember(key, copy.deepcopy(subscription))
         return httpx.Response(200, json=subscription)
+
+    def _items_after(
+        self, subscription: dict[str, Any], fields: dict[str, str]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The subscription's items once `items[n][...]` applied, or why Stripe refuses them."""
+        items = [copy.deepcopy(i) for i in subscription["items"]["data"]]
+        for n in itertools.count():
+            wanted = {k.removeprefix(f"items[{n}][").rstrip("]"): v
+                      for k, v in fields.items() if k.startswith(f"items[{n}][")}  # fmt: skip
+            if not wanted:
+                break
+            item = next((i for i in items if i["id"] == wanted.get("id")), None)
+            if item is None and "id" in wanted:
+                return items, "resource_missing"
+            if item is None:
+                item = copy.deepcopy(items[0]) | {"id": self._new_id("si"), "discounts": []}
+                items.append(item)
+            if wanted.get("deleted") == "true":
+                items.remove(item)
+                continue
+            price = self.prices.get(wanted.get("price", item["price"]["id"]))
+            if price is None:
+                return items, "resource_missing"
+            if price["currency"] != subscription["currency"]:
+                return items, "currency_mismatch"
+            item["price"] = copy.deepcopy(price)
+            metered = price["recurring"]["usage_type"] == "metered"
+            if metered and "quantity" in wanted:
+                return items, "parameter_invalid_integer"
+            item.pop("quantity", None)
+            if not metered:
+                item["quantity"] = int(wanted.get("quantity", item.get("quantity") or 1))
+        if _interval_refused(subscription, [i["price"] for i in items]):
+            return items, MIXED_INTERVALS
+        return items, None
 
     def _resume_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
         """Only a paused subscription resumes: a new period starts now (the default billing
@@ -665,6 +729,8 @@ class FakeStripe:
         schedule = self.schedules[object_id]
         phases = _phases_from_form(fields)
         refusal = self._phases_refusal(schedule, phases)
+        if refusal == MIXED_INTERVALS:
+            return stripe_error(400, "invalid_request_error", None, refusal)
         if refusal is not None:
             return stripe_error(400, "invalid_request_error", refusal)
         current_start = schedule["current_phase"]["start_date"]
@@ -695,16 +761,26 @@ class FakeStripe:
             past = start is not None and start < current_start
             if past and (old is None or _phase_prices(old) != _phase_prices(phase)):
                 return "phase_already_ended"
-            for item in phase["items"]:
-                price = self.prices[item["price"]]
-                if price["currency"] != subscription["currency"]:
-                    return "currency_mismatch"
-                metered = price["recurring"]["usage_type"] == "metered"
-                if metered and item.get("quantity") is not None:
-                    return "parameter_invalid_integer"
+            refusal = self._phase_items_refusal(subscription, phase["items"])
+            if refusal is not None:
+                return refusal
         if all(p["start_date"] != current_start for p in phases):
             return "phase_start_mismatch"
         return None
+
+    def _phase_items_refusal(
+        self, subscription: dict[str, Any], items: list[dict[str, Any]]
+    ) -> str | None:
+        """A price in another currency, a metered price with a quantity, or (classic billing
+        mode) prices of different intervals in one phase."""
+        prices = [self.prices[item["price"]] for item in items]
+        for item, price in zip(items, prices, strict=True):
+            if price["currency"] != subscription["currency"]:
+                return "currency_mismatch"
+            metered = price["recurring"]["usage_type"] == "metered"
+            if metered and item.get("quantity") is not None:
+                return "parameter_invalid_integer"
+        return MIXED_INTERVALS if _interval_refused(subscription, prices) else None
 
     def _enter_phase(self, schedule: dict[str, Any], phase: dict[str, Any]) -> None:
         """Make the subscription what the phase says: its items (an item keeps its id while
@@ -864,6 +940,117 @@ class FakeStripe:
         self.disputes[dispute["id"]] = dispute
         return dispute
 
+    # Billing meters and meter events
+
+    def _meter_routes(self) -> dict[tuple[str, str], Any]:
+        self.meters: dict[str, dict[str, Any]] = {}
+        self.meter_events: list[dict[str, Any]] = []
+        self._meter_event_identifiers: dict[str, float] = {}
+        return {
+            ("POST", r"^/v1/billing/meters$"): self._create_meter,
+            ("GET", r"^/v1/billing/meters$"): self._list_meters,
+            ("GET", r"^/v1/billing/meters/(?P<object_id>[^/]+)$"): self._getter(self.meters),
+            ("POST", r"^/v1/billing/meter_events$"): self._create_meter_event,
+        }
+
+    def _create_meter(self, request: httpx.Request) -> httpx.Response:
+        """A `billing.meter` as Stripe documents it; an event name names one live meter."""
+        fields, key = self._record(request)
+        if not self._replayable(key) and any(
+            m["event_name"] == fields["event_name"] and m["status"] == "active"
+            for m in self.meters.values()
+        ):
+            return httpx.Response(
+                400,
+                json={"error": {"type": "invalid_request_error",
+                                "message": "A meter with this event_name already exists."}},
+            )  # fmt: skip
+
+        def build() -> dict[str, Any]:
+            now = int(time.time() + self.elapsed)
+            meter: dict[str, Any] = {
+                "id": self._new_id("mtr"),
+                "object": "billing.meter",
+                "created": now,
+                "customer_mapping": {
+                    "event_payload_key": fields["customer_mapping[event_payload_key]"],
+                    "type": fields["customer_mapping[type]"],
+                },
+                "default_aggregation": {"formula": fields["default_aggregation[formula]"]},
+                "display_name": fields["display_name"],
+                "event_name": fields["event_name"],
+                "event_time_window": None,
+                "livemode": False,
+                "status": "active",
+                "status_transitions": {"deactivated_at": None},
+                "updated": now,
+                "value_settings": {
+                    "event_payload_key": fields["value_settings[event_payload_key]"]
+                },
+            }
+            self.meters[meter["id"]] = meter
+            return meter
+
+        return self._respond(key, build)
+
+    def _list_meters(self, request: httpx.Request) -> httpx.Response:
+        fields, _key = self._record(request)
+        status = fields.get("status")
+        data = [m for m in self.meters.values() if status is None or m["status"] == status]
+        return httpx.Response(
+            200,
+            json={"object": "list", "data": data, "has_more": False, "url": "/v1/billing/meters"},
+        )
+
+    def _create_meter_event(self, request: httpx.Request) -> httpx.Response:
+        """A `billing.meter_event`. Stripe counts an identifier once within at least 24 hours:
+        a repeated request under the same idempotency key replays the first answer, and a new
+        request with an identifier already seen is refused with 400 (`An event already exists
+        with identifier …`), so nothing is counted twice."""
+        fields, key = self._record(request)
+        if key is not None and self._replayable(key):
+            return httpx.Response(200, json=self._responses[key])
+        identifier = fields.get("identifier") or uuid.uuid4().hex
+        now = time.time() + self.elapsed
+        seen_at = self._meter_event_identifiers.get(identifier)
+        if seen_at is not None and now - seen_at < IDEMPOTENCY_WINDOW_SECONDS:
+            return httpx.Response(
+                400,
+                headers={"stripe-should-retry": "false"},
+                json={"error": {"type": "invalid_request_error",
+                                "message": f"An event already exists with identifier "
+                                           f"{identifier}."}},
+            )  # fmt: skip
+        if not any(m["event_name"] == fields.get("event_name") for m in self.meters.values()):
+            return httpx.Response(
+                400,
+                json={"error": {"type": "invalid_request_error",
+                                "message": "No active meter was found for event_name."}},
+            )  # fmt: skip
+        self._meter_event_identifiers[identifier] = now
+        event = {
+            "object": "billing.meter_event",
+            "created": int(now),
+            "event_name": fields["event_name"],
+            "identifier": identifier,
+            "livemode": False,
+            "payload": _nested(fields, "payload"),
+            "timestamp": int(fields.get("timestamp", int(now))),
+        }
+        self.meter_events.append(event)
+        if key is not None:
+            self._remember(key, event)
+        return httpx.Response(200, json=event)
+
+    def metered_units(self, event_name: str, stripe_customer_id: str) -> int:
+        """What the meter sums for one customer: the value of every accepted event."""
+        return sum(
+            int(e["payload"]["value"])
+            for e in self.meter_events
+            if e["event_name"] == event_name
+            and e["payload"].get("stripe_customer_id") == stripe_customer_id
+        )
+
 
 def stripe_event(event_type: str, obj: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """An event in Stripe's shape carrying `obj`, with a fresh id unless one is given."""
@@ -898,6 +1085,15 @@ def _kept_for_key(failure: httpx.Response) -> bool:
 def _period_end(subscription: dict[str, Any]) -> int:
     """The earliest end of the items' current periods (what `min_period_end` resolves to)."""
     return min(int(item["current_period_end"]) for item in subscription["items"]["data"])
+
+
+def _interval_refused(subscription: dict[str, Any], prices: list[dict[str, Any]]) -> bool:
+    """Whether Stripe refuses these prices together on the subscription: in classic billing
+    mode every recurring price bills on one interval."""
+    if subscription.get("billing_mode", {}).get("type") != "classic":
+        return False
+    return len({(p["recurring"]["interval"], p["recurring"].get("interval_count", 1))
+                for p in prices}) > 1  # fmt: skip
 
 
 def _phase_item(item: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Changing, cancelling, resuming and unpausing a customer's subscription in Stripe.
 
 The subscription acted on is the one that carries the customer's plan (the best plan granted
-now, see db/subscriptions.py), and within it the plan's item: other items stay as they are.
+now, see db/subscriptions.py), and within it the plan's item. A change also replaces the
+metered items of the catalog (billed overage) with the new plan's for the new interval, in the
+same update (a classic subscription refuses items of mixed intervals); other items stay.
 Upgrades apply at once and invoice the prorated difference immediately (if that payment fails,
 nothing changes). Downgrades wait for the end of the paid period by default, through a Stripe
 subscription schedule, or apply at once with a proration credit when `BILLING_DOWNGRADE_AT=now`.
@@ -19,7 +21,8 @@ from typing import Literal
 
 import asyncpg
 
-from billing_service.db import plans, prices, subscriptions
+from billing_service.db import billing_meters, plans, prices, subscriptions
+from billing_service.db.billing_meters import MeteredItem
 from billing_service.db.customers import Customer
 from billing_service.db.prices import Price
 from billing_service.db.subscriptions import Subscription
@@ -67,6 +70,31 @@ async def _rank(pool: asyncpg.Pool, price: Price) -> PriceRank:
     plan = await plans.select_plan(pool, price.plan_id)
     months = INTERVAL_MONTHS.get(price.recurring_interval or "month", 1)
     return PriceRank(plan.display_order, months, Fraction(price.amount, months))
+
+
+@dataclass(frozen=True, slots=True)
+class MeteredSwap:
+    """What a plan change does to the metered items: the catalog's metered items to remove
+    and the Stripe prices to add, so the subscription carries the new plan's metered prices
+    for the new interval and no other plan's."""
+
+    remove: list[MeteredItem]
+    add: list[str]
+
+
+async def _metered_swap(
+    pool: asyncpg.Pool, subscription: Subscription, price: Price
+) -> MeteredSwap:
+    """An item already on a wanted price stays; items priced outside the catalog stay too."""
+    wanted = await billing_meters.select_stripe_metered_prices(
+        pool, price.plan_id, price.recurring_interval
+    )
+    carried = await billing_meters.select_catalog_metered_items(pool, subscription.id)
+    present = {item.price for item in carried}
+    return MeteredSwap(
+        remove=[item for item in carried if item.price not in wanted],
+        add=[added for added in wanted if added not in present],
+    )
 
 
 async def _plan_subscription(
@@ -157,6 +185,7 @@ async def change_plan(
         await _rank(pool, new_price),
     )
     change_key = _key(subscription, f"change:{new_price.id}")
+    swap = await _metered_swap(pool, subscription, new_price)
 
     async with _attempt(pool, subscription):
         if upgrade or downgrade_at == "now":
@@ -167,6 +196,8 @@ async def change_plan(
                 price=new_price.stripe_price_id,
                 proration_behavior="always_invoice" if upgrade else "create_prorations",
                 idempotency_key=change_key,
+                remove_items=[item.id for item in swap.remove],
+                add_prices=swap.add,
             )
             await subscriptions.upsert_subscription(pool, customer.id, updated)
             return PlanChange(direction="upgrade" if upgrade else "downgrade", effective="now")
@@ -176,6 +207,8 @@ async def change_plan(
             item_id=subscription.stripe_item_id,
             new_price=new_price.stripe_price_id,
             idempotency_key=change_key,
+            drop_prices={item.price for item in swap.remove},
+            add_prices=swap.add,
         )
     await subscriptions.set_scheduled_change(
         pool,

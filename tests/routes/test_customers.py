@@ -108,10 +108,12 @@ async def test_upgrade_switches_now_and_invoices_the_proration(
     fake_stripe: FakeStripe,
     billing_key: str,
 ) -> None:
-    """Monthly → yearly is an upgrade: immediate, prorated, invoiced now, paid or refused."""
+    """Monthly → yearly is an upgrade: immediate, prorated, invoiced now, paid or refused; the
+    monthly metered overage item gives way to Pro's yearly one in the same update."""
     await seeded(stripe_client, pool, gateway, billing_key, "user_1")
     await subscribed(stripe_client, fake_stripe, billing_key, "pro_monthly")
     [subscription] = fake_stripe.subscriptions.values()
+    plan_item, metered_item = subscription["items"]["data"]
     yearly = await pool.fetchval(
         "SELECT stripe_price_id FROM prices WHERE lookup_key = 'pro_yearly'"
     )
@@ -126,8 +128,14 @@ async def test_upgrade_switches_now_and_invoices_the_proration(
     assert response.json()["subscription"]["price"] == "pro_yearly"
     [update] = fake_stripe.calls_to("POST", f"/v1/subscriptions/{subscription['id']}")
     assert update.form == {
-        "items[0][id]": subscription["items"]["data"][0]["id"],
+        "items[0][id]": plan_item["id"],
         "items[0][price]": yearly,
+        "items[1][id]": metered_item["id"],
+        "items[1][deleted]": "true",
+        "items[2][price]": await pool.fetchval(
+            "SELECT stripe_price_id FROM metered_prices "
+            "WHERE lookup_key = 'pro:ai_calls:overage:year' AND active"
+        ),
         "proration_behavior": "always_invoice",
         "payment_behavior": "error_if_incomplete",
     }
@@ -140,7 +148,8 @@ async def test_downgrade_waits_for_the_period_end_through_a_schedule(
     fake_stripe: FakeStripe,
     billing_key: str,
 ) -> None:
-    """Yearly → monthly keeps the paid period, then switches without proration."""
+    """Yearly → monthly keeps the paid period, then switches without proration, the yearly
+    metered overage item replaced by the monthly one."""
     await seeded(stripe_client, pool, gateway, billing_key, "user_1")
     await subscribed(stripe_client, fake_stripe, billing_key, "pro_yearly")
     [subscription] = fake_stripe.subscriptions.values()
@@ -148,6 +157,13 @@ async def test_downgrade_waits_for_the_period_end_through_a_schedule(
     monthly = await pool.fetchval(
         "SELECT stripe_price_id FROM prices WHERE lookup_key = 'pro_monthly'"
     )
+    metered = {
+        interval: await pool.fetchval(
+            "SELECT stripe_price_id FROM metered_prices WHERE lookup_key = $1 AND active",
+            f"pro:ai_calls:overage:{interval}",
+        )
+        for interval in ("month", "year")
+    }
 
     response = await stripe_client.post(
         "/v1/customers/user_1/subscription/change",
@@ -167,10 +183,12 @@ async def test_downgrade_waits_for_the_period_end_through_a_schedule(
         "end_behavior": "release",
         "phases[0][items][0][price]": item["price"]["id"],
         "phases[0][items][0][quantity]": "1",
+        "phases[0][items][1][price]": metered["year"],
         "phases[0][start_date]": str(item["current_period_start"]),
         "phases[0][end_date]": str(item["current_period_end"]),
         "phases[1][items][0][price]": monthly,
         "phases[1][items][0][quantity]": "1",
+        "phases[1][items][1][price]": metered["month"],
         "phases[1][proration_behavior]": "none",
     }
 
