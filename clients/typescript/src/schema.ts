@@ -891,6 +891,11 @@ export interface components {
         };
         Customer: {
             customer_id: string;
+            /**
+             * @description The customer in Stripe (`cus_…`), to find them in Stripe's dashboard; null until
+             *     their first checkout creates it, and again after Stripe deleted it.
+             */
+            readonly stripe_customer_id: string | null;
             email: string | null;
             name: string | null;
             metadata: {
@@ -906,6 +911,8 @@ export interface components {
             created_at: string;
         };
         Subscription: {
+            /** @description The subscription in Stripe (`sub_…`), to find it in Stripe's dashboard. */
+            readonly stripe_subscription_id: string;
             /** @enum {string} */
             status: "incomplete" | "incomplete_expired" | "trialing" | "active" | "past_due" | "canceled" | "unpaid" | "paused";
             plan: string | null;
