@@ -38,6 +38,7 @@ from billing_service.routes import (
     customers,
     events,
     health,
+    invoices,
     usage,
     webhook_endpoints,
 )
@@ -81,6 +82,7 @@ def create_app(
         *catalog.routes,
         *catalog.public_routes,
         *customers.routes,
+        *invoices.routes,
         *checkout.routes,
         *events.routes,
         *usage.routes,

@@ -28,8 +28,8 @@ from billing_service.db.stripe_events import StoredEvent
 from billing_service.errors import InvalidWebhook, StripeNotConfigured
 from billing_service.metrics import Metrics
 from billing_service.services import catalog_sync, customers, reversals
-from billing_service.stripe_gateway import StripeGateway, stripe_hosted_url
-from billing_service.stripe_objects import timestamp
+from billing_service.stripe_gateway import StripeGateway
+from billing_service.stripe_objects import stripe_hosted_url, timestamp
 from billing_service.webhook_signature import SignatureError, verify_signature
 
 logger = structlog.get_logger(__name__)

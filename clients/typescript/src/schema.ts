@@ -370,6 +370,63 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/customers/{customer_id}/invoices": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * The customer's invoices in Stripe, newest first, a page at a time.
+         * @description Read from Stripe (`GET /v1/invoices?customer=…`) and kept for
+         *     `BILLING_INVOICE_CACHE_SECONDS` (60) in PostgreSQL, shared by every replica: a page read
+         *     within that time is answered again without asking Stripe, with an `Age` header. While
+         *     Stripe is unavailable, a page read in the last day answers (with its `Age`); a page
+         *     never read is a 503 `stripe-unavailable`. Stripe lists at most 100 invoices a call, so
+         *     a `limit` above 100 gets pages of 100. A customer who never checked out has no Stripe
+         *     customer and an empty list. Links are only ever Stripe-hosted pages; any other is null.
+         */
+        get: operations["listInvoices"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/customers/{customer_id}/upcoming-invoice": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * What Stripe would invoice next for the customer's subscription, usage included.
+         * @description Stripe's preview (`POST /v1/invoices/create_preview`) of the next invoice of the
+         *     subscription that carries the customer's plan: licensed items for the coming period,
+         *     metered items for the usage recorded in Stripe so far this period, discounts and tax as
+         *     Stripe computes them. Never cached (it moves with usage): while Stripe is unavailable
+         *     the answer is 503. A 404 when the customer has no live subscription, or when the
+         *     subscription ends with its period so no invoice will come.
+         */
+        get: operations["previewUpcomingInvoice"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/checkout/sessions": {
         parameters: {
             query?: never;
@@ -963,6 +1020,65 @@ export interface components {
             checkout_session_id: string;
             /** Format: date-time */
             created_at: string;
+        };
+        Period: {
+            /** Format: date-time */
+            start: string | null;
+            /** Format: date-time */
+            end: string | null;
+        };
+        Invoice: {
+            /** @description Stripe's invoice id (`in_…`). */
+            id: string;
+            /** @description Null until the invoice is finalized. */
+            number: string | null;
+            /** @enum {string|null} */
+            status: "draft" | "open" | "paid" | "uncollectible" | "void" | null;
+            /** @description In the currency's minor units */
+            total: number;
+            currency: string;
+            /** @description The period whose usage and invoice items the invoice collects. */
+            period: components["schemas"]["Period"];
+            /**
+             * Format: uri
+             * @description Stripe's page for viewing and paying the invoice; null for a draft.
+             */
+            hosted_invoice_url: string | null;
+            /**
+             * Format: uri
+             * @description Stripe's PDF of it.
+             */
+            invoice_pdf: string | null;
+            /** Format: date-time */
+            created: string | null;
+        };
+        InvoiceLine: {
+            description: string | null;
+            /** @description In minor units */
+            amount: number;
+            /** @description For a metered line */
+            quantity: number | null;
+            period: components["schemas"]["Period"];
+            /** @description The price's lookup key; null for a price outside the catalog. */
+            price: string | null;
+            /** @description Billed on usage (in arrears). */
+            metered: boolean;
+        };
+        UpcomingInvoice: {
+            /** @description The subscription previewed. */
+            stripe_subscription_id: string;
+            currency: string;
+            /** @description Before discounts and tax. */
+            subtotal: number;
+            /** @description Tax added on top (0 without Stripe Tax or tax rates). */
+            tax: number;
+            total: number;
+            /** @description The total less the customer's credit balance. */
+            amount_due: number;
+            period: components["schemas"]["Period"];
+            lines: components["schemas"]["InvoiceLine"][];
+            /** @description Stripe showed only the first lines; the totals include every line. */
+            more_lines: boolean;
         };
         CheckoutInput: {
             customer_id: string;
@@ -1992,6 +2108,83 @@ export interface operations {
             404: components["responses"]["NotFound"];
             422: components["responses"]["ValidationFailed"];
             429: components["responses"]["RateLimited"];
+        };
+    };
+    listInvoices: {
+        parameters: {
+            query?: {
+                /** @description Items per page. */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description The `next_cursor` of the previous page; without it, the first page. A page starts
+                 *     strictly after the last item of the previous one, so a walk from the first page to the
+                 *     last returns every item that existed when it began exactly once, whatever is added
+                 *     meanwhile (items added during the walk may or may not appear). Opaque: pass it back as
+                 *     it came.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of invoices, newest first. */
+            200: {
+                headers: {
+                    /** @description Seconds since the page was read from Stripe; only on cached pages. */
+                    Age?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page"] & {
+                        data?: components["schemas"]["Invoice"][];
+                    };
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            502: components["responses"]["StripeRequestFailed"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    previewUpcomingInvoice: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The preview. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UpcomingInvoice"];
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            502: components["responses"]["StripeRequestFailed"];
+            503: components["responses"]["ServiceUnavailable"];
         };
     };
     createCheckoutSession: {
