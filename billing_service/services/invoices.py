@@ -8,22 +8,26 @@ they move with every unit of metered usage.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
 
+from billing_service.db import customers as customers_db
 from billing_service.db import invoice_lines, invoice_pages
 from billing_service.db.customers import Customer
 from billing_service.db.invoice_pages import PageKey
+from billing_service.db.pool import Connection
 from billing_service.db.subscriptions import LIVE_STATUSES, Subscription
 from billing_service.errors import NotFound, StripeNotConfigured, StripeUnavailable
 from billing_service.stripe_gateway import StripeGateway, require_stripe
 from billing_service.stripe_invoices import StripeInvoice
 from billing_service.stripe_objects import stripe_hosted_url, timestamp
+
+if TYPE_CHECKING:
+    from billing_service.services.stripe_events import EventContext
 
 logger = structlog.get_logger(__name__)
 
@@ -80,8 +84,37 @@ async def list_invoices(
     return InvoicePage(invoices, has_more=has_more, age=None)
 
 
-async def forget_invoices(pool: asyncpg.Pool, customer_id: uuid.UUID) -> None:
-    await invoice_pages.forget_customer_pages(pool, customer_id)
+# Events after which a customer's list shows something new: an invoice issued, paid, failed,
+# voided, written off or deleted (a draft). Their cached pages are dropped, whatever the TTL.
+INVOICE_EVENTS = frozenset(
+    {
+        "invoice.finalized",
+        "invoice.paid",
+        "invoice.payment_failed",
+        "invoice.voided",
+        "invoice.marked_uncollectible",
+        "invoice.deleted",
+    }
+)
+
+
+async def forget_invoices_of(conn: Connection, stripe_customer_id: object) -> None:
+    """Drop the cached invoice pages of the Stripe customer's customer, if they are ours."""
+    if not isinstance(stripe_customer_id, str):
+        return
+    customer = await customers_db.select_customer_by_stripe_id(conn, stripe_customer_id)
+    if customer is not None:
+        await invoice_pages.forget_customer_pages(conn, customer.id)
+
+
+async def handle_invoice_event(ctx: EventContext) -> None:
+    """An invoice event with no other effect: the next read of the list asks Stripe. Only a
+    cache is dropped, so the payload's customer is enough (nothing is taken from it)."""
+
+    async def forget(conn: Connection) -> None:
+        await forget_invoices_of(conn, ctx.object.get("customer"))
+
+    await ctx.complete(forget)
 
 
 def _from_cache(cached: invoice_pages.CachedPage) -> InvoicePage:

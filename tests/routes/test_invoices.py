@@ -17,7 +17,8 @@ from billing_service.stripe_gateway import StripeGateway
 from tests.conftest import app_client, issue_key
 from tests.routes.test_checkout import bearer, seeded
 from tests.routes.test_customers import subscribed
-from tests.stripe_fakes import FakeStripe, stripe_error
+from tests.routes.test_webhooks import drain, post_event
+from tests.stripe_fakes import FakeStripe, stripe_error, stripe_event
 from tests.test_openapi import assert_matches_schema
 
 PROBLEM = "urn:billing-service:problem:"
@@ -368,3 +369,31 @@ async def test_upcoming_invoice_during_a_stripe_outage_is_503(
     )
     assert response.status_code == 503
     assert response.json()["type"] == f"{PROBLEM}stripe-unavailable"
+
+
+async def test_invoice_events_drop_the_cached_pages_at_once(
+    stripe_client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    fake_stripe: FakeStripe,
+    billing_key: str,
+) -> None:
+    """A signed invoice.finalized (no other effect) or invoice.paid (which also syncs the
+    subscription) makes the next read ask Stripe, well within the cache's 60 seconds."""
+    stripe_customer, _ids = await customer_with_invoices(
+        stripe_client, pool, gateway, fake_stripe, billing_key, 1
+    )
+    url = "/v1/customers/user_1/invoices"
+    await stripe_client.get(url, headers=bearer(billing_key))
+    for n, event_type in enumerate(["invoice.finalized", "invoice.paid"], start=1):
+        issued = fake_stripe.add_issued_invoice(
+            stripe_customer, created=int(time.time()) + n, total=n, status="open"
+        )
+        posted = await post_event(stripe_client, stripe_event(event_type, issued))
+        assert posted.status_code == 200
+        assert await drain(pool, gateway) == 1
+        assert await pool.fetchval("SELECT count(*) FROM invoice_pages") == 0
+        listed = await stripe_client.get(url, headers=bearer(billing_key))
+        assert listed.json()["data"][0]["id"] == issued["id"]
+        assert "age" not in listed.headers
+        assert len(fake_stripe.calls_to("GET", "/v1/invoices")) == n + 1
