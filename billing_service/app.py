@@ -39,12 +39,14 @@ from billing_service.routes import (
     events,
     health,
     invoices,
+    meter_events,
     usage,
     webhook_endpoints,
 )
 from billing_service.services.email import EmailWorker
 from billing_service.services.entitlement_cache import EntitlementCache
 from billing_service.services.key_cache import KeyCache
+from billing_service.services.meter_events import MeterEventDelivery
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.services.token_index import TokenIndex
@@ -83,6 +85,7 @@ def create_app(
         *catalog.public_routes,
         *customers.routes,
         *invoices.routes,
+        *meter_events.routes,
         *checkout.routes,
         *events.routes,
         *usage.routes,
@@ -206,6 +209,8 @@ def _start_background_work(
     )
     events = PollingWorker("stripe-events", processor.process_due)
     tasks.append(asyncio.create_task(events.run(), name="stripe-events"))
+    meters = PollingWorker("meter-events", MeterEventDelivery(pool, stripe).deliver_due)
+    tasks.append(asyncio.create_task(meters.run(), name="meter-events"))
     return events, tasks
 
 

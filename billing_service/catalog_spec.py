@@ -8,6 +8,7 @@ validated together, so a plan can never refer to a feature that does not exist.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -27,7 +28,7 @@ from billing_service.errors import FieldError, ValidationFailed
 KEY_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 Key = Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
 Reset = Literal["hour", "day", "week", "month", "year", "billing_period", "never"]
-Overage = Literal["deny", "allow"]
+Overage = Literal["deny", "allow", "bill"]
 FeatureKind = Literal["boolean", "metered"]
 
 
@@ -64,14 +65,42 @@ class FeatureSpec(_Strict):
     unit: str | None = Field(default=None, min_length=1, max_length=50)
 
 
+def _unit_amount(value: object) -> object:
+    """A per-unit price may be a decimal of minor units (0.5 is half a cent); read from the
+    number's text so 0.1 stays 0.1. Text and booleans are refused."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(  # noqa: TRY004 - pydantic reports ValueError as a field error
+            "must be a number of the currency's minor units, e.g. 2 for 0.02 USD"
+        )
+    return Decimal(str(value))
+
+
+class OveragePrice(_Strict):
+    """What one unit past the allowance costs, billed through a Stripe meter."""
+
+    amount_per_unit: Annotated[
+        Decimal, BeforeValidator(_unit_amount), Field(gt=0, le=MAX_AMOUNT, decimal_places=12)
+    ]
+    currency: Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _lowercase_currency(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
 class MeteredLimit(_Strict):
-    """A metered feature's allowance in a plan. `limit: null` means unlimited."""
+    """A metered feature's allowance in a plan. `limit: null` means unlimited. With
+    `overage: bill`, units past the limit are allowed and billed at `overage_price`."""
 
     enabled: bool = True
     limit: int | None = Field(default=None, ge=0, le=MAX_UNITS)
     soft_limit: int | None = Field(default=None, ge=0, le=MAX_UNITS)
     reset: Reset = "month"
     overage: Overage = "deny"
+    overage_price: OveragePrice | None = None
 
 
 class PriceSpec(_Strict):
@@ -140,7 +169,35 @@ def _check_allowances(catalog: CatalogSpec, plan_key: str, plan: PlanSpec) -> li
             errors.append(FieldError(path, "a boolean feature takes true or false"))
         elif isinstance(allowance, MeteredLimit) and _soft_above_hard(allowance):
             errors.append(FieldError(f"{path}.soft_limit", "must not exceed limit"))
+        elif isinstance(allowance, MeteredLimit):
+            errors += _check_billing(plan, path, allowance)
     return errors
+
+
+def _check_billing(  # noqa: PLR0911 - one return per rule reads best
+    plan: PlanSpec, path: str, allowance: MeteredLimit
+) -> list[FieldError]:
+    """`overage: bill` needs a price, a limit to bill past, and a recurring plan price in the
+    same currency (Stripe puts the metered price on that subscription)."""
+    price = allowance.overage_price
+    if allowance.overage != "bill":
+        if price is not None:
+            return [FieldError(f"{path}.overage_price", "only used with overage: bill")]
+        return []
+    if price is None:
+        return [FieldError(f"{path}.overage_price", "required with overage: bill")]
+    if allowance.limit is None:
+        return [FieldError(f"{path}.limit", "overage: bill needs a limit (0 bills every unit)")]
+    recurring = [p for p in plan.prices.values() if p.type == "recurring"]
+    if not recurring:
+        return [FieldError(f"{path}.overage", "billing overage needs a recurring plan price")]
+    if any(p.currency != price.currency for p in recurring):
+        return [
+            FieldError(
+                f"{path}.overage_price.currency", "must be the currency of the plan's prices"
+            )
+        ]
+    return []
 
 
 def _check_price(catalog: CatalogSpec, path: str, price: PriceSpec) -> list[FieldError]:
@@ -216,6 +273,13 @@ def _allowance_document(allowance: bool | MeteredLimit) -> object:
     document["reset"] = allowance.reset
     if allowance.overage != "deny":
         document["overage"] = allowance.overage
+    if allowance.overage_price is not None:
+        amount = allowance.overage_price.amount_per_unit
+        whole = amount == amount.to_integral_value()
+        document["overage_price"] = {
+            "amount_per_unit": int(amount) if whole else float(amount),
+            "currency": allowance.overage_price.currency,
+        }
     return document
 
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import asyncpg
@@ -47,6 +48,9 @@ RETRY_AFTER_SECONDS = 5
 
 # What Stripe accepts as an Idempotency-Key (an HTTP header value of at most 255 characters).
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+# How Stripe refuses a meter event whose identifier it has already counted.
+_DUPLICATE_METER_EVENT = re.compile(r"already exists with identifier")
 
 logger = structlog.get_logger(__name__)
 
@@ -231,6 +235,91 @@ class StripeGateway:
             idempotency_key=idempotency_key,
         )
 
+    # Billing meters: the meter of a billed feature, its metered prices, usage reported to it
+
+    async def create_meter(
+        self, *, display_name: str, event_name: str, idempotency_key: str
+    ) -> str:
+        """A meter summing the `value` of events named `event_name`, per Stripe customer id."""
+        params: dict[str, Any] = {
+            "display_name": display_name,
+            "event_name": event_name,
+            "default_aggregation": {"formula": "sum"},
+            "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+            "value_settings": {"event_payload_key": "value"},
+        }
+        meters = self._client.v1.billing.meters
+        meter = await self._call(
+            "billing.meter.create", meters.create_async, params, idempotency_key=idempotency_key
+        )
+        return str(meter.id)
+
+    async def create_metered_price(
+        self,
+        *,
+        product_id: str,
+        meter_id: str,
+        unit_amount: Decimal,
+        currency: str,
+        interval: str,
+        lookup_key: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> str:
+        """A recurring price billed on what the meter summed over each period; sub-cent unit
+        amounts go as `unit_amount_decimal`."""
+        params: dict[str, Any] = {
+            "product": product_id,
+            "currency": currency,
+            "unit_amount_decimal": format(unit_amount.normalize(), "f"),
+            "recurring": {"interval": interval, "usage_type": "metered", "meter": meter_id},
+            "billing_scheme": "per_unit",
+            "lookup_key": lookup_key,
+            "transfer_lookup_key": True,
+            "metadata": metadata,
+        }
+        prices = self._client.v1.prices
+        price = await self._call(
+            "price.create", prices.create_async, params, idempotency_key=idempotency_key
+        )
+        return str(price.id)
+
+    async def create_meter_event(
+        self,
+        *,
+        event_name: str,
+        stripe_customer_id: str,
+        value: int,
+        identifier: str,
+        timestamp: int,
+        idempotency_key: str,
+    ) -> bool:
+        """Report `value` units; Stripe counts an `identifier` once, however often it is sent.
+        False when Stripe already had the identifier (it refuses the repeat with a 400): the
+        units were delivered before, by an attempt whose answer was lost."""
+        params: dict[str, Any] = {
+            "event_name": event_name,
+            "identifier": identifier,
+            "timestamp": timestamp,
+            "payload": {"stripe_customer_id": stripe_customer_id, "value": str(value)},
+        }
+        events = self._client.v1.billing.meter_events
+        try:
+            await self._call(
+                "billing.meter_event.create",
+                events.create_async,
+                params,
+                idempotency_key=idempotency_key,
+            )
+        except StripeRequestFailed as exc:
+            cause = exc.__cause__
+            if isinstance(cause, stripe.InvalidRequestError) and _DUPLICATE_METER_EVENT.search(
+                str(cause.user_message or "")
+            ):
+                return False
+            raise
+        return True
+
     # Customers, Checkout and the portal
 
     async def create_customer(
@@ -272,11 +361,16 @@ class StripeGateway:
         trial_days: int,
         allow_promotion_codes: bool,
         idempotency_key: str,
+        metered_prices: list[str] | None = None,
     ) -> StripeCheckoutSession:
         params: dict[str, Any] = {
             "mode": mode,
             "customer": customer,
-            "line_items": [{"price": price, "quantity": quantity}],
+            # Metered prices take no quantity: Stripe bills what their meters summed.
+            "line_items": [
+                {"price": price, "quantity": quantity},
+                *({"price": metered} for metered in metered_prices or []),
+            ],
             "success_url": success_url,
             "cancel_url": cancel_url,
             "client_reference_id": client_reference_id,

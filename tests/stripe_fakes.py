@@ -132,6 +132,7 @@ class FakeStripe:
             ("GET", r"^/v1/events$"): self._list_events,
         }
         routes |= self._invoice_routes()
+        routes |= self._meter_routes()
         for (method, pattern), handler in routes.items():
             router.route(method=method, path__regex=pattern).mock(
                 side_effect=self._unless_failing(handler)
@@ -243,19 +244,29 @@ class FakeStripe:
 
         def build() -> dict[str, Any]:
             recurring = _nested(fields, "recurring")
+            decimal = fields.get("unit_amount_decimal", fields.get("unit_amount"))
+            assert decimal is not None, "Stripe needs unit_amount or unit_amount_decimal"
             price = stripe_object(
                 "price",
                 id=self._new_id("price"),
                 product=fields["product"],
-                unit_amount=int(fields["unit_amount"]),
-                unit_amount_decimal=fields["unit_amount"],
+                # Stripe sets unit_amount only when the amount is a whole number of minor units.
+                unit_amount=int(decimal) if decimal.isdigit() else None,
+                unit_amount_decimal=decimal,
                 currency=fields["currency"],
                 lookup_key=fields.get("lookup_key"),
                 metadata=_nested(fields, "metadata"),
                 type="recurring" if recurring else "one_time",
             )
             price["recurring"] = (
-                price["recurring"] | {"interval": recurring["interval"]} if recurring else None
+                price["recurring"]
+                | {
+                    "interval": recurring["interval"],
+                    "usage_type": recurring.get("usage_type", "licensed"),
+                    "meter": recurring.get("meter"),
+                }
+                if recurring
+                else None
             )
             if fields.get("transfer_lookup_key") == "true":
                 for other in self.prices.values():
@@ -972,6 +983,107 @@ class FakeStripe:
                         "subscription": subscription["id"], "subscription_item": item["id"]}},
         )  # fmt: skip
         return line
+
+    # Billing meters and meter events
+
+    def _meter_routes(self) -> dict[tuple[str, str], Any]:
+        self.meters: dict[str, dict[str, Any]] = {}
+        self.meter_events: list[dict[str, Any]] = []
+        self._meter_event_identifiers: dict[str, float] = {}
+        return {
+            ("POST", r"^/v1/billing/meters$"): self._create_meter,
+            ("GET", r"^/v1/billing/meters/(?P<object_id>[^/]+)$"): self._getter(self.meters),
+            ("POST", r"^/v1/billing/meter_events$"): self._create_meter_event,
+        }
+
+    def _create_meter(self, request: httpx.Request) -> httpx.Response:
+        """A `billing.meter` as Stripe documents it; an event name names one live meter."""
+        fields, key = self._record(request)
+        if not self._replayable(key) and any(
+            m["event_name"] == fields["event_name"] and m["status"] == "active"
+            for m in self.meters.values()
+        ):
+            return httpx.Response(
+                400,
+                json={"error": {"type": "invalid_request_error",
+                                "message": "A meter with this event_name already exists."}},
+            )  # fmt: skip
+
+        def build() -> dict[str, Any]:
+            now = int(time.time() + self.elapsed)
+            meter: dict[str, Any] = {
+                "id": self._new_id("mtr"),
+                "object": "billing.meter",
+                "created": now,
+                "customer_mapping": {
+                    "event_payload_key": fields["customer_mapping[event_payload_key]"],
+                    "type": fields["customer_mapping[type]"],
+                },
+                "default_aggregation": {"formula": fields["default_aggregation[formula]"]},
+                "display_name": fields["display_name"],
+                "event_name": fields["event_name"],
+                "event_time_window": None,
+                "livemode": False,
+                "status": "active",
+                "status_transitions": {"deactivated_at": None},
+                "updated": now,
+                "value_settings": {
+                    "event_payload_key": fields["value_settings[event_payload_key]"]
+                },
+            }
+            self.meters[meter["id"]] = meter
+            return meter
+
+        return self._respond(key, build)
+
+    def _create_meter_event(self, request: httpx.Request) -> httpx.Response:
+        """A `billing.meter_event`. Stripe counts an identifier once within at least 24 hours:
+        a repeated request under the same idempotency key replays the first answer, and a new
+        request with an identifier already seen is refused with 400 (`An event already exists
+        with identifier …`), so nothing is counted twice."""
+        fields, key = self._record(request)
+        if key is not None and self._replayable(key):
+            return httpx.Response(200, json=self._responses[key])
+        identifier = fields.get("identifier") or uuid.uuid4().hex
+        now = time.time() + self.elapsed
+        seen_at = self._meter_event_identifiers.get(identifier)
+        if seen_at is not None and now - seen_at < IDEMPOTENCY_WINDOW_SECONDS:
+            return httpx.Response(
+                400,
+                headers={"stripe-should-retry": "false"},
+                json={"error": {"type": "invalid_request_error",
+                                "message": f"An event already exists with identifier "
+                                           f"{identifier}."}},
+            )  # fmt: skip
+        if not any(m["event_name"] == fields.get("event_name") for m in self.meters.values()):
+            return httpx.Response(
+                400,
+                json={"error": {"type": "invalid_request_error",
+                                "message": "No active meter was found for event_name."}},
+            )  # fmt: skip
+        self._meter_event_identifiers[identifier] = now
+        event = {
+            "object": "billing.meter_event",
+            "created": int(now),
+            "event_name": fields["event_name"],
+            "identifier": identifier,
+            "livemode": False,
+            "payload": _nested(fields, "payload"),
+            "timestamp": int(fields.get("timestamp", int(now))),
+        }
+        self.meter_events.append(event)
+        if key is not None:
+            self._remember(key, event)
+        return httpx.Response(200, json=event)
+
+    def metered_units(self, event_name: str, stripe_customer_id: str) -> int:
+        """What the meter sums for one customer: the value of every accepted event."""
+        return sum(
+            int(e["payload"]["value"])
+            for e in self.meter_events
+            if e["event_name"] == event_name
+            and e["payload"].get("stripe_customer_id") == stripe_customer_id
+        )
 
 
 def stripe_event(event_type: str, obj: dict[str, Any], **overrides: Any) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from billing_service.outbound_http import WebhookClient
 from billing_service.resources import example_catalog_path
 from billing_service.services import api_keys, catalog, catalog_sync
 from billing_service.services.email import EmailWorker
+from billing_service.services.meter_events import MeterEventDelivery
 from billing_service.services.outgoing_webhooks import DeliveryWorker
 from billing_service.services.stripe_events import EventProcessor
 from billing_service.stripe_gateway import StripeGateway
@@ -134,6 +135,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                 PollingWorker("stripe-events", processor.process_due).run(),
                 PollingWorker("outgoing-webhooks", deliveries.deliver_due).run(),
                 PollingWorker("emails", EmailWorker(pool, settings).send_due).run(),
+                PollingWorker("meter-events", MeterEventDelivery(pool, gateway).deliver_due).run(),
             )
         return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 
 from billing_service.db.pool import Executor
 
@@ -17,6 +18,9 @@ class Allowance:
     soft_limit: int | None
     reset: str | None
     overage: str
+    # With overage 'bill': the price of a unit past the limit, in minor units.
+    overage_unit_amount: Decimal | None = None
+    overage_currency: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +32,8 @@ class PlanFeature:
 
 async def select_plan_features(conn: Executor) -> list[PlanFeature]:
     rows = await conn.fetch(
-        'SELECT plan_id, feature_id, enabled, "limit", soft_limit, reset, overage '
-        "FROM plan_features"
+        'SELECT plan_id, feature_id, enabled, "limit", soft_limit, reset, overage, '
+        "overage_unit_amount, overage_currency FROM plan_features"
     )
     return [
         PlanFeature(
@@ -41,6 +45,8 @@ async def select_plan_features(conn: Executor) -> list[PlanFeature]:
                 soft_limit=row["soft_limit"],
                 reset=row["reset"],
                 overage=row["overage"],
+                overage_unit_amount=row["overage_unit_amount"],
+                overage_currency=row["overage_currency"],
             ),
         )
         for row in rows
@@ -59,14 +65,21 @@ async def replace_plan_features(
     await conn.executemany(
         """
         INSERT INTO plan_features
-            (plan_id, feature_id, enabled, "limit", soft_limit, reset, overage)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+            (plan_id, feature_id, enabled, "limit", soft_limit, reset, overage,
+             overage_unit_amount, overage_currency)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         ON CONFLICT (plan_id, feature_id) DO UPDATE
         SET enabled = EXCLUDED.enabled, "limit" = EXCLUDED."limit",
-            soft_limit = EXCLUDED.soft_limit, reset = EXCLUDED.reset, overage = EXCLUDED.overage
+            soft_limit = EXCLUDED.soft_limit, reset = EXCLUDED.reset, overage = EXCLUDED.overage,
+            overage_unit_amount = EXCLUDED.overage_unit_amount,
+            overage_currency = EXCLUDED.overage_currency
         """,
-        [
-            (plan_id, feature_id, a.enabled, a.limit, a.soft_limit, a.reset, a.overage)
-            for feature_id, a in allowances.items()
-        ],
+        [(plan_id, feature_id, *_allowance_columns(a)) for feature_id, a in allowances.items()],
     )
+
+
+def _allowance_columns(a: Allowance) -> tuple[object, ...]:
+    return (
+        a.enabled, a.limit, a.soft_limit, a.reset, a.overage, a.overage_unit_amount,
+        a.overage_currency,
+    )  # fmt: skip

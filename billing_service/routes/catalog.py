@@ -14,6 +14,7 @@ from billing_service.catalog_spec import (
     PlanSpec,
     is_valid_key,
 )
+from billing_service.db.plan_features import Allowance
 from billing_service.errors import FieldError, NotFound, ValidationFailed
 from billing_service.routes._conditional import conditional_json
 from billing_service.routes._http import JSONResponse, parse_json
@@ -59,9 +60,21 @@ def serialize_plan(view: PlanView) -> dict[str, object]:
                 "soft_limit": allowance.soft_limit,
                 "reset": allowance.reset,
                 "overage": allowance.overage,
+                "overage_price": _overage_price(allowance),
             }
             for feature, allowance in view.features
         ],
+    }
+
+
+def _overage_price(allowance: Allowance) -> dict[str, object] | None:
+    amount = allowance.overage_unit_amount
+    if amount is None or allowance.overage_currency is None:
+        return None
+    whole = amount == amount.to_integral_value()
+    return {
+        "amount_per_unit": int(amount) if whole else float(amount),
+        "currency": allowance.overage_currency,
     }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from billing_service.catalog_spec import CatalogSpec, MeteredLimit, PriceSpec
+from billing_service.catalog_spec import CatalogSpec, MeteredLimit, OveragePrice, PriceSpec
 from billing_service.db import features as features_db
 from billing_service.db import plan_features, plans, prices
 from billing_service.db.features import Feature
@@ -16,6 +16,7 @@ from billing_service.db.plan_features import Allowance
 from billing_service.db.plans import Plan, PlanFields
 from billing_service.db.pool import Connection
 from billing_service.db.prices import Price
+from billing_service.services import meter_reconcile
 
 _DISABLED = Allowance(enabled=False, limit=None, soft_limit=None, reset=None, overage="deny")
 
@@ -53,6 +54,7 @@ async def reconcile(conn: Connection, state: CatalogState, spec: CatalogSpec) ->
     await reconciler.plans()
     await reconciler.allowances()
     await reconciler.prices()
+    reconciler.changes += await meter_reconcile.reconcile_metered(conn, spec)
     return reconciler.changes
 
 
@@ -77,6 +79,8 @@ def allowance_from_spec(kind: str, value: bool | MeteredLimit) -> Allowance:
         soft_limit=value.soft_limit,
         reset=value.reset,
         overage=value.overage,
+        overage_unit_amount=value.overage_price.amount_per_unit if value.overage_price else None,
+        overage_currency=value.overage_price.currency if value.overage_price else None,
     )
 
 
@@ -88,6 +92,14 @@ def allowance_spec(kind: str, allowance: Allowance) -> bool | MeteredLimit:
         soft_limit=allowance.soft_limit,
         reset=allowance.reset,  # type: ignore[arg-type]
         overage=allowance.overage,  # type: ignore[arg-type]
+        overage_price=(
+            None
+            if allowance.overage_unit_amount is None or allowance.overage_currency is None
+            else OveragePrice(
+                amount_per_unit=allowance.overage_unit_amount,
+                currency=allowance.overage_currency,
+            )
+        ),
     )
 
 
@@ -101,6 +113,9 @@ def describe_allowance(allowance: Allowance | None) -> str:
     amount = "unlimited" if allowance.limit is None else str(allowance.limit)
     soft = "" if allowance.soft_limit is None else f" (soft {allowance.soft_limit})"
     overage = ", overage allowed" if allowance.overage == "allow" else ""
+    if allowance.overage == "bill":
+        price = f"{allowance.overage_unit_amount} {allowance.overage_currency}"
+        overage = f", overage billed at {price}/unit"
     return f"{amount}/{allowance.reset}{soft}{overage}"
 
 

@@ -18,10 +18,12 @@ from typing import Any, Literal
 import asyncpg
 import structlog
 
-from billing_service.db import catalog_drift, plans, prices
+from billing_service.db import billing_meters, catalog_drift, plans, prices
+from billing_service.db.billing_meters import MeteredPrice
 from billing_service.db.plans import Plan
 from billing_service.db.pool import Connection, session_lock
 from billing_service.db.prices import Price
+from billing_service.services import meter_sync
 from billing_service.services.stripe_keys import attempt_key
 from billing_service.stripe_gateway import StripeGateway
 
@@ -61,7 +63,8 @@ class SyncReport:
 
 async def pending_work(conn: Connection) -> list[str]:
     """What a sync would send to Stripe now, described for people."""
-    return [step.describe() for step in await plan_sync(conn) if step.calls_stripe]
+    work = [step.describe() for step in await plan_sync(conn) if step.calls_stripe]
+    return work + await meter_sync.pending_meter_work(conn)
 
 
 async def plan_sync(conn: Connection) -> list[SyncStep]:
@@ -185,6 +188,10 @@ async def sync_catalog(pool: asyncpg.Pool, gateway: StripeGateway) -> SyncReport
                 await catalog_drift.resolve_drift(conn, [touched])
             if step.calls_stripe:
                 done.append(step.describe())
+        metered, touched_ids = await meter_sync.sync_meters(conn, gateway)
+        if touched_ids:
+            await catalog_drift.resolve_drift(conn, touched_ids)
+        done += metered
     if done:
         logger.info("catalog.synced", steps=done)
     return SyncReport(done=done)
@@ -254,7 +261,12 @@ async def _product_drift(
 
 async def _price_drift(conn: Connection, stripe_price_id: str, obj: Mapping[str, Any]) -> list[str]:
     price = await prices.select_price_by_stripe_id(conn, stripe_price_id)
+    metered = await billing_meters.select_metered_price_by_stripe_id(conn, stripe_price_id)
+    if price is None and metered is not None:
+        return await _metered_price_drift(conn, metered, obj)
     if price is None:
+        if _is_in_flight(obj, "billing_metered_price_id", await _unsynced_metered_price_ids(conn)):
+            return []
         if _is_in_flight(obj, "billing_price_id", await _unsynced_price_ids(conn)):
             return []
         product_id = obj.get("product")
@@ -272,6 +284,30 @@ async def _price_drift(conn: Connection, stripe_price_id: str, obj: Mapping[str,
     if findings:
         await prices.mark_price_for_sync(conn, price.id)
     return findings
+
+
+async def _metered_price_drift(
+    conn: Connection, price: MeteredPrice, obj: Mapping[str, Any]
+) -> list[str]:
+    findings = []
+    if obj.get("active") != price.active:
+        state = "active" if obj.get("active") else "archived"
+        findings.append(f"metered price {price.lookup_key}: {state} in Stripe, not in the catalog")
+    if price.active and obj.get("lookup_key") != price.lookup_key:
+        findings.append(
+            f"metered price {price.lookup_key}: lookup key is {obj.get('lookup_key')!r} in Stripe"
+        )
+    if findings:
+        await billing_meters.mark_metered_price_for_sync(conn, price.id)
+    return findings
+
+
+async def _unsynced_metered_price_ids(conn: Connection) -> set[uuid.UUID]:
+    return {
+        p.id
+        for p in await billing_meters.select_metered_prices(conn, active_only=False)
+        if p.stripe_price_id is None
+    }
 
 
 def _is_in_flight(obj: Mapping[str, Any], metadata_key: str, unsynced: set[uuid.UUID]) -> bool:

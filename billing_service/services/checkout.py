@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from billing_service.db import checkout_sessions, subscriptions
+from billing_service.db import billing_meters, checkout_sessions, subscriptions
 from billing_service.db.customers import Customer
 from billing_service.db.prices import Price, select_live_price
 from billing_service.errors import (
@@ -91,6 +91,14 @@ async def create_checkout_session(
         "billing_price_key": price.lookup_key,
     }
     assert price.stripe_price_id is not None
+    # The plan's metered prices for this interval ride along, so billed overage is invoiced.
+    metered = (
+        await billing_meters.select_stripe_metered_prices(
+            pool, price.plan_id, price.recurring_interval
+        )
+        if mode == "subscription"
+        else []
+    )
     async with attempt_key(pool, idempotency_key) as key:
         session = await gateway.create_checkout_session(
             customer=stripe_customer,
@@ -103,6 +111,7 @@ async def create_checkout_session(
             metadata=metadata,
             trial_days=trial_days,
             allow_promotion_codes=request.allow_promotion_codes,
+            metered_prices=metered,
             idempotency_key=key,
         )
     await checkout_sessions.insert_checkout_session(

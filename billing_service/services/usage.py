@@ -162,7 +162,7 @@ def _fits(entitlement: Entitlement, amount: int) -> bool:
     """Whether `amount` more units are allowed without recording anything."""
     if not entitlement.metered or entitlement.limit is None or amount <= 0:
         return True
-    if entitlement.overage == "allow":
+    if entitlement.overage in ("allow", "bill"):
         return True
     return entitlement.used + amount <= entitlement.limit + entitlement.credits
 

@@ -203,9 +203,9 @@ async def test_catalog_sync_pushes_pending_work(
     await apply(pool, None, example())
     response = await stripe_client.post("/v1/catalog/sync", headers=bearer(admin_key))
     assert response.status_code == 200
-    assert len(response.json()["synced"]) == 5
+    assert len(response.json()["synced"]) == 8  # with Pro's meter and metered prices
     assert response.json()["pending"] == []
-    assert len(fake_stripe.prices) == 3
+    assert len(fake_stripe.prices) == 5
 
 
 @pytest.mark.parametrize(

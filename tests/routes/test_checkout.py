@@ -52,7 +52,8 @@ async def test_subscription_checkout_sends_exactly_this_to_stripe(
     fake_stripe: FakeStripe,
     billing_key: str,
 ) -> None:
-    """A first checkout creates the Stripe customer, then a session linked to our records."""
+    """A first checkout creates the Stripe customer, then a session linked to our records; Pro's
+    metered price for its interval rides along without a quantity."""
     await seeded(stripe_client, pool, gateway, billing_key, "user_1")
     response = await stripe_client.post(
         "/v1/checkout/sessions", headers=bearer(billing_key), json=checkout_body()
@@ -76,6 +77,10 @@ async def test_subscription_checkout_sends_exactly_this_to_stripe(
     stripe_price = await pool.fetchval(
         "SELECT stripe_price_id FROM prices WHERE lookup_key = 'pro_monthly' AND active"
     )
+    metered_price = await pool.fetchval(
+        "SELECT stripe_price_id FROM metered_prices "
+        "WHERE lookup_key = 'pro:ai_calls:overage:month' AND active"
+    )
     metadata = {
         "billing_customer_id": our_id,
         "billing_customer_key": "user_1",
@@ -86,6 +91,7 @@ async def test_subscription_checkout_sends_exactly_this_to_stripe(
         "customer": next(iter(fake_stripe.customers)),
         "line_items[0][price]": stripe_price,
         "line_items[0][quantity]": "1",
+        "line_items[1][price]": metered_price,
         "success_url": SUCCESS,
         "cancel_url": CANCEL,
         "client_reference_id": our_id,

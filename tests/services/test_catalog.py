@@ -35,7 +35,8 @@ async def apply(
 async def test_first_apply_creates_exactly_the_expected_products_and_prices(
     pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
-    """Paid plans get a product each; every price carries its lookup key, metadata and terms."""
+    """Paid plans get a product each; every price carries its lookup key, metadata and terms
+    (Pro's billed AI calls add a meter and two metered prices, tested in test_metered_catalog)."""
     result = await apply(pool, gateway, example())
 
     products = fake_stripe.calls_to("POST", "/v1/products")
@@ -55,7 +56,10 @@ async def test_first_apply_creates_exactly_the_expected_products_and_prices(
     ]
     pro_product, credits_product = fake_stripe.products
     price_forms = {c.form["lookup_key"]: c.form for c in fake_stripe.calls_to("POST", "/v1/prices")}
-    assert set(price_forms) == {"pro_monthly", "pro_yearly", "ai_credits_1000"}
+    assert set(price_forms) == {
+        "pro_monthly", "pro_yearly", "ai_credits_1000",
+        "pro:ai_calls:overage:month", "pro:ai_calls:overage:year",
+    }  # fmt: skip
     for lookup_key, amount, interval, product in (
         ("pro_monthly", "1900", "month", pro_product),
         ("pro_yearly", "19000", "year", pro_product),
@@ -76,10 +80,13 @@ async def test_first_apply_creates_exactly_the_expected_products_and_prices(
             expected["recurring[interval]"] = interval
         assert sent == expected
     assert all(call.idempotency_key for call in fake_stripe.calls)
-    assert len(fake_stripe.calls) == 5  # no product for the free plan: it has no price
+    assert len(fake_stripe.calls) == 8  # no product for the free plan: it has no price
     assert result.stripe_pending == []
 
-    stored = await pool.fetch("SELECT lookup_key, stripe_price_id FROM prices WHERE active")
+    stored = await pool.fetch(
+        "SELECT stripe_price_id FROM prices WHERE active "
+        "UNION ALL SELECT stripe_price_id FROM metered_prices WHERE active"
+    )
     assert {row["stripe_price_id"] for row in stored} == set(fake_stripe.prices)
 
 
@@ -210,7 +217,9 @@ async def test_concurrent_applies_create_each_stripe_object_once(
     await asyncio.gather(*(apply(pool, gateway, example()) for _ in range(3)))
 
     assert len(fake_stripe.products) == 2
-    assert len(fake_stripe.prices) == 3
+    assert len(fake_stripe.prices) == 5  # with Pro's two metered prices
+    assert len(fake_stripe.meters) == 1
+    assert await pool.fetchval("SELECT count(*) FROM metered_prices") == 2
     assert await pool.fetchval("SELECT count(*) FROM plans") == 3
     assert await pool.fetchval("SELECT count(*) FROM prices") == 3
     assert await pool.fetchval("SELECT count(*) FROM prices WHERE stripe_price_id IS NULL") == 0
@@ -245,12 +254,12 @@ async def test_without_stripe_the_catalog_is_saved_and_sync_waits(
     """No Stripe key: the database is updated and the Stripe work stays pending until a sync."""
     result = await apply(pool, None, example())
     assert result.changes
-    assert len(result.stripe_pending) == 5
+    assert len(result.stripe_pending) == 8  # 2 products, 3 prices, a meter, 2 metered prices
     assert fake_stripe.calls == []
 
     report = await catalog_sync.sync_catalog(pool, gateway)
-    assert len(report.done) == 5
-    assert len(fake_stripe.prices) == 3
+    assert len(report.done) == 8
+    assert len(fake_stripe.prices) == 5
 
 
 async def test_removed_plan_is_archived_with_its_prices_never_deleted(
@@ -305,10 +314,10 @@ async def test_stripe_outage_leaves_only_unfinished_work_pending(
     assert len({call.idempotency_key for call in failed}) == 1  # ...reuse one idempotency key
     assert len(fake_stripe.products) == 2  # products were created and recorded
     async with pool.acquire() as conn:
-        assert len(await catalog_sync.pending_work(conn)) == 3
+        assert len(await catalog_sync.pending_work(conn)) == 6  # with the meter's work
 
     fake_stripe.failures.clear()
     report = await catalog_sync.sync_catalog(pool, gateway)
-    assert len(report.done) == 3
-    assert len(fake_stripe.prices) == 3
+    assert len(report.done) == 6
+    assert len(fake_stripe.prices) == 5
     assert len(fake_stripe.calls_to("POST", "/v1/products")) == 2

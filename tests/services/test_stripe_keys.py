@@ -34,9 +34,9 @@ async def test_a_sync_answered_with_a_500_succeeds_next_time_under_a_new_key(
     fake_stripe.failures.clear()  # Stripe is back, and still keeps the 500 under that key
     report = await catalog_sync.sync_catalog(pool, gateway)
 
-    assert len(report.done) == 5  # two products, three prices
+    assert len(report.done) == 8  # two products, three prices, a meter, two metered prices
     assert len(fake_stripe.products) == 2
-    assert len(fake_stripe.prices) == 3
+    assert len(fake_stripe.prices) == 5
     retried = fake_stripe.calls_to("POST", "/v1/products")[3]
     assert retried.idempotency_key == f"{first_key}:retry:1"
     assert await pool.fetchval(

@@ -539,6 +539,45 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/meter-events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Billed overage bound for Stripe's meters, newest first (admin).
+         * @description Each row is the billable units of one track, written in the track's own statement and
+         *     delivered by the worker with backoff. `rejected` rows are what Stripe refused, with its
+         *     reason in `last_error`; replay them once the cause is fixed.
+         */
+        get: operations["listMeterEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/meter-events/{event_id}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a rejected meter event again (admin); its identifier still counts once. */
+        post: operations["replayMeterEvent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/events/{event_id}/replay": {
         parameters: {
             query?: never;
@@ -605,7 +644,9 @@ export interface paths {
         /**
          * Check and record usage in one atomic step.
          * @description Past a hard limit with overage `deny`, nothing is recorded and `allowed` is false; with
-         *     `allow`, the usage is recorded and flagged `overage`. The plan allowance is spent before
+         *     `allow`, the usage is recorded and flagged `overage`; with `bill`, the same, and the
+         *     units past the allowance (and credits) are queued for Stripe's meter in the same
+         *     statement, to be delivered by the worker. The plan allowance is spent before
          *     purchased credits. A negative `amount` gives units back. The same idempotency key for
          *     the same customer returns the first response and counts once; with a different body it
          *     is a 409 `idempotency-key-reused`. Send the key as the `Idempotency-Key` header (as for
@@ -856,8 +897,18 @@ export interface components {
                 soft_limit: number | null;
                 reset: components["schemas"]["Reset"] | null;
                 /** @enum {string} */
-                overage: "deny" | "allow";
+                overage: "deny" | "allow" | "bill";
+                overage_price?: components["schemas"]["OveragePrice"] | null;
             }[];
+        };
+        /**
+         * @description What one unit past the limit costs with overage `bill`, in the currency's minor units
+         *     (decimals allowed: 0.5 is half a cent). Billed through a Stripe Billing Meter and a
+         *     metered price on the plan's subscriptions.
+         */
+        OveragePrice: {
+            amount_per_unit: number;
+            currency: string;
         };
         MeteredLimit: {
             /** @default true */
@@ -867,10 +918,13 @@ export interface components {
             soft_limit?: number | null;
             reset?: components["schemas"]["Reset"];
             /**
+             * @description Past the limit: `deny` refuses, `allow` records and flags, `bill` records, flags
+             *     and charges each unit at `overage_price` (required with `bill`, and only then).
              * @default deny
              * @enum {string}
              */
-            overage?: "deny" | "allow";
+            overage?: "deny" | "allow" | "bill";
+            overage_price?: components["schemas"]["OveragePrice"];
         };
         PriceInput: {
             /**
@@ -1132,6 +1186,31 @@ export interface components {
             received_at: string;
             /** Format: date-time */
             processed_at: string | null;
+        };
+        MeterEvent: {
+            /** Format: uuid */
+            id: string;
+            /** @description The calling app's customer id. */
+            customer_id: string;
+            feature: string;
+            /** @description The Stripe meter's event name. */
+            event_name: string;
+            /** @description Sent to Stripe, which counts an identifier once. */
+            identifier: string;
+            /** @description Billable units. */
+            value: number;
+            /** @enum {string} */
+            status: "pending" | "sent" | "rejected";
+            attempts: number;
+            last_error: string | null;
+            /** Format: date-time */
+            next_attempt_at: string | null;
+            /** Format: date-time */
+            occurred_at: string;
+            /** Format: date-time */
+            sent_at: string | null;
+            /** Format: date-time */
+            created_at: string;
         };
         Replayed: {
             replayed: number;
@@ -2375,6 +2454,72 @@ export interface operations {
             401: components["responses"]["Unauthenticated"];
             403: components["responses"]["Forbidden"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    listMeterEvents: {
+        parameters: {
+            query?: {
+                status?: "pending" | "sent" | "rejected";
+                /** @description Items per page. */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description The `next_cursor` of the previous page; without it, the first page. A page starts
+                 *     strictly after the last item of the previous one, so a walk from the first page to the
+                 *     last returns every item that existed when it began exactly once, whatever is added
+                 *     meanwhile (items added during the walk may or may not appear). Opaque: pass it back as
+                 *     it came.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of meter events, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page"] & {
+                        data?: components["schemas"]["MeterEvent"][];
+                    };
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    replayMeterEvent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                event_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Queued for the worker. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Replayed"];
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             429: components["responses"]["RateLimited"];
         };
     };
