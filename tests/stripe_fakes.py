@@ -931,7 +931,7 @@ class FakeStripe:
 
     def _preview_invoice(self, request: httpx.Request) -> httpx.Response:
         """The subscription's next invoice: licensed items billed ahead for the next period,
-        metered items in arrears for the current one at their usage so far (`metered_usage`).
+        metered items in arrears for the current one at the usage their meter summed so far.
         None comes for a subscription that is cancelled or ends with its period."""
         fields, _key = self._record(request)
         subscription = self.subscriptions.get(fields.get("subscription", ""))
@@ -960,13 +960,28 @@ class FakeStripe:
                             "url": f"/v1/invoices/{preview['id']}/lines"}  # fmt: skip
         return httpx.Response(200, json=preview)
 
+    def _metered_quantity(self, customer: str, price: dict[str, Any], item: dict[str, Any]) -> int:
+        """A metered item's usage this period: what its meter summed for the customer from
+        the events stamped within the period, else what a test set in `metered_usage`."""
+        meter = getattr(self, "meters", {}).get(price["recurring"].get("meter"))
+        if meter is None:
+            return self.metered_usage.get(item["id"], 0)
+        start, end = item["current_period_start"], item["current_period_end"]
+        return sum(
+            int(e["payload"]["value"])
+            for e in self.meter_events
+            if e["event_name"] == meter["event_name"]
+            and e["payload"].get("stripe_customer_id") == customer
+            and start <= e["timestamp"] < end
+        )
+
     def _preview_line(self, subscription: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
         price = self.prices.get(item["price"]["id"], item["price"])
         metered = price["recurring"]["usage_type"] == "metered"
         unit = float(price["unit_amount_decimal"] or price["unit_amount"] or 0)
         start, end = item["current_period_start"], item["current_period_end"]
         if metered:
-            quantity = self.metered_usage.get(item["id"], 0)
+            quantity = self._metered_quantity(subscription["customer"], price, item)
         else:
             quantity = item["quantity"]
             start, end = end, end + (end - start)

@@ -1267,6 +1267,21 @@ export interface components {
                 period_start: string | null;
                 /** Format: date-time */
                 resets_at: string | null;
+                /**
+                 * @description For a feature the plan bills past its limit (`overage: bill`), what this
+                 *     period's overage will cost: the units past the allowance (and past credits)
+                 *     reported or to be reported to Stripe's meter, the plan's price of one, and
+                 *     their product. Amounts are decimal strings in minor units; Stripe rounds the
+                 *     invoice line. Null for features not billed.
+                 */
+                overage_billing: null | {
+                    billable_units: number;
+                    /** @description Minor units, e.g. `2` or `0.5`. */
+                    unit_amount: string;
+                    currency: string;
+                    /** @description Minor units. */
+                    estimated_amount: string;
+                };
             }[];
         };
         /** @enum {string} */

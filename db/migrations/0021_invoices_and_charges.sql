@@ -1,4 +1,5 @@
--- Pages of a customer's invoice list as Stripe last answered them (`GET /v1/customers/{id}/invoices`).
+-- Invoices and charges. invoice_pages: pages of a customer's invoice list as Stripe last answered
+-- them (`GET /v1/customers/{id}/invoices`).
 -- Shared by every replica: a page fetched by one is fresh for all for a short while, and any of
 -- them can answer from it while Stripe is unavailable. Only what the route shows is kept (no
 -- email, name or address of the customer). Keyed by the Stripe customer too, so a Stripe
@@ -17,3 +18,8 @@ CREATE TABLE IF NOT EXISTS invoice_pages (
 );
 CREATE OR REPLACE TRIGGER invoice_pages_set_updated_at BEFORE UPDATE ON invoice_pages
     FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+
+-- What a customer will be charged this period (entitlements' `overage_billing`): the billable
+-- units of a feature since its window started, summed from the index alone.
+CREATE INDEX IF NOT EXISTS meter_events_customer_feature
+    ON meter_events (customer_id, feature_id, occurred_at) INCLUDE (value);
