@@ -275,8 +275,16 @@ async def get_usage(request: Request) -> Response:
     window = history_window(
         query.granularity, since=query.since, until=query.until, now=_now(request)
     )
+    state = app_state(request)
     periods = await usage.usage_history(
-        app_state(request)["pool"], customer_id, feature_key=query.feature, window=window
+        state["pool"], customer_id, feature_key=query.feature, window=window
+    )
+    current = await usage.entitlements(
+        state["pool"], customer_id, now=_now(request), grace=_grace(request),
+        cache=state["entitlement_cache"],
+    )  # fmt: skip
+    charges = await overage_charges(
+        state["pool"], [e for e in current if query.feature in (None, e.context.feature_key)]
     )
     return JSONResponse(
         {
@@ -293,6 +301,16 @@ async def get_usage(request: Request) -> Response:
                     "cost": format(p.cost, "f"),  # never exponent notation (1E-12)
                 }
                 for p in periods
+            ],
+            "overage_billing": [
+                {
+                    "feature": e.context.feature_key,
+                    "period_start": e.period.start if e.period else None,
+                    "period_end": e.period.end if e.period else None,
+                    **(serialize_charge(charges[e.context.feature_id]) or {}),
+                }
+                for e in current
+                if e.context.feature_id in charges
             ],
         }
     )

@@ -56,8 +56,8 @@ async def test_entitlements_show_billable_units_and_the_estimated_amount(
     billing_key: str,
 ) -> None:
     """Units tracked past Pro's 500 AI calls are billable at 2 cents each: 507 calls show 7
-    billable units and an estimated 14 cents; features not billed show null; a customer on the
-    free plan (nothing billed) shows null too."""
+    billable units and an estimated 14 cents, in the entitlements and the usage report; features
+    not billed show null (and are not in the report); a free-plan customer shows null too."""
     await pro_customer_with_metered_item(stripe_client, pool, gateway, fake_stripe, billing_key)
     url = "/v1/customers/user_1/entitlements"
     within = (await stripe_client.get(url, headers=bearer(billing_key))).json()
@@ -74,6 +74,17 @@ async def test_entitlements_show_billable_units_and_the_estimated_amount(
         "billable_units": 7, "unit_amount": "2", "currency": "usd", "estimated_amount": "14",
     }  # fmt: skip
     assert feature(body, "projects")["overage_billing"] is None
+    report = await stripe_client.get("/v1/customers/user_1/usage", headers=bearer(billing_key))
+    (billed,) = report.json()["overage_billing"]
+    assert billed == {
+        "feature": "ai_calls", "period_start": feature(body, "ai_calls")["period_start"],
+        "period_end": feature(body, "ai_calls")["resets_at"], "billable_units": 7,
+        "unit_amount": "2", "currency": "usd", "estimated_amount": "14",
+    }  # fmt: skip
+    other = await stripe_client.get(
+        "/v1/customers/user_1/usage?feature=projects", headers=bearer(billing_key)
+    )
+    assert other.json()["overage_billing"] == []
     assert feature(body, "export_csv")["overage_billing"] is None
     await stripe_client.put(
         "/v1/customers/user_2", headers=bearer(billing_key), json={"email": "b@example.com"}

@@ -1274,15 +1274,16 @@ export interface components {
                  *     their product. Amounts are decimal strings in minor units; Stripe rounds the
                  *     invoice line. Null for features not billed.
                  */
-                overage_billing: null | {
-                    billable_units: number;
-                    /** @description Minor units, e.g. `2` or `0.5`. */
-                    unit_amount: string;
-                    currency: string;
-                    /** @description Minor units. */
-                    estimated_amount: string;
-                };
+                overage_billing: null | components["schemas"]["OverageCharge"];
             }[];
+        };
+        OverageCharge: {
+            billable_units: number;
+            /** @description Minor units, e.g. `2` or `0.5`. */
+            unit_amount: string;
+            currency: string;
+            /** @description Minor units. */
+            estimated_amount: string;
         };
         /** @enum {string} */
         OutgoingEventType: "customer.entitlements_updated" | "usage.soft_limit_reached" | "usage.limit_reached" | "order.completed" | "subscription.updated" | "payment.failed" | "dispute.updated";
@@ -2776,6 +2777,18 @@ export interface operations {
                             /** @description Exact decimal */
                             cost: string;
                         }[];
+                        /**
+                         * @description For each feature of the current plan billed past its limit
+                         *     (`overage: bill`; only `feature` with that filter), what the current
+                         *     period's overage will cost, whatever the range: as in the entitlements.
+                         */
+                        overage_billing: ({
+                            feature: string;
+                            /** Format: date-time */
+                            period_start: string | null;
+                            /** Format: date-time */
+                            period_end: string | null;
+                        } & components["schemas"]["OverageCharge"])[];
                     };
                 };
             };
