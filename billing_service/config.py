@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     stripe_api_base: HttpUrl = HttpUrl("https://api.stripe.com")
     stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     stripe_max_network_retries: int = Field(default=2, ge=0, le=5)
+    # How long a page of a customer's invoices read from Stripe is shown again without asking
+    # Stripe (0: always ask); any page read in the last day answers while Stripe is down.
+    invoice_cache_seconds: int = Field(default=60, ge=0, le=3600)
 
     allowed_redirect_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Browser origins that may read a customer's entitlements with a customer token (cors.py).

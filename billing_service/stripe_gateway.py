@@ -24,11 +24,14 @@ from billing_service.config import Settings
 from billing_service.db.pool import Connection
 from billing_service.errors import (
     BillingError,
+    FieldError,
     PaymentFailed,
     StripeNotConfigured,
     StripeRequestFailed,
     StripeUnavailable,
+    ValidationFailed,
 )
+from billing_service.stripe_invoices import StripeInvoice, parse_invoice
 from billing_service.stripe_objects import (
     StripeCheckoutSession,
     StripeSubscription,
@@ -45,13 +48,6 @@ RETRY_AFTER_SECONDS = 5
 
 # What Stripe accepts as an Idempotency-Key (an HTTP header value of at most 255 characters).
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-
-# Where Stripe hosts the pages a customer may be sent to (invoices, the portal, payment pages).
-STRIPE_HOSTED_PREFIXES = (
-    "https://invoice.stripe.com/",
-    "https://billing.stripe.com/",
-    "https://pay.stripe.com/",
-)
 
 # How Stripe refuses a meter event whose identifier it has already counted.
 _DUPLICATE_METER_EVENT = re.compile(r"already exists with identifier")
@@ -70,13 +66,6 @@ def stripe_answered(error: BaseException) -> bool:
         and cause.http_status is not None
         and cause.http_status not in (409, 429)
     )
-
-
-def stripe_hosted_url(value: object) -> str | None:
-    """`value` if it is a page Stripe hosts, else None: only those may reach emails and apps."""
-    if isinstance(value, str) and value.startswith(STRIPE_HOSTED_PREFIXES):
-        return value
-    return None
 
 
 def translate_stripe_error(exc: stripe.StripeError) -> BillingError:
@@ -611,6 +600,46 @@ class StripeGateway:
             None,
             idempotency_key=idempotency_key,
         )
+
+    # Invoices (parsed in stripe_invoices.py)
+
+    async def list_invoices(
+        self, customer: str, *, limit: int, starting_after: str | None
+    ) -> tuple[list[StripeInvoice], bool]:
+        """A page of the customer's invoices, newest first, and whether more follow."""
+        params: dict[str, Any] = {"customer": customer, "limit": limit}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        try:
+            page = await self._call("invoice.list", self._client.v1.invoices.list_async, params)
+        except StripeRequestFailed as exc:
+            cause = exc.__cause__
+            if (
+                starting_after
+                and isinstance(cause, stripe.StripeError)
+                and (cause.code == "resource_missing")
+            ):
+                raise ValidationFailed(
+                    [FieldError("cursor", "names no invoice in Stripe")]
+                ) from exc
+            raise
+        invoices = [parse_invoice(item.to_dict(for_json=True)) for item in page.data]
+        return invoices, bool(page.has_more)
+
+    async def preview_invoice(self, customer: str, subscription: str) -> StripeInvoice | None:
+        """The subscription's next invoice as Stripe would make it now, metered usage included;
+        None when Stripe says none will come (the subscription ends with its period)."""
+        params = {"customer": customer, "subscription": subscription}
+        try:
+            preview = await self._call(
+                "invoice.create_preview", self._client.v1.invoices.create_preview_async, params
+            )
+        except StripeRequestFailed as exc:
+            cause = exc.__cause__
+            if isinstance(cause, stripe.StripeError) and cause.code == "invoice_upcoming_none":
+                return None
+            raise
+        return parse_invoice(preview.to_dict(for_json=True))
 
     # Webhook support: fresh objects and undelivered events
 

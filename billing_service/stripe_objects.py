@@ -17,6 +17,21 @@ def timestamp(value: object) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if isinstance(value, int) else None
 
 
+# Where Stripe hosts the pages a customer may be sent to (invoices, the portal, payment pages).
+STRIPE_HOSTED_PREFIXES = (
+    "https://invoice.stripe.com/",
+    "https://billing.stripe.com/",
+    "https://pay.stripe.com/",
+)
+
+
+def stripe_hosted_url(value: object) -> str | None:
+    """`value` if it is a page Stripe hosts, else None: only those may reach emails and apps."""
+    if isinstance(value, str) and value.startswith(STRIPE_HOSTED_PREFIXES):
+        return value
+    return None
+
+
 def _id(value: object) -> str | None:
     """An expandable field: either an id or the expanded object carrying one."""
     if isinstance(value, Mapping):

@@ -100,6 +100,9 @@ class FakeStripe:
         self.invoices: dict[str, dict[str, Any]] = {}
         self.disputes: dict[str, dict[str, Any]] = {}
         self.undelivered_events: list[dict[str, Any]] = []
+        # Invoices: metered usage per subscription item so far, and the tax a preview adds.
+        self.metered_usage: dict[str, int] = {}
+        self.preview_tax_percent = 0
         self.calls: list[Call] = []
         self.failures: dict[str, httpx.Response | Exception] = {}
         self._responses: dict[str, dict[str, Any]] = {}
@@ -140,6 +143,7 @@ class FakeStripe:
             ("GET", r"^/v1/prices/(?P<object_id>[^/]+)$"): self._getter(self.prices),
             ("GET", r"^/v1/events$"): self._list_events,
         }
+        routes |= self._invoice_routes()
         routes |= self._meter_routes()
         for (method, pattern), handler in routes.items():
             router.route(method=method, path__regex=pattern).mock(
@@ -939,6 +943,126 @@ class FakeStripe:
         )
         self.disputes[dispute["id"]] = dispute
         return dispute
+
+    # Invoices: the customer's list (newest first) and the preview of the next one
+
+    def _invoice_routes(self) -> dict[tuple[str, str], Any]:
+        return {
+            ("GET", r"^/v1/invoices$"): self._list_invoices,
+            ("POST", r"^/v1/invoices/create_preview$"): self._preview_invoice,
+        }
+
+    def add_issued_invoice(
+        self, customer: str, *, created: int, total: int, status: str = "paid"
+    ) -> dict[str, Any]:
+        """A finalized invoice, numbered, with its Stripe-hosted page and PDF."""
+        invoice_id = self._new_id("in")
+        invoice = stripe_object(
+            "invoice", id=invoice_id, customer=customer, status=status, created=created,
+            number=f"FAKE-{next(self._ids):04d}", total=total, subtotal=total,
+            amount_due=total, amount_paid=total if status == "paid" else 0,
+            period_start=created - 30 * 86_400, period_end=created,
+            hosted_invoice_url=f"https://invoice.stripe.com/i/acct_fake/test_{invoice_id}",
+            invoice_pdf=f"https://pay.stripe.com/invoice/acct_fake/test_{invoice_id}/pdf",
+        )  # fmt: skip
+        self.invoices[invoice_id] = invoice
+        return invoice
+
+    def _list_invoices(self, request: httpx.Request) -> httpx.Response:
+        """Stripe's order (newest `created` first, the later-made first on ties), `limit`
+        1-100 (default 10), `starting_after` an invoice of the list or a 404."""
+        self._record(request)
+        params = request.url.params
+        limit = int(params.get("limit", "10"))
+        if not 1 <= limit <= 100:
+            return stripe_error(400, "invalid_request_error", "parameter_invalid_integer")
+        made = list(self.invoices.values())
+        listed = sorted(
+            (i for i in made if i["customer"] == params.get("customer")),
+            key=lambda i: (i["created"], made.index(i)),
+            reverse=True,
+        )
+        after = params.get("starting_after")
+        if after is not None:
+            position = next((n for n, i in enumerate(listed) if i["id"] == after), None)
+            if position is None:
+                return stripe_error(404, "invalid_request_error", "resource_missing")
+            listed = listed[position + 1 :]
+        return httpx.Response(
+            200,
+            json={"object": "list", "data": [_public(i) for i in listed[:limit]],
+                  "has_more": len(listed) > limit, "url": "/v1/invoices"},
+        )  # fmt: skip
+
+    def _preview_invoice(self, request: httpx.Request) -> httpx.Response:
+        """The subscription's next invoice: licensed items billed ahead for the next period,
+        metered items in arrears for the current one at the usage their meter summed so far.
+        None comes for a subscription that is cancelled or ends with its period."""
+        fields, _key = self._record(request)
+        subscription = self.subscriptions.get(fields.get("subscription", ""))
+        if subscription is None or subscription["customer"] != fields.get("customer"):
+            return stripe_error(404, "invalid_request_error", "resource_missing")
+        if subscription["status"] == "canceled" or subscription["cancel_at_period_end"]:
+            return stripe_error(404, "invalid_request_error", "invoice_upcoming_none")
+        lines = [self._preview_line(subscription, item) for item in subscription["items"]["data"]]
+        subtotal = sum(line["amount"] for line in lines)
+        tax = subtotal * self.preview_tax_percent // 100
+        first = subscription["items"]["data"][0]
+        preview = stripe_object(
+            "invoice", id=f"upcoming_{self._new_id('in')}", customer=subscription["customer"],
+            status="draft", number=None, hosted_invoice_url=None, invoice_pdf=None,
+            currency=subscription["currency"], billing_reason="upcoming",
+            subtotal=subtotal, subtotal_excluding_tax=subtotal, total_excluding_tax=subtotal,
+            total=subtotal + tax, amount_due=subtotal + tax, amount_remaining=subtotal + tax,
+            period_start=first["current_period_start"], period_end=first["current_period_end"],
+            total_taxes=[{"amount": tax, "tax_behavior": "exclusive", "tax_rate_details": None,
+                          "taxability_reason": "standard_rated", "taxable_amount": subtotal,
+                          "type": "tax_rate_details"}] if tax else [],
+            parent={"type": "subscription_details", "quote_details": None,
+                    "subscription_details": {"metadata": {}, "subscription": subscription["id"]}},
+        )  # fmt: skip
+        preview["lines"] = {"object": "list", "data": lines, "has_more": False,
+                            "url": f"/v1/invoices/{preview['id']}/lines"}  # fmt: skip
+        return httpx.Response(200, json=preview)
+
+    def _metered_quantity(self, customer: str, price: dict[str, Any], item: dict[str, Any]) -> int:
+        """A metered item's usage this period: what its meter summed for the customer from
+        the events stamped within the period, else what a test set in `metered_usage`."""
+        meter = getattr(self, "meters", {}).get(price["recurring"].get("meter"))
+        if meter is None:
+            return self.metered_usage.get(item["id"], 0)
+        start, end = item["current_period_start"], item["current_period_end"]
+        return sum(
+            int(e["payload"]["value"])
+            for e in self.meter_events
+            if e["event_name"] == meter["event_name"]
+            and e["payload"].get("stripe_customer_id") == customer
+            and start <= e["timestamp"] < end
+        )
+
+    def _preview_line(self, subscription: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+        price = self.prices.get(item["price"]["id"], item["price"])
+        metered = price["recurring"]["usage_type"] == "metered"
+        unit = float(price["unit_amount_decimal"] or price["unit_amount"] or 0)
+        start, end = item["current_period_start"], item["current_period_end"]
+        if metered:
+            quantity = self._metered_quantity(subscription["customer"], price, item)
+        else:
+            quantity = item["quantity"]
+            start, end = end, end + (end - start)
+        line: dict[str, Any] = copy.deepcopy(FIXTURES["invoice"]["lines"]["data"][0])
+        line.update(
+            id=self._new_id("il"), amount=round(unit * quantity), currency=price["currency"],
+            description=f"{quantity} × {price['product']}", quantity=quantity,  # noqa: RUF001
+            period={"start": start, "end": end}, subtotal=round(unit * quantity),
+            pricing={"type": "price_details", "unit_amount_decimal": str(unit),
+                     "price_details": {"price": price["id"], "product": price["product"]}},
+            parent={"type": "subscription_item_details", "invoice_item_details": None,
+                    "subscription_item_details": {
+                        "invoice_item": None, "proration": False, "proration_details": None,
+                        "subscription": subscription["id"], "subscription_item": item["id"]}},
+        )  # fmt: skip
+        return line
 
     # Billing meters and meter events
 

@@ -59,6 +59,7 @@ def serialize_subscription(
     effective_at = subscription.scheduled_change_at
     upcoming = scheduled is not None and (effective_at is None or effective_at > now)
     return {
+        "stripe_subscription_id": subscription.stripe_subscription_id,
         "status": subscription.status,
         "plan": subscription.plan_key,
         "price": subscription.price_key,
@@ -81,6 +82,7 @@ def serialize_customer(view: CustomerView) -> dict[str, object]:
     customer = view.customer
     return {
         "customer_id": customer.external_id,
+        "stripe_customer_id": customer.stripe_customer_id,
         "email": customer.email,
         "name": customer.name,
         "metadata": customer.metadata,

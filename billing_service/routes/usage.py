@@ -36,6 +36,7 @@ from billing_service.routes._http import (
 )
 from billing_service.services import customer_tokens, usage
 from billing_service.services.api_keys import Scope
+from billing_service.services.overage_charges import OverageCharge, overage_charges
 from billing_service.services.usage import Entitlement, TrackRequest
 from billing_service.state import app_state
 
@@ -235,15 +236,32 @@ async def get_entitlements(request: Request) -> Response:
     )  # fmt: skip
     first = found[0].context if found else None
     plan = next((e.plan_key for e in found if e.plan_key), None)
+    charges = await overage_charges(state["pool"], found)
     return conditional_json(
         request,
         {
             "customer_id": customer_id,
             "plan": plan,
             "subscription_status": first.status if first else None,
-            "features": [serialize_entitlement(e) for e in found],
+            "features": [
+                serialize_entitlement(e)
+                | {"overage_billing": serialize_charge(charges.get(e.context.feature_id))}
+                for e in found
+            ],
         },
     )
+
+
+def serialize_charge(charge: OverageCharge | None) -> dict[str, object] | None:
+    """A billed feature's units past its limit this period and their estimated amount."""
+    if charge is None:
+        return None
+    return {
+        "billable_units": charge.billable_units,
+        "unit_amount": format(charge.unit_amount.normalize(), "f"),
+        "currency": charge.currency,
+        "estimated_amount": format(charge.estimated_amount.normalize(), "f"),
+    }
 
 
 @requires(Scope.USAGE, Scope.BILLING)
@@ -257,8 +275,16 @@ async def get_usage(request: Request) -> Response:
     window = history_window(
         query.granularity, since=query.since, until=query.until, now=_now(request)
     )
+    state = app_state(request)
     periods = await usage.usage_history(
-        app_state(request)["pool"], customer_id, feature_key=query.feature, window=window
+        state["pool"], customer_id, feature_key=query.feature, window=window
+    )
+    current = await usage.entitlements(
+        state["pool"], customer_id, now=_now(request), grace=_grace(request),
+        cache=state["entitlement_cache"],
+    )  # fmt: skip
+    charges = await overage_charges(
+        state["pool"], [e for e in current if query.feature in (None, e.context.feature_key)]
     )
     return JSONResponse(
         {
@@ -275,6 +301,16 @@ async def get_usage(request: Request) -> Response:
                     "cost": format(p.cost, "f"),  # never exponent notation (1E-12)
                 }
                 for p in periods
+            ],
+            "overage_billing": [
+                {
+                    "feature": e.context.feature_key,
+                    "period_start": e.period.start if e.period else None,
+                    "period_end": e.period.end if e.period else None,
+                    **(serialize_charge(charges[e.context.feature_id]) or {}),
+                }
+                for e in current
+                if e.context.feature_id in charges
             ],
         }
     )

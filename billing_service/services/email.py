@@ -23,7 +23,7 @@ from billing_service.config import Settings
 from billing_service.db import outbox
 from billing_service.db.outbox import EmailDelivery
 from billing_service.services.outgoing_webhooks import LEASE_SECONDS, retry_delay
-from billing_service.stripe_gateway import stripe_hosted_url
+from billing_service.stripe_objects import stripe_hosted_url
 
 logger = structlog.get_logger(__name__)
 

@@ -27,9 +27,9 @@ from billing_service.db.pool import Connection, session_lock
 from billing_service.db.stripe_events import StoredEvent
 from billing_service.errors import InvalidWebhook, StripeNotConfigured
 from billing_service.metrics import Metrics
-from billing_service.services import catalog_sync, customers, reversals
-from billing_service.stripe_gateway import StripeGateway, stripe_hosted_url
-from billing_service.stripe_objects import timestamp
+from billing_service.services import catalog_sync, customers, invoices, reversals
+from billing_service.stripe_gateway import StripeGateway
+from billing_service.stripe_objects import stripe_hosted_url, timestamp
 from billing_service.webhook_signature import SignatureError, verify_signature
 
 logger = structlog.get_logger(__name__)
@@ -213,6 +213,8 @@ async def _claim_and_announce(
     customer (payment.failed), unless it has been paid or voided since."""
     if not await ctx.claim(conn):
         return False
+    if ctx.event.type in invoices.INVOICE_EVENTS:
+        await invoices.forget_invoices_of(conn, customer.stripe_customer_id)
     if failed_invoice is not None and failed_invoice.get("status") not in SETTLED_INVOICES:
         await outbox.emit(
             conn,
@@ -374,11 +376,13 @@ def handler_for(event_type: str) -> Handler:
         return handle_checkout
     if event_type.startswith(("product.", "price.")):
         return handle_catalog_object
-    return {
+    handlers: dict[str, Handler] = {
         "customer.updated": handle_customer,
         "customer.deleted": handle_customer,
         "charge.refunded": reversals.handle_charge_refunded,
-    }.get(event_type, handle_without_effect)
+    }
+    handlers |= dict.fromkeys(invoices.INVOICE_EVENTS, invoices.handle_invoice_event)
+    return handlers.get(event_type, handle_without_effect)
 
 
 def retry_delay(attempts: int) -> float:

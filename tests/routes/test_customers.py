@@ -28,7 +28,7 @@ async def subscribed(
 async def test_put_customer_is_an_idempotent_upsert(
     client: httpx.AsyncClient, pool: asyncpg.Pool, billing_key: str
 ) -> None:
-    """201 then 200; the view shows the default plan and never a Stripe id."""
+    """201 then 200; the view shows the default plan, and no Stripe id before a checkout."""
     await apply(pool, None, example())
     body = {"email": "ada@example.com", "name": "Ada", "metadata": {"team": "core"}}
     created = await client.put("/v1/customers/org:42@app", headers=bearer(billing_key), json=body)
@@ -40,7 +40,7 @@ async def test_put_customer_is_an_idempotent_upsert(
     assert view["plan"] == {"key": "free", "name": "Free"}
     assert view["subscription"] is None
     assert view["metadata"] == {"team": "core"}
-    assert "stripe" not in str(view)
+    assert view["stripe_customer_id"] is None
     assert "cus_" not in str(view)
     assert await pool.fetchval("SELECT count(*) FROM customers") == 1
 
@@ -75,6 +75,46 @@ async def test_unknown_customer_and_missing_subscription_are_404(
     assert response.status_code == 404
     orders = await client.get("/v1/customers/user_1/orders", headers=bearer(billing_key))
     assert orders.json() == {"data": [], "has_more": False, "next_cursor": None}
+
+
+async def test_customer_and_subscription_show_their_stripe_ids(
+    stripe_client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    fake_stripe: FakeStripe,
+    billing_key: str,
+) -> None:
+    """After a checkout, the customer, its subscription and the subscription route name the
+    Stripe customer and subscription, so support staff can find them in Stripe's dashboard."""
+    await seeded(stripe_client, pool, gateway, billing_key, "user_1")
+    await subscribed(stripe_client, fake_stripe, billing_key, "pro_monthly")
+    (stripe_customer,) = fake_stripe.customers
+    (stripe_subscription,) = fake_stripe.subscriptions
+    view = (await stripe_client.get("/v1/customers/user_1", headers=bearer(billing_key))).json()
+    assert view["stripe_customer_id"] == stripe_customer
+    assert view["subscription"]["stripe_subscription_id"] == stripe_subscription
+    alone = await stripe_client.get(
+        "/v1/customers/user_1/subscription", headers=bearer(billing_key)
+    )
+    assert alone.json()["stripe_subscription_id"] == stripe_subscription
+
+
+async def test_stripe_ids_are_read_only(
+    stripe_client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    billing_key: str,
+) -> None:
+    """A PUT that tries to set the Stripe customer id is a 422 naming it; the id is unchanged."""
+    await seeded(stripe_client, pool, gateway, billing_key, "user_1")
+    response = await stripe_client.put(
+        "/v1/customers/user_1", headers=bearer(billing_key),
+        json={"email": "a@example.com", "stripe_customer_id": "cus_someone_else"},
+    )  # fmt: skip
+    assert response.status_code == 422
+    assert "stripe_customer_id" in [error["field"] for error in response.json()["errors"]]
+    view = (await stripe_client.get("/v1/customers/user_1", headers=bearer(billing_key))).json()
+    assert view["stripe_customer_id"] != "cus_someone_else"
 
 
 async def test_email_change_reaches_the_stripe_customer(

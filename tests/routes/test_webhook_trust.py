@@ -9,7 +9,8 @@ import pytest
 
 from billing_service.config import Settings
 from billing_service.services.email import render, template_values
-from billing_service.stripe_gateway import StripeGateway, stripe_hosted_url
+from billing_service.stripe_gateway import StripeGateway
+from billing_service.stripe_objects import stripe_hosted_url
 from tests.routes.test_checkout import seeded
 from tests.routes.test_customers import subscribed
 from tests.routes.test_webhooks import drain, plan_of, post_event

@@ -146,6 +146,8 @@ class Subscription:
     canceled_at: datetime | None
     trial_end: datetime | None
     scheduled_change: ScheduledChange | None
+    # The subscription in Stripe (`sub_…`), for finding it in Stripe's dashboard.
+    stripe_subscription_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +168,8 @@ class Customer:
     plan: PlanRef | None
     subscription: Subscription | None
     created_at: datetime
+    # The customer in Stripe (`cus_…`); None until their first checkout.
+    stripe_customer_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -343,6 +347,7 @@ def subscription(body: Json) -> Subscription:
             if scheduled
             else None
         ),
+        stripe_subscription_id=body.get("stripe_subscription_id"),
     )
 
 
@@ -366,6 +371,7 @@ def customer(body: Json) -> Customer:
         plan=PlanRef(plan["key"], plan["name"]) if plan else None,
         subscription=subscription(sub) if sub else None,
         created_at=moment(body["created_at"]),
+        stripe_customer_id=body.get("stripe_customer_id"),
     )
 
 

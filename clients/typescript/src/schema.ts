@@ -370,6 +370,63 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/customers/{customer_id}/invoices": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * The customer's invoices in Stripe, newest first, a page at a time.
+         * @description Read from Stripe (`GET /v1/invoices?customer=…`) and kept for
+         *     `BILLING_INVOICE_CACHE_SECONDS` (60) in PostgreSQL, shared by every replica: a page read
+         *     within that time is answered again without asking Stripe, with an `Age` header. While
+         *     Stripe is unavailable, a page read in the last day answers (with its `Age`); a page
+         *     never read is a 503 `stripe-unavailable`. Stripe lists at most 100 invoices a call, so
+         *     a `limit` above 100 gets pages of 100. A customer who never checked out has no Stripe
+         *     customer and an empty list. Links are only ever Stripe-hosted pages; any other is null.
+         */
+        get: operations["listInvoices"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/customers/{customer_id}/upcoming-invoice": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * What Stripe would invoice next for the customer's subscription, usage included.
+         * @description Stripe's preview (`POST /v1/invoices/create_preview`) of the next invoice of the
+         *     subscription that carries the customer's plan: licensed items for the coming period,
+         *     metered items for the usage recorded in Stripe so far this period, discounts and tax as
+         *     Stripe computes them. Never cached (it moves with usage): while Stripe is unavailable
+         *     the answer is 503. A 404 when the customer has no live subscription, or when the
+         *     subscription ends with its period so no invoice will come.
+         */
+        get: operations["previewUpcomingInvoice"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/checkout/sessions": {
         parameters: {
             query?: never;
@@ -482,6 +539,45 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/meter-events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Billed overage bound for Stripe's meters, newest first (admin).
+         * @description Each row is the billable units of one track, written in the track's own statement and
+         *     delivered by the worker with backoff. `rejected` rows are what Stripe refused, with its
+         *     reason in `last_error`; replay them once the cause is fixed.
+         */
+        get: operations["listMeterEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/meter-events/{event_id}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a rejected meter event again (admin); its identifier still counts once. */
+        post: operations["replayMeterEvent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/events/{event_id}/replay": {
         parameters: {
             query?: never;
@@ -548,7 +644,9 @@ export interface paths {
         /**
          * Check and record usage in one atomic step.
          * @description Past a hard limit with overage `deny`, nothing is recorded and `allowed` is false; with
-         *     `allow`, the usage is recorded and flagged `overage`. The plan allowance is spent before
+         *     `allow`, the usage is recorded and flagged `overage`; with `bill`, the same, and the
+         *     units past the allowance (and credits) are queued for Stripe's meter in the same
+         *     statement, to be delivered by the worker. The plan allowance is spent before
          *     purchased credits. A negative `amount` gives units back. The same idempotency key for
          *     the same customer returns the first response and counts once; with a different body it
          *     is a 409 `idempotency-key-reused`. Send the key as the `Idempotency-Key` header (as for
@@ -799,8 +897,18 @@ export interface components {
                 soft_limit: number | null;
                 reset: components["schemas"]["Reset"] | null;
                 /** @enum {string} */
-                overage: "deny" | "allow";
+                overage: "deny" | "allow" | "bill";
+                overage_price?: components["schemas"]["OveragePrice"] | null;
             }[];
+        };
+        /**
+         * @description What one unit past the limit costs with overage `bill`, in the currency's minor units
+         *     (decimals allowed: 0.5 is half a cent). Billed through a Stripe Billing Meter and a
+         *     metered price on the plan's subscriptions.
+         */
+        OveragePrice: {
+            amount_per_unit: number;
+            currency: string;
         };
         MeteredLimit: {
             /** @default true */
@@ -810,10 +918,13 @@ export interface components {
             soft_limit?: number | null;
             reset?: components["schemas"]["Reset"];
             /**
+             * @description Past the limit: `deny` refuses, `allow` records and flags, `bill` records, flags
+             *     and charges each unit at `overage_price` (required with `bill`, and only then).
              * @default deny
              * @enum {string}
              */
-            overage?: "deny" | "allow";
+            overage?: "deny" | "allow" | "bill";
+            overage_price?: components["schemas"]["OveragePrice"];
         };
         PriceInput: {
             /**
@@ -891,6 +1002,11 @@ export interface components {
         };
         Customer: {
             customer_id: string;
+            /**
+             * @description The customer in Stripe (`cus_…`), to find them in Stripe's dashboard; null until
+             *     their first checkout creates it, and again after Stripe deleted it.
+             */
+            readonly stripe_customer_id: string | null;
             email: string | null;
             name: string | null;
             metadata: {
@@ -906,6 +1022,8 @@ export interface components {
             created_at: string;
         };
         Subscription: {
+            /** @description The subscription in Stripe (`sub_…`), to find it in Stripe's dashboard. */
+            readonly stripe_subscription_id: string;
             /** @enum {string} */
             status: "incomplete" | "incomplete_expired" | "trialing" | "active" | "past_due" | "canceled" | "unpaid" | "paused";
             plan: string | null;
@@ -956,6 +1074,65 @@ export interface components {
             checkout_session_id: string;
             /** Format: date-time */
             created_at: string;
+        };
+        Period: {
+            /** Format: date-time */
+            start: string | null;
+            /** Format: date-time */
+            end: string | null;
+        };
+        Invoice: {
+            /** @description Stripe's invoice id (`in_…`). */
+            id: string;
+            /** @description Null until the invoice is finalized. */
+            number: string | null;
+            /** @enum {string|null} */
+            status: "draft" | "open" | "paid" | "uncollectible" | "void" | null;
+            /** @description In the currency's minor units */
+            total: number;
+            currency: string;
+            /** @description The period whose usage and invoice items the invoice collects. */
+            period: components["schemas"]["Period"];
+            /**
+             * Format: uri
+             * @description Stripe's page for viewing and paying the invoice; null for a draft.
+             */
+            hosted_invoice_url: string | null;
+            /**
+             * Format: uri
+             * @description Stripe's PDF of it.
+             */
+            invoice_pdf: string | null;
+            /** Format: date-time */
+            created: string | null;
+        };
+        InvoiceLine: {
+            description: string | null;
+            /** @description In minor units */
+            amount: number;
+            /** @description For a metered line */
+            quantity: number | null;
+            period: components["schemas"]["Period"];
+            /** @description The price's lookup key; null for a price outside the catalog. */
+            price: string | null;
+            /** @description Billed on usage (in arrears). */
+            metered: boolean;
+        };
+        UpcomingInvoice: {
+            /** @description The subscription previewed. */
+            stripe_subscription_id: string;
+            currency: string;
+            /** @description Before discounts and tax. */
+            subtotal: number;
+            /** @description Tax added on top (0 without Stripe Tax or tax rates). */
+            tax: number;
+            total: number;
+            /** @description The total less the customer's credit balance. */
+            amount_due: number;
+            period: components["schemas"]["Period"];
+            lines: components["schemas"]["InvoiceLine"][];
+            /** @description Stripe showed only the first lines; the totals include every line. */
+            more_lines: boolean;
         };
         CheckoutInput: {
             customer_id: string;
@@ -1009,6 +1186,31 @@ export interface components {
             received_at: string;
             /** Format: date-time */
             processed_at: string | null;
+        };
+        MeterEvent: {
+            /** Format: uuid */
+            id: string;
+            /** @description The calling app's customer id. */
+            customer_id: string;
+            feature: string;
+            /** @description The Stripe meter's event name. */
+            event_name: string;
+            /** @description Sent to Stripe, which counts an identifier once. */
+            identifier: string;
+            /** @description Billable units. */
+            value: number;
+            /** @enum {string} */
+            status: "pending" | "sent" | "rejected";
+            attempts: number;
+            last_error: string | null;
+            /** Format: date-time */
+            next_attempt_at: string | null;
+            /** Format: date-time */
+            occurred_at: string;
+            /** Format: date-time */
+            sent_at: string | null;
+            /** Format: date-time */
+            created_at: string;
         };
         Replayed: {
             replayed: number;
@@ -1065,7 +1267,23 @@ export interface components {
                 period_start: string | null;
                 /** Format: date-time */
                 resets_at: string | null;
+                /**
+                 * @description For a feature the plan bills past its limit (`overage: bill`), what this
+                 *     period's overage will cost: the units past the allowance (and past credits)
+                 *     reported or to be reported to Stripe's meter, the plan's price of one, and
+                 *     their product. Amounts are decimal strings in minor units; Stripe rounds the
+                 *     invoice line. Null for features not billed.
+                 */
+                overage_billing: null | components["schemas"]["OverageCharge"];
             }[];
+        };
+        OverageCharge: {
+            billable_units: number;
+            /** @description Minor units, e.g. `2` or `0.5`. */
+            unit_amount: string;
+            currency: string;
+            /** @description Minor units. */
+            estimated_amount: string;
         };
         /** @enum {string} */
         OutgoingEventType: "customer.entitlements_updated" | "usage.soft_limit_reached" | "usage.limit_reached" | "order.completed" | "subscription.updated" | "payment.failed" | "dispute.updated";
@@ -1987,6 +2205,83 @@ export interface operations {
             429: components["responses"]["RateLimited"];
         };
     };
+    listInvoices: {
+        parameters: {
+            query?: {
+                /** @description Items per page. */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description The `next_cursor` of the previous page; without it, the first page. A page starts
+                 *     strictly after the last item of the previous one, so a walk from the first page to the
+                 *     last returns every item that existed when it began exactly once, whatever is added
+                 *     meanwhile (items added during the walk may or may not appear). Opaque: pass it back as
+                 *     it came.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of invoices, newest first. */
+            200: {
+                headers: {
+                    /** @description Seconds since the page was read from Stripe; only on cached pages. */
+                    Age?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page"] & {
+                        data?: components["schemas"]["Invoice"][];
+                    };
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            502: components["responses"]["StripeRequestFailed"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    previewUpcomingInvoice: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The preview. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UpcomingInvoice"];
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            502: components["responses"]["StripeRequestFailed"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
     createCheckoutSession: {
         parameters: {
             query?: never;
@@ -2175,6 +2470,72 @@ export interface operations {
             401: components["responses"]["Unauthenticated"];
             403: components["responses"]["Forbidden"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    listMeterEvents: {
+        parameters: {
+            query?: {
+                status?: "pending" | "sent" | "rejected";
+                /** @description Items per page. */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description The `next_cursor` of the previous page; without it, the first page. A page starts
+                 *     strictly after the last item of the previous one, so a walk from the first page to the
+                 *     last returns every item that existed when it began exactly once, whatever is added
+                 *     meanwhile (items added during the walk may or may not appear). Opaque: pass it back as
+                 *     it came.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of meter events, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page"] & {
+                        data?: components["schemas"]["MeterEvent"][];
+                    };
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    replayMeterEvent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                event_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Queued for the worker. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Replayed"];
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             429: components["responses"]["RateLimited"];
         };
     };
@@ -2416,6 +2777,18 @@ export interface operations {
                             /** @description Exact decimal */
                             cost: string;
                         }[];
+                        /**
+                         * @description For each feature of the current plan billed past its limit
+                         *     (`overage: bill`; only `feature` with that filter), what the current
+                         *     period's overage will cost, whatever the range: as in the entitlements.
+                         */
+                        overage_billing: ({
+                            feature: string;
+                            /** Format: date-time */
+                            period_start: string | null;
+                            /** Format: date-time */
+                            period_end: string | null;
+                        } & components["schemas"]["OverageCharge"])[];
                     };
                 };
             };
