@@ -37,6 +37,7 @@ from billing_service.routes import (
     checkout,
     customers,
     events,
+    grants,
     health,
     usage,
     webhook_endpoints,
@@ -84,6 +85,7 @@ def create_app(
         *checkout.routes,
         *events.routes,
         *usage.routes,
+        *grants.routes,
         *webhook_endpoints.routes,
     ]
 
