@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     stripe_api_base: HttpUrl = HttpUrl("https://api.stripe.com")
     stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     stripe_max_network_retries: int = Field(default=2, ge=0, le=5)
+    # Stripe Tax: automatic tax, tax id and billing address collection in Checkout, and
+    # automatic tax on plan changes (docs/billing.md says what to configure in Stripe first).
+    stripe_tax: bool = False
 
     allowed_redirect_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Browser origins that may read a customer's entitlements with a customer token (cors.py).

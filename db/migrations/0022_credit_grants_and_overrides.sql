@@ -43,7 +43,8 @@ CREATE TABLE grant_audit (
     reason       text NOT NULL,
     actor_key_id uuid,
     actor_name   text NOT NULL,
-    created_at   timestamptz NOT NULL
+    created_at   timestamptz NOT NULL,  -- the request's time
+    updated_at   timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE INDEX grant_audit_customer ON grant_audit (customer_id, created_at DESC, id DESC);
@@ -51,6 +52,8 @@ CREATE INDEX grant_audit_customer ON grant_audit (customer_id, created_at DESC, 
 CREATE TRIGGER credit_lots_set_updated_at BEFORE UPDATE ON credit_lots
     FOR EACH ROW EXECUTE FUNCTION set_updated_at();
 CREATE TRIGGER feature_overrides_set_updated_at BEFORE UPDATE ON feature_overrides
+    FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+CREATE TRIGGER grant_audit_set_updated_at BEFORE UPDATE ON grant_audit
     FOR EACH ROW EXECUTE FUNCTION set_updated_at();
 
 -- Both alter decisions, so both tell every process's entitlement cache (migration 0017): a
