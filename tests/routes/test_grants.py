@@ -294,3 +294,29 @@ async def test_grants_and_overrides_reach_the_cache_of_every_serve_process(
         assert await _eventually(seen, (2, "plan", 7)) == (2, "plan", 7)
         allowed = await check(second, usage_key, amount=9)
         assert allowed.json()["allowed"] is True
+
+
+async def test_two_serve_processes_stay_exact_at_an_overridden_limit_with_granted_credits(
+    pool: asyncpg.Pool, two_services: list[str], admin_key: str, usage_key: str
+) -> None:
+    """An override of 150 and 50 expiring credits granted through one `serve` process, then
+    600 simultaneous track(1) calls split between two processes: exactly 200 are allowed, and
+    the counter, the credit lot and the recorded events agree."""
+    await catalog_with(pool, limit=2, reset="month")
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    limits = httpx.Limits(max_connections=50)
+    async with (
+        httpx.AsyncClient(base_url=two_services[0], limits=limits, timeout=60) as first,
+        httpx.AsyncClient(base_url=two_services[1], limits=limits, timeout=60) as second,
+    ):
+        assert (await ai_calls(second, usage_key))["limit"] == 2  # cached before the changes
+        assert (await override(first, admin_key, 150)).status_code == 200
+        assert (await grant(first, admin_key, amount=50, expires_at=later)).status_code == 201
+        responses = await asyncio.gather(
+            *(track(http, usage_key) for http in (first, second) for _ in range(300))
+        )
+    assert {r.status_code for r in responses} == {200}
+    assert sum(r.json()["allowed"] for r in responses) == 200
+    assert await pool.fetchval("SELECT sum(used) FROM usage_counters") == 200
+    assert await pool.fetchval("SELECT spent FROM credit_lots") == 50
+    assert await pool.fetchval("SELECT count(*) FROM usage_events WHERE recorded") == 200
