@@ -3,14 +3,17 @@ limit, read the audit of both."""
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from billing_service.auth import current_key, requires
+from billing_service.catalog_spec import KEY_PATTERN
 from billing_service.db.grants import AuditEntry
-from billing_service.errors import ValidationFailed
+from billing_service.errors import FieldError, ValidationFailed
 from billing_service.routes._http import (
     JSONResponse,
     Timestamp,
@@ -30,7 +33,7 @@ AUDIT_PAGE = 100
 class GrantCredits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    feature: str = Field(min_length=1, max_length=63)
+    feature: str = Field(pattern=KEY_PATTERN)
     amount: int = Field(ge=1, le=MAX_CREDITS)
     reason: str = Field(min_length=1, max_length=500)
     expires_at: Timestamp | None = None
@@ -56,7 +59,10 @@ def _change(request: Request, reason: str) -> Change:
 
 
 def _feature_param(request: Request) -> str:
+    """The `{feature}` path segment, which must look like a feature key."""
     feature: str = request.path_params["feature"]
+    if not re.fullmatch(KEY_PATTERN, feature):
+        raise ValidationFailed([FieldError("feature", f"must match {KEY_PATTERN}")])
     return feature
 
 
