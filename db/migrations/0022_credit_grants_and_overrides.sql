@@ -230,7 +230,7 @@ BEGIN
 
         IF v_used IS NULL THEN
             -- Past the allowance: credits, then overage if the plan allows it, under row locks
-            -- on the counter and then the credit balance.
+            -- on the counter, then the bought balance, then the unexpired granted lots.
             INSERT INTO usage_counters (customer_id, feature_id, period_start, period_end)
             VALUES (v_customer, ctx.feature_id, v_start, v_end) ON CONFLICT DO NOTHING;
             SELECT used INTO v_current FROM usage_counters
