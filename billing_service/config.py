@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     stripe_max_network_retries: int = Field(default=2, ge=0, le=5)
     # Stripe Tax: automatic tax, tax id and billing address collection in Checkout, and
-    # automatic tax on plan changes (docs/billing.md says what to configure in Stripe first).
+    # automatic tax on plan changes, now or scheduled (docs/billing.md: what to set up first).
     stripe_tax: bool = False
 
     allowed_redirect_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -527,16 +527,17 @@ class StripeGateway:
         schedule = parse_schedule(found.to_dict(for_json=True))
         item = subscription.item(item_id)
         switch_at = item.current_period_end if item is not None else None
-        params = {
-            "end_behavior": "release",
-            "phases": price_change_phases(
-                subscription,
-                start=schedule.current_phase_start,
-                end=switch_at,
-                item_id=item_id,
-                new_price=new_price,
-            ),
-        }
+        phases = price_change_phases(
+            subscription,
+            start=schedule.current_phase_start,
+            end=switch_at,
+            item_id=item_id,
+            new_price=new_price,
+        )
+        if self._automatic_tax:  # each phase's own setting, else Stripe's account default
+            for phase in phases:
+                phase["automatic_tax"] = {"enabled": True}
+        params = {"end_behavior": "release", "phases": phases}
         await self._call(
             "subscription_schedule.update",
             schedules.update_async,

@@ -213,3 +213,26 @@ async def test_a_plan_change_keeps_automatic_tax_on(
     [update] = fake_stripe.calls_to("POST", f"/v1/subscriptions/{subscription['id']}")
     assert update.form["automatic_tax[enabled]"] == "true"
     assert update.form["proration_behavior"] == "always_invoice"
+
+
+async def test_a_downgrade_scheduled_for_period_end_keeps_automatic_tax_on(
+    tax_client: httpx.AsyncClient, pool: asyncpg.Pool, gateway: StripeGateway,
+    fake_stripe: FakeStripe, billing_key: str,
+) -> None:  # fmt: skip
+    """With Stripe Tax on, both phases of the schedule that switches a downgrade at period end
+    carry `automatic_tax[enabled]=true`."""
+    stripe_customer = await tiered(tax_client, pool, gateway, billing_key)
+    subscription = fake_stripe.add_subscription(
+        stripe_customer, await price_id(pool, "enterprise_monthly")
+    )
+    await mirrored(tax_client, pool, gateway, subscription)
+    changed = await tax_client.post(
+        "/v1/customers/user_1/subscription/change",
+        headers=bearer(billing_key),
+        json={"price": "basic_yearly"},
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["change"] == {"direction": "downgrade", "effective": "period_end"}
+    [update] = fake_stripe.calls_to("POST", "/v1/subscription_schedules/")
+    assert update.form["phases[0][automatic_tax][enabled]"] == "true"
+    assert update.form["phases[1][automatic_tax][enabled]"] == "true"
