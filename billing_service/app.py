@@ -34,7 +34,9 @@ from billing_service.routes import (
     catalog,
     checkout,
     customers,
+    discounts,
     events,
+    grants,
     health,
     invoices,
     meter_events,
@@ -90,8 +92,10 @@ def create_app(
         *invoices.routes,
         *meter_events.routes,
         *checkout.routes,
+        *discounts.routes,
         *events.routes,
         *usage.routes,
+        *grants.routes,
         *webhook_endpoints.routes,
     ]
 

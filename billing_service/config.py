@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # How long a page of a customer's invoices read from Stripe is shown again without asking
     # Stripe (0: always ask); any page read in the last day answers while Stripe is down.
     invoice_cache_seconds: int = Field(default=60, ge=0, le=3600)
+    # Stripe Tax: automatic tax, tax id and billing address collection in Checkout, and
+    # automatic tax on plan changes, now or scheduled (docs/billing.md: what to set up first).
+    stripe_tax: bool = False
 
     allowed_redirect_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Browser origins that may read a customer's entitlements with a customer token (cors.py).

@@ -90,8 +90,10 @@ class StripeGateway:
         http_client: stripe.HTTPXClient,
         *,
         connections_held: int = 1,
+        automatic_tax: bool = False,
     ) -> None:
         self._client = client
+        self._automatic_tax = automatic_tax  # Stripe Tax (BILLING_STRIPE_TAX)
         self._http_client = http_client
         self._connection_slots = asyncio.Semaphore(connections_held)
 
@@ -112,7 +114,12 @@ class StripeGateway:
             max_network_retries=settings.stripe_max_network_retries,
         )
         # Half the pool at most may wait on Stripe; the rest stays with the hot path.
-        return cls(client, http_client, connections_held=max(1, settings.database_pool_max // 2))
+        return cls(
+            client,
+            http_client,
+            connections_held=max(1, settings.database_pool_max // 2),
+            automatic_tax=settings.stripe_tax,
+        )
 
     async def close(self) -> None:
         await self._http_client.close_async()  # type: ignore[no-untyped-call]
@@ -372,7 +379,11 @@ class StripeGateway:
         allow_promotion_codes: bool,
         idempotency_key: str,
         metered_prices: list[str] | None = None,
+        promotion_code: str | None = None,
     ) -> StripeCheckoutSession:
+        """`promotion_code` is Stripe's id of a code applied up front (Stripe refuses it along
+        with `allow_promotion_codes`). With Stripe Tax on, Checkout calculates tax from the
+        billing address it requires, collects tax ids, and saves both on the customer."""
         params: dict[str, Any] = {
             "mode": mode,
             "customer": customer,
@@ -388,6 +399,14 @@ class StripeGateway:
         }
         if allow_promotion_codes:
             params["allow_promotion_codes"] = True
+        if promotion_code is not None:
+            params["discounts"] = [{"promotion_code": promotion_code}]
+        if self._automatic_tax:
+            params["automatic_tax"] = {"enabled": True}
+            params["tax_id_collection"] = {"enabled": True}
+            params["billing_address_collection"] = "required"
+            # An existing customer's address and name are where tax and tax ids are kept.
+            params["customer_update"] = {"address": "auto", "name": "auto"}
         if mode == "subscription":
             params["subscription_data"] = {"metadata": metadata}
             if trial_days:
@@ -427,6 +446,50 @@ class StripeGateway:
             {"customer": customer, "return_url": return_url},
         )
         return str(session.url)
+
+    # Discounts
+
+    async def create_coupon(
+        self, *, coupon_id: str, name: str | None, percent_off: Decimal | None,
+        amount_off: int | None, currency: str | None, duration: str,
+        duration_in_months: int | None, idempotency_key: str,
+    ) -> str:  # fmt: skip
+        """Create the coupon under our own id (so a retry cannot make a second one)."""
+        params: dict[str, Any] = {"id": coupon_id, "duration": duration}
+        if name is not None:
+            params["name"] = name
+        if percent_off is not None:
+            params["percent_off"] = float(percent_off)
+        if amount_off is not None:
+            params["amount_off"] = amount_off
+            params["currency"] = currency
+        if duration_in_months is not None:
+            params["duration_in_months"] = duration_in_months
+        coupon = await self._call(
+            "coupon.create",
+            self._client.v1.coupons.create_async,
+            params,
+            idempotency_key=idempotency_key,
+        )
+        return str(coupon.id)
+
+    async def create_promotion_code(
+        self, *, code: str, coupon: str, max_redemptions: int | None,
+        expires_at: datetime | None, idempotency_key: str,
+    ) -> str:  # fmt: skip
+        """Create a customer-facing code for a coupon; returns Stripe's promotion code id."""
+        params: dict[str, Any] = {"code": code, "promotion": {"type": "coupon", "coupon": coupon}}
+        if max_redemptions is not None:
+            params["max_redemptions"] = max_redemptions
+        if expires_at is not None:
+            params["expires_at"] = int(expires_at.timestamp())
+        promotion_code = await self._call(
+            "promotion_code.create",
+            self._client.v1.promotion_codes.create_async,
+            params,
+            idempotency_key=idempotency_key,
+        )
+        return str(promotion_code.id)
 
     # Subscriptions
 
@@ -479,6 +542,8 @@ class StripeGateway:
         }
         if proration_behavior == "always_invoice":
             params["payment_behavior"] = "error_if_incomplete"
+        if self._automatic_tax:
+            params["automatic_tax"] = {"enabled": True}
         return await self._update_subscription(subscription_id, params, idempotency_key)
 
     async def set_cancel_at_period_end(
@@ -570,18 +635,19 @@ class StripeGateway:
         schedule = parse_schedule(found.to_dict(for_json=True))
         item = subscription.item(item_id)
         switch_at = item.current_period_end if item is not None else None
-        params = {
-            "end_behavior": "release",
-            "phases": price_change_phases(
-                subscription,
-                start=schedule.current_phase_start,
-                end=switch_at,
-                item_id=item_id,
-                new_price=new_price,
-                drop_prices=drop_prices,
-                add_prices=add_prices,
-            ),
-        }
+        phases = price_change_phases(
+            subscription,
+            start=schedule.current_phase_start,
+            end=switch_at,
+            item_id=item_id,
+            new_price=new_price,
+            drop_prices=drop_prices,
+            add_prices=add_prices,
+        )
+        if self._automatic_tax:  # each phase's own setting, else Stripe's account default
+            for phase in phases:
+                phase["automatic_tax"] = {"enabled": True}
+        params = {"end_behavior": "release", "phases": phases}
         await self._call(
             "subscription_schedule.update",
             schedules.update_async,

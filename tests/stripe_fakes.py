@@ -99,6 +99,8 @@ class FakeStripe:
         self.charges: dict[str, dict[str, Any]] = {}
         self.invoices: dict[str, dict[str, Any]] = {}
         self.disputes: dict[str, dict[str, Any]] = {}
+        self.coupons: dict[str, dict[str, Any]] = {}
+        self.promotion_codes: dict[str, dict[str, Any]] = {}
         self.undelivered_events: list[dict[str, Any]] = []
         # Invoices: metered usage per subscription item so far, and the tax a preview adds.
         self.metered_usage: dict[str, int] = {}
@@ -142,6 +144,8 @@ class FakeStripe:
             ("GET", r"^/v1/products/(?P<object_id>[^/]+)$"): self._getter(self.products),
             ("GET", r"^/v1/prices/(?P<object_id>[^/]+)$"): self._getter(self.prices),
             ("GET", r"^/v1/events$"): self._list_events,
+            ("POST", r"^/v1/coupons$"): self._create_coupon,
+            ("POST", r"^/v1/promotion_codes$"): self._create_promotion_code,
         }
         routes |= self._invoice_routes()
         routes |= self._meter_routes()
@@ -351,6 +355,9 @@ class FakeStripe:
         customer = self.customers.get(fields["customer"])
         if not self._replayable(key) and (customer is None or customer.get("deleted")):
             return stripe_error(400, "invalid_request_error", "resource_missing")
+        refusal = None if self._replayable(key) else self._session_discount_refusal(fields)
+        if refusal is not None:
+            return stripe_error(400, "invalid_request_error", refusal)
 
         def build() -> dict[str, Any]:
             session_id = self._new_id("cs_test")
@@ -369,6 +376,23 @@ class FakeStripe:
                 payment_intent=None,
                 success_url=fields["success_url"],
                 cancel_url=fields["cancel_url"],
+                allow_promotion_codes=fields.get("allow_promotion_codes") == "true" or None,
+                discounts=[
+                    {"coupon": None, "promotion_code": fields["discounts[0][promotion_code]"]}
+                ]
+                if "discounts[0][promotion_code]" in fields
+                else None,
+                automatic_tax={
+                    "enabled": fields.get("automatic_tax[enabled]") == "true",
+                    "liability": {"type": "self"} if "automatic_tax[enabled]" in fields else None,
+                    "provider": None,
+                    "status": None,
+                },
+                billing_address_collection=fields.get("billing_address_collection"),
+                tax_id_collection={
+                    "enabled": fields.get("tax_id_collection[enabled]") == "true",
+                    "required": "never",
+                },
             )
             session["_price"] = fields["line_items[0][price]"]
             session["_quantity"] = int(fields.get("line_items[0][quantity]", "1"))
@@ -383,6 +407,21 @@ class FakeStripe:
             return _public(session)
 
         return self._respond(key, build)
+
+    def _session_discount_refusal(self, fields: dict[str, str]) -> str | None:
+        """Stripe's checks of a session's discounts and tax fields, as error codes."""
+        code_id = fields.get("discounts[0][promotion_code]")
+        if code_id is not None:
+            if fields.get("allow_promotion_codes") == "true":
+                return "parameter_invalid_empty"  # Stripe: one or the other, never both
+            code = self.promotion_codes.get(code_id)
+            if code is None:
+                return "resource_missing"
+            if not code["active"]:
+                return "promotion_code_invalid"
+        if "tax_id_collection[enabled]" in fields and fields.get("customer_update[name]") != "auto":
+            return "parameter_missing"  # an existing customer's name must be saveable
+        return None
 
     def _get_session(self, request: httpx.Request, object_id: str) -> httpx.Response:
         self._record(request)
@@ -863,6 +902,89 @@ class FakeStripe:
         return httpx.Response(200, json=schedule)
 
     # Reads
+
+    # Discounts
+
+    def _create_coupon(self, request: httpx.Request) -> httpx.Response:
+        """A coupon is a percentage or an amount in a currency, for once, some months or
+        forever; a custom id is refused once taken."""
+        fields, key = self._record(request)
+        if not self._replayable(key):
+            percent, amount = fields.get("percent_off"), fields.get("amount_off")
+            repeating = fields.get("duration") == "repeating"
+            if (percent is None) == (amount is None) or (amount is None) != (
+                fields.get("currency") is None
+            ):
+                return stripe_error(400, "invalid_request_error", "parameter_invalid_empty")
+            if repeating != ("duration_in_months" in fields):
+                return stripe_error(400, "invalid_request_error", "parameter_missing")
+            if fields.get("id") in self.coupons:
+                return stripe_error(400, "invalid_request_error", "resource_already_exists")
+
+        def build() -> dict[str, Any]:
+            coupon_id = fields.get("id") or self._new_id("coupon")
+            coupon: dict[str, Any] = {
+                "id": coupon_id,
+                "object": "coupon",
+                "amount_off": _int_field(fields, "amount_off"),
+                "created": int(time.time()),
+                "currency": fields.get("currency"),
+                "duration": fields.get("duration", "once"),
+                "duration_in_months": _int_field(fields, "duration_in_months"),
+                "livemode": False,
+                "max_redemptions": _int_field(fields, "max_redemptions"),
+                "metadata": _nested(fields, "metadata"),
+                "name": fields.get("name"),
+                "percent_off": float(fields["percent_off"]) if "percent_off" in fields else None,
+                "redeem_by": _int_field(fields, "redeem_by"),
+                "times_redeemed": 0,
+                "valid": True,
+            }
+            self.coupons[coupon_id] = coupon
+            return coupon
+
+        return self._respond(key, build)
+
+    def _create_promotion_code(self, request: httpx.Request) -> httpx.Response:
+        """A code for an existing coupon (`promotion[type]=coupon`); active codes are unique
+        regardless of case."""
+        fields, key = self._record(request)
+        if not self._replayable(key):
+            if fields.get("promotion[type]") != "coupon":
+                return stripe_error(400, "invalid_request_error", "parameter_missing")
+            if fields.get("promotion[coupon]") not in self.coupons:
+                return stripe_error(400, "invalid_request_error", "resource_missing")
+            taken = {c["code"].lower() for c in self.promotion_codes.values() if c["active"]}
+            if fields.get("code", "").lower() in taken:
+                return stripe_error(400, "invalid_request_error", "resource_already_exists")
+
+        def build() -> dict[str, Any]:
+            promotion_code_id = self._new_id("promo")
+            promotion_code: dict[str, Any] = {
+                "id": promotion_code_id,
+                "object": "promotion_code",
+                "active": fields.get("active", "true") == "true",
+                "code": fields.get("code") or f"CODE{next(self._ids)}",
+                "created": int(time.time()),
+                "customer": fields.get("customer"),
+                "customer_account": None,
+                "expires_at": _int_field(fields, "expires_at"),
+                "livemode": False,
+                "max_redemptions": _int_field(fields, "max_redemptions"),
+                "metadata": _nested(fields, "metadata"),
+                "promotion": {"type": "coupon", "coupon": fields["promotion[coupon]"]},
+                "restrictions": {
+                    "currency_options": {},
+                    "first_time_transaction": False,
+                    "minimum_amount": None,
+                    "minimum_amount_currency": None,
+                },
+                "times_redeemed": 0,
+            }
+            self.promotion_codes[promotion_code_id] = promotion_code
+            return promotion_code
+
+        return self._respond(key, build)
 
     def _getter(self, store: dict[str, dict[str, Any]]) -> Any:
         def get(request: httpx.Request, object_id: str) -> httpx.Response:

@@ -45,7 +45,9 @@ SELECT f.id AS feature_id, f.key AS feature_key, f.kind, f.unit,
        s.past_due_since, s.current_period_start, s.current_period_end, s.billing_interval,
        d.id AS default_plan_id, d.key AS default_plan_key,
        to_jsonb(sp) AS subscribed_allowance, to_jsonb(dp) AS default_allowance,
-       coalesce(cb.granted - cb.spent, 0) AS credits,
+       coalesce(cb.granted - cb.spent, 0) + coalesce(cl.available, 0) AS credits,
+       cl.next_expiry AS credits_expire_at,
+       o.present IS NOT NULL AS overridden, o."limit" AS override_limit,
        su.period_start AS counter_period_start, su.used AS counter_used, su.cost AS counter_cost,
        du.period_start AS default_counter_period_start, du.used AS default_counter_used,
        du.cost AS default_counter_cost
@@ -60,6 +62,17 @@ LEFT JOIN LATERAL (
     SELECT {_ALLOWANCE} FROM plan_features WHERE plan_id = d.id AND feature_id = f.id
 ) dp ON true
 LEFT JOIN credit_balances cb ON cb.customer_id = c.id AND cb.feature_id = f.id
+-- Granted credits count until they expire; the next expiry ends a cached snapshot.
+LEFT JOIN LATERAL (
+    SELECT sum(granted - spent)::bigint AS available,
+           min(expires_at) FILTER (WHERE spent < granted) AS next_expiry
+    FROM credit_lots
+    WHERE customer_id = c.id AND feature_id = f.id AND (expires_at IS NULL OR expires_at > $3)
+) cl ON true
+LEFT JOIN LATERAL (
+    SELECT true AS present, "limit" FROM feature_overrides
+    WHERE customer_id = c.id AND feature_id = f.id
+) o ON true
 -- The counters of the current window, by exact key, under each allowance: the subscribed
 -- plan's (in the subscription's billing period) and the default plan's (calendar windows);
 -- resolve() uses the one the access policy picks. usage_window mirrors periods.period_for.
@@ -69,14 +82,14 @@ LEFT JOIN LATERAL (
                       s.current_period_end, s.billing_interval) w
     JOIN usage_counters uc ON uc.customer_id = c.id AND uc.feature_id = f.id
                           AND uc.period_start = w.window_start
-    WHERE f.kind = 'metered' AND sp.enabled
+    WHERE f.kind = 'metered' AND (sp.enabled OR o.present)
 ) su ON true
 LEFT JOIN LATERAL (
     SELECT uc.period_start, uc.used, uc.cost
     FROM usage_window(coalesce(dp.reset, 'month'), $3, NULL, NULL, NULL) w
     JOIN usage_counters uc ON uc.customer_id = c.id AND uc.feature_id = f.id
                           AND uc.period_start = w.window_start
-    WHERE f.kind = 'metered' AND dp.enabled
+    WHERE f.kind = 'metered' AND (dp.enabled OR o.present)
 ) du ON true
 ORDER BY f.key
 """  # noqa: S608 - constant fragments only
@@ -102,7 +115,10 @@ class FeatureContext:
     default_plan_key: str | None
     subscribed_allowance: dict[str, Any] | None
     default_allowance: dict[str, Any] | None
-    credits: int
+    credits: int  # bought, and granted until they expire
+    credits_expire_at: datetime | None  # the next granted credits with some left expire
+    overridden: bool  # the customer's own limit (feature_overrides) wins over the plan's
+    override_limit: int | None
     # The current window's counter under the subscribed allowance, then under the default one.
     counter_period_start: datetime | None
     counter_used: int | None

@@ -37,6 +37,7 @@ class CreateCheckout(BaseModel):
     cancel_url: str = Field(max_length=2048)
     trial_days: int | None = Field(default=None, ge=0, le=730)
     allow_promotion_codes: bool = False
+    promotion_code: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class CreatePortal(BaseModel):

@@ -215,6 +215,7 @@ def serialize_entitlement(entitlement: Entitlement) -> dict[str, object]:
         "enabled": entitlement.enabled,
         "unlimited": metered and entitlement.limit is None,
         "limit": entitlement.limit,
+        "source": entitlement.source,
         "soft_limit": entitlement.soft_limit,
         "used": entitlement.used if metered else None,
         "remaining": entitlement.remaining,

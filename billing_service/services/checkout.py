@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from billing_service.db import billing_meters, checkout_sessions, subscriptions
+from billing_service.db import billing_meters, checkout_sessions, discounts, subscriptions
 from billing_service.db.customers import Customer
 from billing_service.db.prices import Price, select_live_price
 from billing_service.errors import (
@@ -34,6 +34,7 @@ class CheckoutRequest:
     cancel_url: str
     trial_days: int | None
     allow_promotion_codes: bool
+    promotion_code: str | None = None
 
 
 async def live_synced_price(pool: asyncpg.Pool, lookup_key: str) -> tuple[Price, int]:
@@ -84,6 +85,7 @@ async def create_checkout_session(
         await _refuse_second_subscription(pool, customer)
         trial_days = _trial_days(customer, wanted, explicit=request.trial_days, had=had_trial)
 
+    promotion_code = await _promotion_code(pool, request)
     stripe_customer = await customers.ensure_stripe_customer(pool, gateway, customer)
     metadata = {
         "billing_customer_id": str(customer.id),
@@ -112,6 +114,7 @@ async def create_checkout_session(
             trial_days=trial_days,
             allow_promotion_codes=request.allow_promotion_codes,
             metered_prices=metered,
+            promotion_code=promotion_code,
             idempotency_key=key,
         )
     await checkout_sessions.insert_checkout_session(
@@ -119,6 +122,21 @@ async def create_checkout_session(
         session=session,
     )  # fmt: skip
     return session
+
+
+async def _promotion_code(pool: asyncpg.Pool, request: CheckoutRequest) -> str | None:
+    """Stripe's id of the code the customer brought, looked up in our promotion codes
+    (whatever its case); a code we do not know, or not yet in Stripe, is refused."""
+    if request.promotion_code is None:
+        return None
+    if request.allow_promotion_codes:
+        raise ValidationFailed(
+            [FieldError("promotion_code", "cannot be sent with allow_promotion_codes: true")]
+        )
+    found = await discounts.select_promotion_code(pool, request.promotion_code)
+    if found is None or found.stripe_promotion_code_id is None:
+        raise ValidationFailed([FieldError("promotion_code", "no such promotion code")])
+    return found.stripe_promotion_code_id
 
 
 async def _had_trial(

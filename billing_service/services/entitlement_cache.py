@@ -8,7 +8,7 @@ miss. The decision itself is still taken per request with the request's `now`. A
 - when this process changed the customer itself (`evict`, `clear`), before it answers;
 - after `ttl_seconds`, a bound should a notification ever go missing;
 - when `now` reaches a moment the query's answer depends on: a usage period's or the billing
-  period's end, a past-due subscription's grace end.
+  period's end, a past-due subscription's grace end, granted credits' expiry.
 Nothing is held or served while the listener is down; a load that straddles an invalidation
 of its customer is not stored. `size` bounds the snapshots (least recently used go first).
 """
@@ -60,7 +60,7 @@ def valid_until(
     """The first moment after `now` at which the context query could answer differently with
     nothing having changed: a usage window's end, the billing period's end (the query picks
     the counter and the period by time), a past-due subscription's grace end (it ranks
-    subscriptions by whether they grant a plan now)."""
+    subscriptions by whether they grant a plan now), granted credits' expiry."""
     moments: list[datetime] = []
     for context in contexts:
         period = resolve(context, now=now, grace=grace).period
@@ -72,6 +72,7 @@ def valid_until(
             moments.append(first.current_period_end)
         if first.status == "past_due" and first.past_due_since is not None:
             moments.append(first.past_due_since + grace)
+    moments.extend(c.credits_expire_at for c in contexts if c.credits_expire_at is not None)
     later = [moment for moment in moments if moment > now]
     return min(later, default=None)
 

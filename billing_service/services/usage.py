@@ -1,6 +1,7 @@
 """Entitlements and usage quotas: may this customer use this feature, and record that they did.
 
-Limits add up from the plan's allowance plus purchased credits, the allowance spent first.
+Limits add up from the plan's allowance (or the customer's own override of it) plus credits,
+bought or granted (until they expire), the allowance spent first.
 `track` checks and records in one statement (`usage_track`, migration 0016), its own
 transaction: the counter moves with one conditional upsert when the allowance covers the call,
 and under row locks on the counter and the credit balance when credits (or overage) come into
@@ -47,6 +48,11 @@ class Entitlement:
     cost: Decimal
 
     @property
+    def source(self) -> str:
+        """Where the limit comes from: the customer's `override`, else their `plan`."""
+        return "override" if self.context.overridden else "plan"
+
+    @property
     def metered(self) -> bool:
         return self.context.kind == "metered"
 
@@ -71,6 +77,15 @@ def resolve(context: FeatureContext, *, now: datetime, grace: timedelta) -> Enti
     )
     allowance = context.subscribed_allowance if subscribed else context.default_allowance
     plan_key = context.subscribed_plan_key if subscribed else context.default_plan_key
+    if context.overridden:  # enabled whatever the plan says, with the customer's own limit
+        allowance = {
+            "reset": None,
+            "soft_limit": None,
+            "overage": "deny",
+            **(allowance or {}),
+            "enabled": True,
+            "limit": context.override_limit,
+        }
     enabled = bool(allowance and allowance["enabled"])
     if not enabled or allowance is None:
         return Entitlement(context, plan_key, False, None, None, None, "deny", None, 0, Decimal(0))
@@ -164,7 +179,8 @@ def _fits(entitlement: Entitlement, amount: int) -> bool:
         return True
     if entitlement.overage in ("allow", "bill"):
         return True
-    return entitlement.used + amount <= entitlement.limit + entitlement.credits
+    # Units paid with credits count in `used` too: what is left is `remaining`, as track has it.
+    return amount <= max(0, entitlement.limit - entitlement.used) + entitlement.credits
 
 
 async def _denial(

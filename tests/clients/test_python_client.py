@@ -65,6 +65,7 @@ async def test_check_track_entitlements_usage_and_plans(
     ai_calls = entitlements.get("ai_calls")
     assert ai_calls is not None
     assert (ai_calls.used, ai_calls.remaining, ai_calls.cost) == (2, 3, Decimal("0.25"))
+    assert ai_calls.source == "plan"
     assert entitlements.allows("ai_calls")
     assert not entitlements.allows("export_csv")
 

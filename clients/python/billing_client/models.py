@@ -60,10 +60,11 @@ class Entitlement:
     enabled: bool
     unlimited: bool
     limit: int | None
+    source: str = "plan"  # "override": the customer's own limit, set by an operator
     soft_limit: int | None
     used: int | None
     remaining: int | None
-    credits: int | None
+    credits: int | None  # bought, and granted until they expire
     cost: Decimal | None
     reset: str | None
     period_start: datetime | None
@@ -292,6 +293,7 @@ def entitlements(body: Json) -> Entitlements:
                 enabled=f["enabled"],
                 unlimited=f["unlimited"],
                 limit=f["limit"],
+                source=f.get("source", "plan"),
                 soft_limit=f["soft_limit"],
                 used=f["used"],
                 remaining=f["remaining"],

@@ -370,6 +370,51 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/coupons": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every coupon, oldest first. */
+        get: operations["listCoupons"];
+        put?: never;
+        /**
+         * Create a coupon, in Stripe under the same id.
+         * @description Recorded first, then created in Stripe with an idempotency key. The same request again
+         *     answers 200 with the coupon (finishing its creation in Stripe if that failed before);
+         *     the same `id` with other terms is a 409 `conflict`.
+         */
+        post: operations["createCoupon"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/promotion-codes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every promotion code, oldest first. */
+        get: operations["listPromotionCodes"];
+        put?: never;
+        /**
+         * Create a promotion code for a coupon, in Stripe too.
+         * @description Codes are unique whatever their case. The same request again answers 200; the same
+         *     code with other terms is a 409 `conflict`; an unknown coupon is a 422 naming `coupon`.
+         */
+        post: operations["createPromotionCode"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/customers/{customer_id}/invoices": {
         parameters: {
             query?: never;
@@ -448,7 +493,9 @@ export interface paths {
          *     body is a 409 `idempotency-key-reused`; after a failure (503, 502) the same key runs the
          *     request again. A retry while the first request is still running waits for
          *     its response; if that takes longer than the first request can (its process died), the
-         *     answer is a 409 `request-in-progress` with `Retry-After`.
+         *     answer is a 409 `request-in-progress` with `Retry-After`. With `BILLING_STRIPE_TAX=true`
+         *     the session calculates tax automatically, requires a billing address and collects tax
+         *     ids (see docs/billing.md).
          */
         post: operations["createCheckoutSession"];
         delete?: never;
@@ -681,6 +728,80 @@ export interface paths {
          *     changed, so pollers cost one query and no body.
          */
         get: operations["getEntitlements"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/customers/{customer_id}/credits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Grant credits of a metered feature, optionally until an expiry.
+         * @description The credits add to the customer's remaining units past their allowance, in check,
+         *     track and entitlements, until `expires_at` (never, when absent); track spends expiring
+         *     grants first (the soonest first), then bought credits, then grants that never expire.
+         *     A customer unknown so far is created bare. Audited (`GET .../adjustments`).
+         */
+        post: operations["grantCredits"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/customers/{customer_id}/overrides/{feature}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+                feature: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Set one customer's own limit of one feature.
+         * @description The override wins over the plan's allowance (the plan's reset, soft limit and overage
+         *     still apply) and enables the feature if the plan leaves it out; `limit: null` is
+         *     unlimited, and a boolean feature takes only `null`. Entitlements show
+         *     `source: override`. Every process applies it within moments. Audited.
+         */
+        put: operations["putOverride"];
+        post?: never;
+        /** Put the customer back on their plan's allowance of the feature. */
+        delete: operations["deleteOverride"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/customers/{customer_id}/adjustments": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        /** The audit of the customer's grants and overrides, newest first (the last 100). */
+        get: operations["listAdjustments"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1152,8 +1273,63 @@ export interface components {
              *     naming `trial_days`. `BILLING_TRIAL_REPEATS=true` allows repeats.
              */
             trial_days?: number | null;
-            /** @default false */
+            /**
+             * @description Let the customer type a promotion code in Checkout.
+             * @default false
+             */
             allow_promotion_codes?: boolean;
+            /**
+             * @description A code created with `POST /v1/promotion-codes` (any case), applied up front. An
+             *     unknown code, or one sent with `allow_promotion_codes: true`, is a 422 naming
+             *     `promotion_code`.
+             */
+            promotion_code?: string | null;
+        };
+        /** @description Exactly one of `percent_off` and `amount_off` (with `currency`). */
+        CreateCoupon: {
+            /** @description Also Stripe's coupon id. */
+            id: string;
+            name?: string | null;
+            percent_off?: number | null;
+            amount_off?: number | null;
+            currency?: string | null;
+            /**
+             * @default once
+             * @enum {string}
+             */
+            duration?: "once" | "repeating" | "forever";
+            duration_in_months?: number | null;
+        };
+        Coupon: {
+            id: string;
+            name: string | null;
+            percent_off: number | null;
+            amount_off: number | null;
+            currency: string | null;
+            /** @enum {string} */
+            duration: "once" | "repeating" | "forever";
+            duration_in_months: number | null;
+            stripe_coupon_id: string | null;
+            /** Format: date-time */
+            created_at: string;
+        };
+        CreatePromotionCode: {
+            code: string;
+            /** @description The coupon's id. */
+            coupon: string;
+            max_redemptions?: number | null;
+            /** Format: date-time */
+            expires_at?: string | null;
+        };
+        PromotionCode: {
+            code: string;
+            coupon: string;
+            max_redemptions: number | null;
+            /** Format: date-time */
+            expires_at: string | null;
+            stripe_promotion_code_id: string | null;
+            /** Format: date-time */
+            created_at: string;
         };
         CheckoutSession: {
             id: string;
@@ -1255,10 +1431,15 @@ export interface components {
                 enabled: boolean;
                 unlimited: boolean;
                 limit: number | null;
+                /**
+                 * @description Where the limit comes from (PUT .../overrides/{feature}).
+                 * @enum {string}
+                 */
+                source: "plan" | "override";
                 soft_limit: number | null;
                 used: number | null;
                 remaining: number | null;
-                /** @description Unspent purchased credits. */
+                /** @description Unspent credits, bought or granted (until they expire). */
                 credits: number | null;
                 /** @description Cost recorded this period. */
                 cost: string | null;
@@ -1275,6 +1456,60 @@ export interface components {
                  *     invoice line. Null for features not billed.
                  */
                 overage_billing: null | components["schemas"]["OverageCharge"];
+            }[];
+        };
+        GrantCredits: {
+            /** @description A metered feature. */
+            feature: string;
+            amount: number;
+            reason: string;
+            /**
+             * Format: date-time
+             * @description In the future.
+             */
+            expires_at?: string | null;
+        };
+        CreditGrant: {
+            /** Format: uuid */
+            id: string;
+            customer_id: string;
+            feature: string;
+            amount: number;
+            /** Format: date-time */
+            expires_at: string | null;
+            reason: string;
+            /** Format: date-time */
+            created_at: string;
+        };
+        PutOverride: {
+            limit: number | null;
+            reason: string;
+        };
+        Override: {
+            customer_id: string;
+            feature: string;
+            limit: number | null;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        Adjustments: {
+            data: {
+                /** Format: uuid */
+                id: string;
+                feature: string;
+                /** @enum {string} */
+                action: "credits.granted" | "override.set" | "override.removed";
+                details: Record<string, never>;
+                reason: string;
+                actor: {
+                    /** Format: uuid */
+                    key_id: string | null;
+                    name: string;
+                };
+                /** Format: date-time */
+                created_at: string;
             }[];
         };
         OverageCharge: {
@@ -2205,6 +2440,142 @@ export interface operations {
             429: components["responses"]["RateLimited"];
         };
     };
+    listCoupons: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The coupons. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        data: components["schemas"]["Coupon"][];
+                    };
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    createCoupon: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateCoupon"];
+            };
+        };
+        responses: {
+            /** @description The coupon, created before. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Coupon"];
+                };
+            };
+            /** @description The coupon. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Coupon"];
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["Conflict"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            502: components["responses"]["StripeRequestFailed"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listPromotionCodes: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The promotion codes. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        data: components["schemas"]["PromotionCode"][];
+                    };
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    createPromotionCode: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreatePromotionCode"];
+            };
+        };
+        responses: {
+            /** @description The promotion code, created before. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PromotionCode"];
+                };
+            };
+            /** @description The promotion code. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PromotionCode"];
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["Conflict"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            502: components["responses"]["StripeRequestFailed"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
     listInvoices: {
         parameters: {
             query?: {
@@ -2716,6 +3087,132 @@ export interface operations {
                 };
             };
             304: components["responses"]["NotModified"];
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    grantCredits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GrantCredits"];
+            };
+        };
+        responses: {
+            /** @description The grant. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CreditGrant"];
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    putOverride: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+                feature: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PutOverride"];
+            };
+        };
+        responses: {
+            /** @description The override. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Override"];
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    deleteOverride: {
+        parameters: {
+            query: {
+                /** @description Why, for the audit. */
+                reason: string;
+            };
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+                feature: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    listAdjustments: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The audit entries. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Adjustments"];
+                };
+            };
             400: components["responses"]["MalformedRequest"];
             401: components["responses"]["Unauthenticated"];
             403: components["responses"]["Forbidden"];
