@@ -290,12 +290,24 @@ async def test_upcoming_invoice_previews_plan_and_metered_usage_with_tax(
     await subscribed(stripe_client, fake_stripe, billing_key, "pro_monthly")
     (stripe_customer,) = fake_stripe.customers
     (subscription,) = fake_stripe.subscriptions.values()
-    metered_price = fake_stripe.add_price(metered=True)
-    fake_stripe.prices[metered_price]["unit_amount_decimal"] = "2"
-    metered_item = fake_stripe.add_item(subscription, metered_price)
+    # Checkout asked Stripe for Pro's metered price (2 cents a unit), so the subscription has it.
+    metered_price = await pool.fetchval(
+        "SELECT mp.stripe_price_id FROM metered_prices mp JOIN plans p ON p.id = mp.plan_id "
+        "WHERE p.key = 'pro' AND mp.recurring_interval = 'month' AND mp.active"
+    )
+    metered_item = next(
+        i for i in subscription["items"]["data"] if i["price"]["id"] == metered_price
+    )
     customer = await customers.get_customer(pool, "user_1")
     await customers.sync_subscriptions_from_stripe(pool, gateway, customer)
-    fake_stripe.metered_usage[metered_item["id"]] = 150
+    fake_stripe.meter_events.append(  # what the meter summed this period: 150 AI calls
+        {
+            "identifier": "usage_invoice_test",
+            "event_name": "ai_calls",
+            "payload": {"stripe_customer_id": stripe_customer, "value": "150"},
+            "timestamp": metered_item["current_period_start"] + 60,
+        }
+    )
     fake_stripe.preview_tax_percent = 10
     response = await stripe_client.get(
         "/v1/customers/user_1/upcoming-invoice", headers=bearer(billing_key)
@@ -309,7 +321,7 @@ async def test_upcoming_invoice_previews_plan_and_metered_usage_with_tax(
     assert plan_line["metered"] is False
     assert plan_line["quantity"] == 1
     assert plan_line["amount"] == plan_price["unit_amount"]
-    assert usage_line["price"] is None  # a price made outside the catalog
+    assert usage_line["price"] == "pro:ai_calls:overage:month"
     assert usage_line["metered"] is True
     assert usage_line["quantity"] == 150
     assert usage_line["amount"] == 300

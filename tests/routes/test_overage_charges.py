@@ -36,7 +36,8 @@ async def pro_customer_with_metered_item(
         "SELECT mp.stripe_price_id FROM metered_prices mp JOIN plans p ON p.id = mp.plan_id "
         "WHERE p.key = 'pro' AND mp.recurring_interval = 'month' AND mp.active"
     )
-    item = fake_stripe.add_item(subscription, metered_price)
+    # Checkout asked Stripe for the plan's metered price, so the subscription carries it.
+    item = next(i for i in subscription["items"]["data"] if i["price"]["id"] == metered_price)
     customer = await customers.get_customer(pool, "user_1")
     await customers.sync_subscriptions_from_stripe(pool, gateway, customer)
     return item
