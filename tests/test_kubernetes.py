@@ -15,7 +15,7 @@ import yaml
 from pydantic import SecretStr
 
 from billing_service.cli import build_parser
-from billing_service.config import Settings, load_settings
+from billing_service.config import DEFAULT_JOB_SCHEDULES, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -24,6 +24,8 @@ KUBERNETES_VERSION = "1.37.0"
 # docs/benchmarks.md: about 70 MB resident per worker after load, below 200 MB in every run.
 MEASURED_RSS_MIB = 70
 BENCHMARK_CEILING_MIB = 200
+
+WORKLOADS = ["api", "worker", "migrate", "reconcile", "prune"]
 
 Manifest = dict[str, Any]
 
@@ -49,12 +51,16 @@ def resource(kind: str, name: str) -> Manifest:
 
 
 def pod_templates() -> dict[str, Manifest]:
-    """The pod specs that run the image: API, worker and migration Job."""
-    return {
+    """The pod specs that run the image: API, worker, migration Job and the periodic jobs."""
+    templates = {
         "api": resource("Deployment", "billing-service-api")["spec"]["template"],
         "worker": resource("Deployment", "billing-service-worker")["spec"]["template"],
         "migrate": resource("Job", "billing-service-migrate")["spec"]["template"],
     }
+    for job in DEFAULT_JOB_SCHEDULES:
+        cron = resource("CronJob", f"billing-service-{job}")
+        templates[job] = cron["spec"]["jobTemplate"]["spec"]["template"]
+    return templates
 
 
 def only_container(template: Manifest) -> Manifest:
@@ -164,7 +170,8 @@ def test_api_probes_readiness_on_readyz_and_liveness_on_healthz() -> None:
 
 
 def test_each_workload_runs_its_own_command() -> None:
-    """API `serve` with background work off, worker `worker`, Job `migrate`: real subcommands."""
+    """API `serve` with background work off, worker `worker`, Job `migrate`, a CronJob per
+    periodic job (nothing else schedules them once the API's background work is off)."""
     commands = {
         name: only_container(template)["args"] for name, template in pod_templates().items()
     }
@@ -172,6 +179,8 @@ def test_each_workload_runs_its_own_command() -> None:
         "api": ["billing-service", "serve"],
         "worker": ["billing-service", "worker"],
         "migrate": ["billing-service", "migrate"],
+        "reconcile": ["billing-service", "jobs", "run", "reconcile"],
+        "prune": ["billing-service", "jobs", "run", "prune"],
     }
     parser = build_parser()
     for args in commands.values():
@@ -182,7 +191,16 @@ def test_each_workload_runs_its_own_command() -> None:
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
-@pytest.mark.parametrize("workload", ["api", "worker", "migrate"])
+def test_periodic_jobs_keep_the_default_schedules_one_run_at_a_time() -> None:
+    """Each periodic job is a CronJob on its default schedule in UTC, never two runs at once."""
+    for job, schedule in DEFAULT_JOB_SCHEDULES.items():
+        cron = resource("CronJob", f"billing-service-{job}")["spec"]
+        assert (cron["schedule"], cron["timeZone"]) == (schedule, "Etc/UTC")
+        assert cron["concurrencyPolicy"] == "Forbid"
+        assert cron["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
 def test_pods_run_unprivileged_on_a_read_only_root(workload: str) -> None:
     """Non-root as the image's user, read-only root with /tmp in memory, no privilege
     escalation or capabilities, and no service-account token."""
@@ -210,7 +228,7 @@ def test_pods_run_unprivileged_on_a_read_only_root(workload: str) -> None:
     assert "emptyDir" in volume
 
 
-@pytest.mark.parametrize("workload", ["api", "worker", "migrate"])
+@pytest.mark.parametrize("workload", WORKLOADS)
 def test_memory_is_sized_from_the_measured_resident_set(workload: str) -> None:
     """Requests cover the measured ~70 MB per worker; the limit sits above the benchmark's
     200 MB ceiling, so a worker is never killed at a size the benchmarks allow."""
@@ -226,7 +244,7 @@ def test_memory_is_sized_from_the_measured_resident_set(workload: str) -> None:
     assert resources_["limits"]["cpu"]
 
 
-@pytest.mark.parametrize("workload", ["api", "worker", "migrate"])
+@pytest.mark.parametrize("workload", WORKLOADS)
 def test_every_documented_setting_reaches_every_workload(workload: str) -> None:
     """Each BILLING_ setting the README lists comes from the ConfigMap or the Secret, and each
     one the manifests name is a real setting (no typo silently ignored)."""
