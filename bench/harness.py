@@ -77,6 +77,7 @@ class Scenario:
     authorized: bool = True
     cold: bool = False  # run with the entitlement cache off
     webhooks: bool = False  # judged by events stored per second
+    billed: bool = False  # every request must write a meter event (checked after the run)
 
 
 SCENARIOS = (
@@ -84,6 +85,7 @@ SCENARIOS = (
     Scenario("check", "/v1/usage/check", "check.lua", "B"),
     Scenario("entitlements", "/v1/customers/bench_0/entitlements", "entitlements.lua", "B"),
     Scenario("track", "/v1/usage/track", "track.lua", "Btrack1"),
+    Scenario("track-billed", "/v1/usage/track", "track_billed.lua", "Btrack1", billed=True),
     Scenario("webhooks", "/v1/webhooks/stripe", "webhook.lua", "B2", webhooks=True),
     Scenario("check-cold", "/v1/usage/check", "check.lua", "B", cold=True),
 )
@@ -134,10 +136,11 @@ class Bench:
     def _measure(
         self, name: str, repetition: int, process: subprocess.Popen[bytes], url: str, *,
         script: str | None, key: str | None, args: tuple[str, str], database: str,
-        count_stored: bool = False, connections: int | None = None,
+        count_stored: bool = False, count_billed: bool = False, connections: int | None = None,
     ) -> Sample:  # fmt: skip
         """Warm up, then measure, with the CPU time the server and `database`'s backends spent
-        per request; for webhook intake (`count_stored`) count the events stored."""
+        per request; for webhook intake (`count_stored`) count the events stored, for billed
+        tracks (`count_billed`) the run's usage events with and without their meter event."""
         self._wrk(url, seconds=self.warmup, script=script, key=key, args=[args[0]],
                   connections=connections)  # fmt: skip
         stored_before = _count_events(database) if count_stored else 0
@@ -149,12 +152,13 @@ class Bench:
                                args=[args[1]], connections=connections)  # fmt: skip
         cpu.stop()
         stored = _count_events(database) - stored_before if count_stored else None
+        billed = _count_billed(database, run=args[1]) if count_billed else (None, None)
         requests = report.requests
         sample = Sample(
             name, repetition, report.requests_per_second, report.p50_ms, report.p99_ms,
             report.errors, load,
             stored_per_second=None if stored is None else stored / round(self.duration),
-            peak_rss_mb=rss.peak_mb,
+            peak_rss_mb=rss.peak_mb, billed_tracks=billed[0], unbilled_tracks=billed[1],
             server_us=cpu.server_seconds / requests * 1e6 if requests else None,
             database_us=(
                 cpu.database_seconds / requests * 1e6 if requests and is_local(database) else None
@@ -217,6 +221,7 @@ class Bench:
                     script=scenario.script,
                     key=self.small.api_key if scenario.authorized else None, args=args,
                     database=self.small.url, count_stored=scenario.webhooks,
+                    count_billed=scenario.billed,
                 )  # fmt: skip
 
     def _signed_events(self, run: str) -> tuple[str, str]:
@@ -294,11 +299,43 @@ def _count_events(database_url: str) -> int:
     return asyncio.run(count())
 
 
+def _count_billed(database_url: str, *, run: str) -> tuple[int, int]:
+    """The measured run's usage events (their idempotency keys start with `run`) with and
+    without the meter event usage_track writes for billed overage, under the identifier it
+    derives from the event; one snapshot, and both rows commit together, so requests still in
+    flight cannot skew it."""
+
+    async def count() -> tuple[int, int]:
+        """One connection, one query."""
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow(
+                """
+                SELECT count(me.id) AS billed, count(*) - count(me.id) AS unbilled
+                FROM usage_events ue
+                LEFT JOIN meter_events me
+                  ON me.identifier
+                     = 'usage_' || md5(ue.customer_id::text || ':' || ue.idempotency_key)
+                 AND me.value = ue.amount
+                WHERE ue.idempotency_key LIKE $1 || '-%'
+                """,
+                run,
+            )
+            assert row is not None
+            return int(row["billed"]), int(row["unbilled"])
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
 def _progress(sample: Sample) -> None:
     """One line per measurement while the run goes on."""
     stored = (
         "" if sample.stored_per_second is None else f", {sample.stored_per_second:,.0f} stored/s"
     )
+    if sample.billed_tracks is not None:
+        stored += f", {sample.billed_tracks:,} meter events ({sample.unbilled_tracks} missing)"
     print(
         f"  {sample.name:14} r{sample.repetition}: "
         f"{sample.requests_per_second:9,.0f} req/s{stored}, p99 {sample.p99_ms:7.1f} ms, "

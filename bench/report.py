@@ -135,6 +135,7 @@ def tables(figures: Figures, lags: Sequence[LagSample]) -> list[str]:
                 for s in scenarios
             ],
         )
+    lines += _billed(figures)
     growth = [name for name in GROWTH_SCENARIOS if figures.has(f"1M:{name}")]
     if growth:
         lines += ["", "Growth: the small database against 10,000 customers and 1M usage events"]
@@ -178,6 +179,27 @@ def tables(figures: Figures, lags: Sequence[LagSample]) -> list[str]:
     return lines
 
 
+def _billed(figures: Figures) -> list[str]:
+    """track-billed against track, per repetition, and the meter events its runs wrote."""
+    samples = [s for s in figures.samples if s.billed_tracks is not None]
+    if not samples:
+        return []
+    per_repetition = [
+        f"r{repetition}: {_show(Figures(in_rep).ratio('track-billed', 'track'), _pct)}"
+        for repetition in figures.repetitions
+        if (in_rep := [s for s in figures.samples if s.repetition == repetition])
+    ]
+    written = sum(s.billed_tracks or 0 for s in samples)
+    missing = sum(s.unbilled_tracks or 0 for s in samples)
+    return [
+        "",
+        "Billed track (every unit past the allowance: one meter event per track, no Stripe)",
+        f"  track-billed ÷ track {_show(figures.ratio('track-billed', 'track'), _pct)} "
+        f"({', '.join(per_repetition)}); {written:,} meter events written by the measured "
+        f"runs, {missing} tracks without one",
+    ]
+
+
 def target_lines(targets: Sequence[Target], problems: Sequence[str]) -> list[str]:
     """Every target with its verdict, then what makes the run's figures untrustworthy."""
     lines = ["", "Targets (1 worker, 32 connections; judged on the median)"]
@@ -216,6 +238,9 @@ def results_document(
                 "database_cpu_us_per_request": _spread_json(figures.spread(name, "database_us")),
                 "ratio_to_A": _spread_json(figures.ratio(name, "A")),
                 "floor": floor_of.get(name),
+                "ratio_to_track": _spread_json(figures.ratio(name, "track"))
+                if name == "track-billed"
+                else None,
                 "ratio_to_floor": _spread_json(figures.ratio(name, floor_of[name]))
                 if name in floor_of
                 else None,

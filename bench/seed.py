@@ -1,5 +1,6 @@
 """The bench's databases: the real migrations, the example catalog made roomy, the bench's
-customers and counters, and for the growth scenario 10,000 customers and 1,000,000 usage events.
+customers and counters, Pro subscribers already past a billed allowance, and for the growth
+scenario 10,000 customers and 1,000,000 usage events.
 
 Every database gets a name of its own (`billing_bench_<hex>`), so runs on a shared server do
 not collide, and is dropped when the run ends.
@@ -7,10 +8,12 @@ not collide, and is dropped when the run ends.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -18,6 +21,7 @@ import yaml
 
 from bench import track_floor
 from billing_service.catalog_spec import CatalogSpec, parse_catalog
+from billing_service.db import usage as usage_db
 from billing_service.db.migrations import apply_migrations, discover_migrations
 from billing_service.db.pool import create_pool
 from billing_service.resources import example_catalog_path, migrations_dir
@@ -31,6 +35,11 @@ GROWTH_CUSTOMERS = 10_000
 GROWTH_EVENTS = 1_000_000
 GROWTH_MONTHS = 12
 ROOMY = 10**12  # an allowance no bench run reaches
+# Pro subscribers billed_0 … billed_99, driven by track_billed.lua: their `ai_calls` allowance
+# (overage: bill) is this small and already used up, so every track of theirs is billed.
+BILLED_PREFIX = "billed_"
+BILLED_FEATURE = "ai_calls"
+BILLED_LIMIT = 10
 
 
 @dataclass(frozen=True)
@@ -43,8 +52,8 @@ class BenchDatabase:
 
 
 def bench_catalog() -> CatalogSpec:
-    """The example catalog, with a free plan that never refuses `ai_calls`, plus an hourly
-    metered feature for the usage history."""
+    """The example catalog, with a free plan that never refuses `ai_calls`, a Pro plan that
+    bills `ai_calls` past `BILLED_LIMIT`, plus an hourly metered feature for the usage history."""
     data: dict[str, Any] = yaml.safe_load(example_catalog_path().read_text())
     data["features"][HOURLY_FEATURE] = {
         "name": "API requests",
@@ -54,6 +63,9 @@ def bench_catalog() -> CatalogSpec:
     free = data["plans"]["free"]["features"]
     free["ai_calls"] = {"limit": ROOMY, "soft_limit": ROOMY // 10, "reset": "month"}
     free[HOURLY_FEATURE] = {"limit": ROOMY, "reset": "hour"}
+    billed = data["plans"]["pro"]["features"][BILLED_FEATURE]
+    assert billed["overage"] == "bill", "the example catalog's Pro plan bills ai_calls"
+    billed.update(limit=BILLED_LIMIT, soft_limit=BILLED_LIMIT // 2)
     return parse_catalog(data)
 
 
@@ -74,7 +86,7 @@ async def drop_database(server_url: str, name: str) -> None:
 async def prepare(server_url: str, *, history_hours: int) -> BenchDatabase:
     """A fresh database: migrations, the bench catalog, customers `bench_0…99` (each with a
     `projects` counter for the B2 floor), `bench_history` with `history_hours` hourly counters
-    up to now, an API key, and the Btrack1 floor's function."""
+    up to now, the billed Pro subscribers, an API key, and the Btrack1 floor's function."""
     name = f"billing_bench_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(server_url)
     try:
@@ -119,11 +131,53 @@ async def prepare(server_url: str, *, history_hours: int) -> BenchDatabase:
             HOURLY_FEATURE,
             history_hours,
         )
+        await _billed_subscribers(pool)
         issued = await api_keys.create_key(pool, name="bench", scopes=[Scope.USAGE])
         await track_floor.install(pool)
     finally:
         await pool.close()
     return BenchDatabase(name, url, issued.plaintext)
+
+
+async def _billed_subscribers(pool: asyncpg.Pool) -> None:
+    """Customers `billed_0…99`, each with a Stripe customer id and an active Pro subscription,
+    and each past its billed `ai_calls` allowance through one real track of `BILLED_LIMIT + 1`
+    units (the usage_track statement the service runs): from then on every unit they track is
+    billable and writes a meter event."""
+    await pool.execute(
+        """
+        INSERT INTO customers (external_id, email, stripe_customer_id)
+        SELECT $1 || n, $1 || n || '@example.com', 'cus_bench_' || $1 || n
+        FROM generate_series(0, $2 - 1) n
+        """,
+        BILLED_PREFIX,
+        CUSTOMERS,
+    )
+    now = datetime.now(UTC)
+    await pool.execute(
+        """
+        INSERT INTO subscriptions (customer_id, stripe_subscription_id, status, stripe_price_id,
+                                   price_id, current_period_start, current_period_end,
+                                   stripe_created_at)
+        SELECT c.id, 'sub_bench_' || c.external_id, 'active', 'price_bench_pro_monthly', p.id,
+               $2::timestamptz, $2::timestamptz + interval '1 month', $2::timestamptz
+        FROM customers c, prices p
+        WHERE c.external_id LIKE $1 || '%' AND p.lookup_key = 'pro_monthly'
+        """,
+        BILLED_PREFIX,
+        now - timedelta(days=1),
+    )
+    async with pool.acquire() as conn:
+        for n in range(CUSTOMERS):
+            tracked = await usage_db.track(
+                conn, customer_key=f"{BILLED_PREFIX}{n}", feature_key=BILLED_FEATURE,
+                amount=BILLED_LIMIT + 1, cost=None, idempotency_key="bench-seed",
+                request_hash=hashlib.sha256(b"bench-seed").digest(), metadata={}, now=now,
+                grace=timedelta(days=7),
+            )  # fmt: skip
+            answer = tracked.response or {}
+            if tracked.outcome != "answered" or answer.get("overage") is not True:
+                raise RuntimeError(f"seeding {BILLED_PREFIX}{n} did not bill: {tracked}")
 
 
 # One usage event's stored answer, the size of a real one.

@@ -28,6 +28,8 @@ class Sample:
     peak_rss_mb: float | None = None
     server_us: float | None = None  # CPU time of the serving processes per request
     database_us: float | None = None  # CPU time of the database's backends per request
+    billed_tracks: int | None = None  # billed track: the run's tracks that wrote a meter event
+    unbilled_tracks: int | None = None  # … and those that did not (must be 0)
 
     @property
     def throughput(self) -> float:

@@ -68,6 +68,7 @@ def evaluate(figures: Figures, lags: Sequence[LagSample]) -> list[Target]:
         _ratio(figures, "entitlements", "A", 0.60, "entitlements (warm) ≥ 60 % of A"),
         _ratio(figures, "check-cold", "B", 0.90, "check (cold miss) ≥ 90 % of B"),
         _ratio(figures, "track", "Btrack1", 0.80, "track ≥ 80 % of Btrack1"),
+        _ratio(figures, "track-billed", "track", 0.90, "track-billed ≥ 90 % of track"),
         _ratio(figures, "webhooks", "B2", 0.90, "webhook intake (stored/s) ≥ 90 % of B2"),
         _ratio(figures, "healthz", "A", 0.80, "healthz ≥ 80 % of A"),
         _p99(figures, "check", 20.0),
@@ -91,7 +92,8 @@ def evaluate(figures: Figures, lags: Sequence[LagSample]) -> list[Target]:
 
 def sanity(figures: Figures, lags: Sequence[LagSample]) -> list[str]:
     """What makes a run's figures untrustworthy or the service unfit, whatever the ratios:
-    errors, lag trials that never converged, a worker past the memory limit."""
+    errors, lag trials that never converged, a worker past the memory limit, a billed track
+    without its meter event."""
     problems = []
     for name in dict.fromkeys(s.name for s in figures.samples):
         if errors := figures.errors(name):
@@ -99,6 +101,11 @@ def sanity(figures: Figures, lags: Sequence[LagSample]) -> list[str]:
         peak = figures.peak_rss_mb(name)
         if peak is not None and peak >= RSS_LIMIT_MB:
             problems.append(f"{name}: a worker reached {peak:.0f} MB (limit {RSS_LIMIT_MB:.0f})")
+    billed = [s for s in figures.samples if s.billed_tracks is not None]
+    if missing := sum(s.unbilled_tracks or 0 for s in billed):
+        problems.append(f"track-billed: {missing} tracks wrote no meter event")
+    if billed and not sum(s.billed_tracks or 0 for s in billed):
+        problems.append("track-billed: no meter event was written")
     failures = sum(lag.run.failures for lag in lags)
     if failures:
         problems.append(f"invalidation lag: {failures} trials did not converge")

@@ -25,6 +25,8 @@ from tests.test_entitlement_cache import eventually, replica_env, shows
 
 TRACKS = 650
 INCLUDED = 500  # Pro's ai_calls limit in catalog.example.yaml
+UNIT_AMOUNT = 2  # Pro's ai_calls overage_price, minor units
+METERED_PRICE = "pro:ai_calls:overage:month"
 
 
 async def _serve(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, httpx.AsyncClient]:
@@ -53,8 +55,9 @@ async def _subscribe_to_pro(
     first: httpx.AsyncClient,
     second: httpx.AsyncClient,
 ) -> str:
-    """user_1 subscribes to Pro monthly through A (checkout, then the webhook); both processes
-    answer Pro's limit. Returns user_1's Stripe customer id."""
+    """user_1 subscribes to Pro monthly through A (checkout, then the webhook), with the plan's
+    monthly metered price as a second item, as checkout asks Stripe for; both processes answer
+    Pro's limit. Returns user_1's Stripe customer id."""
     put = await first.put(
         "/v1/customers/user_1", headers=bearer(key), json={"email": "a@example.com"}
     )
@@ -69,6 +72,11 @@ async def _subscribe_to_pro(
     subscription = stripe_http.fake.add_subscription(
         stripe_id, await stripe_price(pool, "pro_monthly")
     )
+    metered_price = await pool.fetchval(
+        "SELECT stripe_price_id FROM metered_prices WHERE lookup_key = $1 AND active",
+        METERED_PRICE,
+    )
+    stripe_http.fake.add_item(subscription, metered_price)
     event = stripe_event("customer.subscription.updated", subscription)
     assert (await post_event(first, event)).status_code == 200
     for client in (first, second):
@@ -89,6 +97,30 @@ async def _assert_billed_once(
     assert {e["identifier"] for e in accepted} == {row["identifier"] for row in rows}
 
 
+async def _assert_estimated_and_previewed(
+    key: str, reader: httpx.AsyncClient, billing: httpx.AsyncClient
+) -> None:
+    """Both the entitlements (on each process) and Stripe's upcoming invoice show the month's
+    overage: 150 billable units at 2 cents, 300 minor units, on the metered line."""
+    for client in (reader, billing):
+        response = await client.get("/v1/customers/user_1/entitlements", headers=bearer(key))
+        assert response.status_code == 200, response.text
+        (ai_calls,) = [f for f in response.json()["features"] if f["feature"] == "ai_calls"]
+        assert ai_calls["used"] == TRACKS
+        assert ai_calls["overage_billing"] == {
+            "billable_units": TRACKS - INCLUDED,
+            "unit_amount": str(UNIT_AMOUNT),
+            "currency": "usd",
+            "estimated_amount": str((TRACKS - INCLUDED) * UNIT_AMOUNT),
+        }
+    response = await billing.get("/v1/customers/user_1/upcoming-invoice", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    (usage_line,) = [line for line in response.json()["lines"] if line["metered"]]
+    assert usage_line["price"] == METERED_PRICE
+    assert usage_line["quantity"] == TRACKS - INCLUDED
+    assert usage_line["amount"] == (TRACKS - INCLUDED) * UNIT_AMOUNT
+
+
 async def test_a_month_of_pro_usage_bills_exactly_the_overage_once(
     cli_env: dict[str, str], pool: asyncpg.Pool, settings: Settings, stripe_http: StripeServer
 ) -> None:
@@ -96,7 +128,8 @@ async def test_a_month_of_pro_usage_bills_exactly_the_overage_once(
     500 included and billed. Process A's worker starts delivering them to a slow Stripe and is
     killed mid-batch; Stripe then fails a whole round (500s); delivery carries on elsewhere.
     Stripe's meter ends up with exactly 150 units, each billable track once, and no track on
-    the request path ever called Stripe."""
+    the request path ever called Stripe. The entitlements then report 150 billable units
+    estimated at 300 minor units, and the upcoming invoice's metered line has quantity 150."""
     stripe_settings = settings.model_copy(
         update={"stripe_secret_key": SecretStr("sk_test_fake"), "stripe_api_base": stripe_http.url}
     )
@@ -113,6 +146,8 @@ async def test_a_month_of_pro_usage_bills_exactly_the_overage_once(
     reader = replica_env(cli_env) | {"BILLING_DATABASE_POOL_MAX": "10"}
     process_a, first = await _serve(writer)
     process_b, second = await _serve(reader)
+    process_c: asyncio.subprocess.Process | None = None
+    third: httpx.AsyncClient | None = None
     try:
         stripe_id = await _subscribe_to_pro(pool, stripe_http, key, first, second)
 
@@ -158,10 +193,15 @@ async def test_a_month_of_pro_usage_bills_exactly_the_overage_once(
         # Tracks never called Stripe: every request to it during the tracks was a meter event.
         during = stripe_http.attempts[calls_before:]
         assert {a.path for a in during} <= {"/v1/billing/meter_events"}
+
+        # A replica with Stripe (A is gone) answers the upcoming invoice; B has no Stripe key.
+        process_c, third = await _serve(writer | {"BILLING_WORKER_ENABLED": "false"})
+        await _assert_estimated_and_previewed(key, second, third)
     finally:
-        for process in (process_a, process_b):
-            if process.returncode is None:
+        for process in (process_a, process_b, process_c):
+            if process is not None and process.returncode is None:
                 process.terminate()
                 await process.wait()
-        await first.aclose()
-        await second.aclose()
+        for client in (first, second, third):
+            if client is not None:
+                await client.aclose()
