@@ -188,12 +188,14 @@ _PAGE_ALL = (
 _FILTERS = {
     "status": "status = ${n}",
     "type": "type = ${n}",
-    "customer": f"{EVENT_CUSTOMER} = ${{n}}",
+    "customer": EVENT_CUSTOMER + " = ${n}",
 }
 
 
 def _filtered_page(names: tuple[str, ...]) -> str:
-    where = " AND ".join(_FILTERS[name].format(n=n) for n, name in enumerate(names, start=4))
+    where = " AND ".join(
+        _FILTERS[name].replace("{n}", str(n)) for n, name in enumerate(names, start=4)
+    )
     return f"""
         SELECT {_ENTRY_COLUMNS} FROM stripe_events
         WHERE {where} AND (created_at, id) < ($1, $2)
