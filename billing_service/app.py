@@ -40,6 +40,7 @@ from billing_service.routes import (
     health,
     invoices,
     meter_events,
+    reports,
     usage,
     webhook_endpoints,
 )
@@ -94,6 +95,7 @@ def create_app(
         *checkout.routes,
         *discounts.routes,
         *events.routes,
+        *reports.routes,
         *usage.routes,
         *grants.routes,
         *webhook_endpoints.routes,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
+from billing_service.db.pages import NEWEST_FIRST, After
 from billing_service.db.pool import Executor
+from billing_service.db.subscriptions import grants_sql, ranking_sql
 
 _COLUMNS = (
     "id, external_id, email, name, metadata, stripe_customer_id, stripe_customer_generation, "
@@ -153,3 +155,101 @@ async def select_customers_with_stripe(conn: Executor) -> list[Customer]:
         "ORDER BY created_at"
     )
     return [_from_row(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ListedCustomer:
+    """A customer as the operator's list shows them: the plan granted now (the default plan
+    without a granting subscription) and the status of the subscription that matters."""
+
+    id: uuid.UUID
+    external_id: str
+    email: str | None
+    name: str | None
+    stripe_customer_id: str | None
+    created_at: datetime
+    plan_key: str | None
+    plan_name: str | None
+    subscription_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """Customers whose external id starts with `text`, or whose email does, ignoring case.
+    Each is a range of a text_pattern_ops index (migration 0024): from the prefix up to
+    `end`, the prefix with its last character moved one code point on (None: no upper bound)."""
+
+    text: str
+    end: str | None
+    email: str
+    email_end: str | None
+
+
+def search(text: str) -> Search:
+    email = text.lower()
+    return Search(text, _prefix_end(text), email, _prefix_end(email))
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with `prefix`, in byte order."""
+    while prefix:
+        following = ord(prefix[-1]) + 1
+        following += 0x800 if 0xD800 <= following <= 0xDFFF else 0  # no surrogates
+        if following <= 0x10FFFF:
+            return prefix[:-1] + chr(following)
+        prefix = prefix[:-1]
+    return None
+
+
+_SEARCHED = """
+    AND ((c.external_id ~>=~ $4 AND ($5::text IS NULL OR c.external_id ~<~ $5))
+      OR (lower(c.email) ~>=~ $6 AND ($7::text IS NULL OR lower(c.email) ~<~ $7)))
+"""
+
+
+def _list_sql(searched: bool) -> str:
+    return f"""
+        WITH page AS (
+            SELECT c.id, c.external_id, c.email, c.name, c.stripe_customer_id, c.created_at
+            FROM customers c
+            WHERE (c.created_at, c.id) < ($1, $2) {_SEARCHED if searched else ""}
+            ORDER BY c.created_at DESC, c.id DESC LIMIT $3
+        )
+        SELECT page.*,
+               coalesce(sub.plan_key, dp.key) AS plan_key,
+               coalesce(sub.plan_name, dp.name) AS plan_name,
+               sub.status AS subscription_status
+        FROM page
+        LEFT JOIN LATERAL (
+            SELECT s.status,
+                   CASE WHEN {grants_sql("now()", "$8")} THEN pl.key END AS plan_key,
+                   CASE WHEN {grants_sql("now()", "$8")} THEN pl.name END AS plan_name
+            FROM subscriptions s LEFT JOIN prices p ON p.id = s.price_id
+            LEFT JOIN plans pl ON pl.id = p.plan_id
+            WHERE s.customer_id = page.id
+            ORDER BY {ranking_sql("now()", "$8")}
+            LIMIT 1
+        ) sub ON true
+        LEFT JOIN plans dp ON dp.is_default
+        ORDER BY page.created_at DESC, page.id DESC
+    """  # noqa: S608 - constant fragments only
+
+
+_LIST = _list_sql(searched=False).replace("$8", "$4")
+_SEARCH = _list_sql(searched=True)
+
+
+async def select_customer_page(
+    conn: Executor, *, found: Search | None, after: After | None, limit: int, grace: timedelta
+) -> list[ListedCustomer]:
+    """Up to `limit` customers, newest first, after `after` (the first page when None); only
+    those `found` matches when given. Through customers_created, or the two prefix indexes."""
+    start = after or NEWEST_FIRST
+    if found is None:
+        rows = await conn.fetch(_LIST, start.created_at, start.id, limit, grace)
+    else:
+        rows = await conn.fetch(
+            _SEARCH, start.created_at, start.id, limit,
+            found.text, found.end, found.email, found.email_end, grace,
+        )  # fmt: skip
+    return [ListedCustomer(**dict(row.items())) for row in rows]

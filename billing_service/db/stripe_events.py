@@ -163,6 +163,12 @@ class LedgerEntry:
     created_at: datetime
 
 
+# The Stripe customer an event is about, as migration 0024 indexes it (stripe_events_customer).
+EVENT_CUSTOMER = (
+    "coalesce(payload #>> '{data,object,customer}', "
+    "CASE WHEN payload #>> '{data,object,object}' = 'customer' THEN object_id END)"
+)
+
 # Newest first, resuming after (created_at, id): one backward range scan of
 # stripe_events_status (status, created_at) per status. Without a status filter the three
 # scans are merged, each stopping after one page, so no page reads more than 3 * (limit + 1) rows.
@@ -177,17 +183,49 @@ _PAGE_ALL = (
     + " UNION ALL ".join(f"({_PAGE_OF_STATUS.format(status=repr(s))})" for s in STATUSES)
     + ") AS page ORDER BY created_at DESC, id DESC LIMIT $3"
 )
+# With a type or a customer: one backward range scan of stripe_events_type (type, created_at)
+# or stripe_events_customer (customer, created_at); the other filters are checked on its rows.
+_FILTERS = {
+    "status": "status = ${n}",
+    "type": "type = ${n}",
+    "customer": EVENT_CUSTOMER + " = ${n}",
+}
+
+
+def _filtered_page(names: tuple[str, ...]) -> str:
+    where = " AND ".join(
+        _FILTERS[name].replace("{n}", str(n)) for n, name in enumerate(names, start=4)
+    )
+    return f"""
+        SELECT {_ENTRY_COLUMNS} FROM stripe_events
+        WHERE {where} AND (created_at, id) < ($1, $2)
+        ORDER BY created_at DESC, id DESC LIMIT $3
+    """  # noqa: S608 - constant fragments only
 
 
 async def select_events(
-    conn: Executor, *, status: str | None, after: After | None, limit: int
+    conn: Executor,
+    *,
+    status: str | None,
+    after: After | None,
+    limit: int,
+    type: str | None = None,
+    stripe_customer_id: str | None = None,
 ) -> list[LedgerEntry]:
-    """Up to `limit` events, newest first, after `after` (the first page when None)."""
+    """Up to `limit` events, newest first, after `after` (the first page when None), of the
+    given status, type and Stripe customer (any when None)."""
     start = after or NEWEST_FIRST
-    if status is None:
-        rows = await conn.fetch(_PAGE_ALL, start.created_at, start.id, limit)
+    if type is None and stripe_customer_id is None:
+        if status is None:
+            rows = await conn.fetch(_PAGE_ALL, start.created_at, start.id, limit)
+        else:
+            rows = await conn.fetch(_PAGE_BY_STATUS, start.created_at, start.id, limit, status)
     else:
-        rows = await conn.fetch(_PAGE_BY_STATUS, start.created_at, start.id, limit, status)
+        given = {"customer": stripe_customer_id, "type": type, "status": status}
+        names = tuple(name for name, value in given.items() if value is not None)
+        rows = await conn.fetch(
+            _filtered_page(names), start.created_at, start.id, limit, *(given[n] for n in names)
+        )
     return [LedgerEntry(**dict(row.items())) for row in rows]
 
 

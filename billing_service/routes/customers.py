@@ -11,11 +11,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from billing_service.auth import requires
+from billing_service.db import customers as customers_db
 from billing_service.db import orders as orders_db
-from billing_service.db.customers import Customer
+from billing_service.db.customers import Customer, ListedCustomer
 from billing_service.db.orders import Order
 from billing_service.db.subscriptions import Subscription
-from billing_service.errors import NotFound
+from billing_service.errors import FieldError, NotFound, ValidationFailed
 from billing_service.routes._http import JSONResponse, customer_id_param, parse_json
 from billing_service.routes._pagination import after, page_body, page_request, time_cursor
 from billing_service.services import customers, subscriptions
@@ -227,7 +228,45 @@ async def list_orders(request: Request) -> Response:
     return JSONResponse(page_body(orders, page, serialize=serialize_order, cursor_of=time_cursor))
 
 
+def serialize_listed(customer: ListedCustomer) -> dict[str, object]:
+    return {
+        "customer_id": customer.external_id,
+        "email": customer.email,
+        "name": customer.name,
+        "stripe_customer_id": customer.stripe_customer_id,
+        "plan": None if customer.plan_key is None else {
+            "key": customer.plan_key, "name": customer.plan_name,
+        },
+        "subscription_status": customer.subscription_status,
+        "created_at": customer.created_at,
+    }  # fmt: skip
+
+
+def _search_param(request: Request) -> str | None:
+    text = request.query_params.get("q")
+    if text is not None and not (0 < len(text) <= 255 and text.isprintable()):
+        raise ValidationFailed([FieldError("q", "must be 1 to 255 printable characters")])
+    return text
+
+
+@requires(Scope.BILLING)
+async def list_customers(request: Request) -> Response:
+    """Customers newest first, a page at a time; `q` keeps those whose external id starts with
+    it, or whose email does, ignoring case. The search text is never logged."""
+    text = _search_param(request)
+    page = page_request(request)
+    listed = await customers_db.select_customer_page(
+        app_state(request)["pool"],
+        found=None if text is None else customers_db.search(text),
+        after=after(page),
+        limit=page.limit + 1,
+        grace=_grace(request),
+    )
+    return JSONResponse(page_body(listed, page, serialize=serialize_listed, cursor_of=time_cursor))
+
+
 routes = [
+    Route("/v1/customers", list_customers, methods=["GET"]),
     Route("/v1/customers/{customer_id}", put_customer, methods=["PUT"]),
     Route("/v1/customers/{customer_id}", get_customer, methods=["GET"]),
     Route("/v1/customers/{customer_id}/subscription", get_subscription, methods=["GET"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -10,8 +12,9 @@ from billing_service.auth import requires
 from billing_service.db import stripe_events
 from billing_service.db.stripe_events import STATUSES, LedgerEntry
 from billing_service.errors import FieldError, NotFound, ValidationFailed
-from billing_service.routes._http import JSONResponse
+from billing_service.routes._http import CUSTOMER_ID_PATTERN, JSONResponse
 from billing_service.routes._pagination import after, page_body, page_request, time_cursor
+from billing_service.services import customers
 from billing_service.services import stripe_events as events_service
 from billing_service.services.api_keys import Scope
 from billing_service.state import app_state
@@ -47,15 +50,44 @@ def serialize_event(event: LedgerEntry) -> dict[str, object]:
     }
 
 
+_EVENT_TYPE = re.compile(r"[a-z0-9_.]{1,100}")
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
+
+
 @requires(Scope.ADMIN)
 async def list_events(request: Request) -> Response:
-    """The ledger, newest first, a page at a time (see routes/_pagination.py)."""
-    status = request.query_params.get("status")
+    """The ledger, newest first, a page at a time (see routes/_pagination.py), optionally of one
+    status, one event type and one customer (the events about their Stripe customer)."""
+    params = request.query_params
+    status, event_type, customer_id = (
+        params.get("status"),
+        params.get("type"),
+        params.get("customer"),
+    )
+    errors = []
     if status is not None and status not in STATUSES:
-        raise ValidationFailed([FieldError("status", f"must be one of {', '.join(STATUSES)}")])
+        errors.append(FieldError("status", f"must be one of {', '.join(STATUSES)}"))
+    if event_type is not None and not _EVENT_TYPE.fullmatch(event_type):
+        errors.append(FieldError("type", "must be a Stripe event type, such as invoice.paid"))
+    if customer_id is not None and not _CUSTOMER_ID.fullmatch(customer_id):
+        errors.append(FieldError("customer", f"must match {CUSTOMER_ID_PATTERN}"))
+    if errors:
+        raise ValidationFailed(errors)
     page = page_request(request)
+    pool = app_state(request)["pool"]
+    stripe_customer_id = None
+    if customer_id is not None:
+        customer = await customers.get_customer(pool, customer_id)
+        if customer.stripe_customer_id is None:  # never reached Stripe: no event is about them
+            return JSONResponse({"data": [], "has_more": False, "next_cursor": None})
+        stripe_customer_id = customer.stripe_customer_id
     found = await stripe_events.select_events(
-        app_state(request)["pool"], status=status, after=after(page), limit=page.limit + 1
+        pool,
+        status=status,
+        type=event_type,
+        stripe_customer_id=stripe_customer_id,
+        after=after(page),
+        limit=page.limit + 1,
     )
     return JSONResponse(page_body(found, page, serialize=serialize_event, cursor_of=time_cursor))
 
