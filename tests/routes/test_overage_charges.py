@@ -37,7 +37,9 @@ async def pro_customer_with_metered_item(
         "WHERE p.key = 'pro' AND mp.recurring_interval = 'month' AND mp.active"
     )
     # Checkout asked Stripe for the plan's metered price, so the subscription carries it.
-    item = next(i for i in subscription["items"]["data"] if i["price"]["id"] == metered_price)
+    item: dict[str, Any] = next(
+        i for i in subscription["items"]["data"] if i["price"]["id"] == metered_price
+    )
     customer = await customers.get_customer(pool, "user_1")
     await customers.sync_subscriptions_from_stripe(pool, gateway, customer)
     return item

@@ -565,6 +565,53 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/customers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Customers newest first, optionally searched, a page at a time.
+         * @description `q` keeps customers whose external id starts with it (case-sensitive) or whose email
+         *     starts with it (ignoring case); a whole email is an exact search. The search text is
+         *     never logged. Each shows the plan granted now and its subscription's status.
+         */
+        get: operations["listCustomers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/reports/revenue": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * MRR, ARR, subscription counts and the last 12 ISO weeks (admin).
+         * @description MRR and ARR count active and past-due subscriptions at their plan price times quantity
+         *     (a yearly price is 1/12 a month; ARR exact, MRR = ARR / 12 rounded half up), per
+         *     currency, in minor units. Each week (ISO, UTC, the current one last) counts started
+         *     and ended subscriptions, and per currency net revenue = paid one-time orders + MRR of
+         *     subscriptions started that week - MRR of those ended that week (only subscriptions that
+         *     paid: not trialing, not canceled within their trial). See docs/reports.md.
+         */
+        get: operations["getRevenueReport"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/events": {
         parameters: {
             query?: never;
@@ -2805,10 +2852,124 @@ export interface operations {
             503: components["responses"]["ServiceUnavailable"];
         };
     };
+    listCustomers: {
+        parameters: {
+            query?: {
+                q?: string;
+                /** @description Items per page. */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description The `next_cursor` of the previous page; without it, the first page. A page starts
+                 *     strictly after the last item of the previous one, so a walk from the first page to the
+                 *     last returns every item that existed when it began exactly once, whatever is added
+                 *     meanwhile (items added during the walk may or may not appear). Opaque: pass it back as
+                 *     it came.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of customers, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page"] & {
+                        data?: {
+                            customer_id: string;
+                            email: string | null;
+                            name: string | null;
+                            stripe_customer_id: string | null;
+                            plan: {
+                                key: string;
+                                name: string;
+                            } | null;
+                            subscription_status: string | null;
+                            /** Format: date-time */
+                            created_at: string;
+                        }[];
+                    };
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    getRevenueReport: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The report. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: date-time */
+                        as_of: string;
+                        recurring_statuses: string[];
+                        currencies: {
+                            [key: string]: {
+                                mrr: number;
+                                arr: number;
+                                one_time_revenue: number;
+                            };
+                        };
+                        subscriptions: {
+                            active: number;
+                            trialing: number;
+                            past_due: number;
+                            canceled: number;
+                        };
+                        weeks: {
+                            /** @example 2027-W10 */
+                            week: string;
+                            /** Format: date-time */
+                            start: string;
+                            new_subscriptions: number;
+                            churned_subscriptions: number;
+                            revenue: {
+                                [key: string]: {
+                                    one_time: number;
+                                    new_mrr: number;
+                                    churned_mrr: number;
+                                    net: number;
+                                };
+                            };
+                        }[];
+                    };
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
     listEvents: {
         parameters: {
             query?: {
                 status?: "pending" | "processed" | "failed";
+                /** @description Only events of this Stripe type, such as `invoice.paid`. */
+                type?: string;
+                /**
+                 * @description Only events about this customer's Stripe customer (objects whose `customer` it is, or
+                 *     the customer object itself). 404 when no customer has this id.
+                 */
+                customer?: string;
                 /** @description Items per page. */
                 limit?: components["parameters"]["Limit"];
                 /**
@@ -2840,6 +3001,7 @@ export interface operations {
             400: components["responses"]["MalformedRequest"];
             401: components["responses"]["Unauthenticated"];
             403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             422: components["responses"]["ValidationFailed"];
             429: components["responses"]["RateLimited"];
         };
