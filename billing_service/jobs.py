@@ -82,6 +82,7 @@ async def run_scheduler(
     """Sleep until the next job is due, run what is due, forever."""
     clock = now or (lambda: datetime.now(UTC))
     upcoming = {job.name: job.schedule.next_after(clock()) for job in jobs}
+    logger.info("scheduler.started", jobs=sorted(upcoming))
     while jobs:
         slot = min(upcoming.values())
         await asyncio.sleep(max(0.0, (slot - clock()).total_seconds()))

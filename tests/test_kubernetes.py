@@ -15,7 +15,7 @@ import yaml
 from pydantic import SecretStr
 
 from billing_service.cli import build_parser
-from billing_service.config import DEFAULT_JOB_SCHEDULES, Settings, load_settings
+from billing_service.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -25,7 +25,7 @@ KUBERNETES_VERSION = "1.37.0"
 MEASURED_RSS_MIB = 70
 BENCHMARK_CEILING_MIB = 200
 
-WORKLOADS = ["api", "worker", "migrate", "reconcile", "prune"]
+WORKLOADS = ["api", "worker", "migrate"]
 
 Manifest = dict[str, Any]
 
@@ -51,16 +51,12 @@ def resource(kind: str, name: str) -> Manifest:
 
 
 def pod_templates() -> dict[str, Manifest]:
-    """The pod specs that run the image: API, worker, migration Job and the periodic jobs."""
-    templates = {
+    """The pod specs that run the image: API, worker and migration Job."""
+    return {
         "api": resource("Deployment", "billing-service-api")["spec"]["template"],
         "worker": resource("Deployment", "billing-service-worker")["spec"]["template"],
         "migrate": resource("Job", "billing-service-migrate")["spec"]["template"],
     }
-    for job in DEFAULT_JOB_SCHEDULES:
-        cron = resource("CronJob", f"billing-service-{job}")
-        templates[job] = cron["spec"]["jobTemplate"]["spec"]["template"]
-    return templates
 
 
 def only_container(template: Manifest) -> Manifest:
@@ -170,8 +166,8 @@ def test_api_probes_readiness_on_readyz_and_liveness_on_healthz() -> None:
 
 
 def test_each_workload_runs_its_own_command() -> None:
-    """API `serve` with background work off, worker `worker`, Job `migrate`, a CronJob per
-    periodic job (nothing else schedules them once the API's background work is off)."""
+    """API `serve` with background work off, worker `worker` (events, deliveries, emails, meter
+    events and the periodic jobs, one replica per scheduled moment), Job `migrate`."""
     commands = {
         name: only_container(template)["args"] for name, template in pod_templates().items()
     }
@@ -179,8 +175,6 @@ def test_each_workload_runs_its_own_command() -> None:
         "api": ["billing-service", "serve"],
         "worker": ["billing-service", "worker"],
         "migrate": ["billing-service", "migrate"],
-        "reconcile": ["billing-service", "jobs", "run", "reconcile"],
-        "prune": ["billing-service", "jobs", "run", "prune"],
     }
     parser = build_parser()
     for args in commands.values():
@@ -189,15 +183,6 @@ def test_each_workload_runs_its_own_command() -> None:
     assert config_map()["BILLING_WORKERS"] == "1"
     job = resource("Job", "billing-service-migrate")
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
-
-
-def test_periodic_jobs_keep_the_default_schedules_one_run_at_a_time() -> None:
-    """Each periodic job is a CronJob on its default schedule in UTC, never two runs at once."""
-    for job, schedule in DEFAULT_JOB_SCHEDULES.items():
-        cron = resource("CronJob", f"billing-service-{job}")["spec"]
-        assert (cron["schedule"], cron["timeZone"]) == (schedule, "Etc/UTC")
-        assert cron["concurrencyPolicy"] == "Forbid"
-        assert cron["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)

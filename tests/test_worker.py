@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import sys
 
 import asyncpg
 import httpx
@@ -18,7 +21,9 @@ from tests.routes.test_webhooks import (
     stripe_price,
 )
 from tests.stripe_fakes import FakeStripe, stripe_event
+from tests.stripe_server import StripeServer
 from tests.support import billing_service
+from tests.test_cli_startup import stripe_env
 
 
 async def test_serving_process_applies_a_webhook_without_any_help(
@@ -95,3 +100,30 @@ async def test_stripe_commands_without_a_key_fail_clearly(cli_env: dict[str, str
         run = await billing_service(cli_env, command)
         assert run.code == 1, command
         assert "BILLING_STRIPE_SECRET_KEY" in run.err
+
+
+async def test_the_worker_command_runs_the_periodic_jobs_too(
+    cli_env: dict[str, str], stripe_http: StripeServer
+) -> None:
+    """`billing-service worker` does all the background work `serve` would with the worker
+    on, the job scheduler included, so a deployment that splits them still reconciles and
+    prunes on schedule."""
+    env = cli_env | stripe_env(stripe_http) | {"BILLING_LOG_FORMAT": "json"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "billing_service", "worker",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    started: dict[str, object] = {}
+    try:
+        async with asyncio.timeout(30):
+            async for line in process.stderr:
+                if line.startswith(b"{"):
+                    event = json.loads(line)
+                    if event["event"] == "scheduler.started":
+                        started = event
+                        break
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), 15)
+    assert started["jobs"] == ["prune", "reconcile"]

@@ -27,6 +27,7 @@ from billing_service.cli._runtime import (
 )
 from billing_service.config import Settings
 from billing_service.errors import BillingError
+from billing_service.jobs import build_jobs, run_scheduler
 from billing_service.outbound import OutboundPolicy
 from billing_service.outbound_http import WebhookClient
 from billing_service.resources import example_catalog_path
@@ -123,7 +124,9 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """Process webhook events until stopped (SIGTERM or Ctrl+C)."""
+    """All the background work `serve` does with `BILLING_WORKER_ENABLED`, for a deployment that
+    turns it off there: Stripe events, outgoing webhooks, emails, meter events and the periodic
+    jobs (one replica runs each scheduled moment), until stopped (SIGTERM or Ctrl+C)."""
     signal.signal(signal.SIGTERM, exit_on_sigterm)
 
     async def work(pool: asyncpg.Pool, gateway: StripeGateway) -> int:
@@ -136,6 +139,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                 PollingWorker("outgoing-webhooks", deliveries.deliver_due).run(),
                 PollingWorker("emails", EmailWorker(pool, settings).send_due).run(),
                 PollingWorker("meter-events", MeterEventDelivery(pool, gateway).deliver_due).run(),
+                run_scheduler(pool, build_jobs(settings, pool, gateway)),
             )
         return 0
 
