@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 
 import asyncpg
@@ -124,6 +123,6 @@ async def test_the_worker_command_runs_the_periodic_jobs_too(
                         started = event
                         break
     finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.communicate(), 15)
+        process.kill()  # only its start is under test; leftover work may slow a clean stop
+        await process.communicate()
     assert started["jobs"] == ["prune", "reconcile"]
