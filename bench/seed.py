@@ -247,6 +247,9 @@ async def grow(url: str) -> None:
                  LATERAL (SELECT n, date_trunc('month', now(), 'UTC') - n * interval '1 month'
                           FROM generate_series(0, $1 - 1) n) AS m (n, start)
             WHERE f.key = 'ai_calls'
+              -- the billed subscribers already hold this period's counter
+              AND NOT EXISTS (SELECT 1 FROM usage_counters u
+                              WHERE u.customer_id = c.id AND u.feature_id = f.id)
             """,
             GROWTH_MONTHS,
         )
