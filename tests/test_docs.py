@@ -41,7 +41,6 @@ import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -52,7 +51,7 @@ from billing_service.catalog_spec import load_catalog_yaml
 from billing_service.config import Settings
 from billing_service.resources import example_catalog_path
 from billing_service.services.api_keys import Scope
-from tests.conftest import APP_HOST, WEBHOOK_SECRETS, issue_key
+from tests.conftest import APP_HOST, issue_key
 from tests.doc_examples import (
     ROOT,
     Answer,
@@ -64,8 +63,9 @@ from tests.doc_examples import (
     mismatches,
     read_answers,
 )
-from tests.stripe_server import StripeServer, stripe_server, sync_example_catalog
-from tests.support import free_port, start_service
+from tests.live_service import LiveService
+from tests.live_service import live_service as serve_live
+from tests.stripe_server import sync_example_catalog
 
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK_SECONDS = 120
@@ -107,40 +107,12 @@ async def run_example(example: Example, env: dict[str, str], folder: Path) -> li
     return read_answers(answers)
 
 
-@dataclass(frozen=True)
-class LiveService:
-    """The running service: its URL, its environment (the CLI's too) and its fake Stripe."""
-
-    base: str
-    env: dict[str, str]
-    stripe: StripeServer
-
-
 @pytest.fixture(scope="module")
 async def live_service(database_url: str) -> AsyncIterator[LiveService]:
-    """One `billing-service serve` for every file, its Stripe calls answered by the fake Stripe."""
-    async with stripe_server() as stripe:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")} | {
-            "BILLING_DATABASE_URL": database_url,
-            "BILLING_ENV": "test",
-            "BILLING_PORT": str(port),
-            "BILLING_LOG_LEVEL": "warning",
-            # Tables are emptied between files; no background work may hold them meanwhile.
-            "BILLING_WORKER_ENABLED": "false",
-            "BILLING_STRIPE_SECRET_KEY": "sk_test_fake",
-            "BILLING_STRIPE_API_BASE": stripe.url,
-            "BILLING_STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRETS[0],
-            "BILLING_ALLOWED_REDIRECT_HOSTS": APP_HOST,
-            "BILLING_CORS_ORIGINS": f"https://{APP_HOST}",
-        }
-        service = await start_service(env, base)
-        try:
-            yield LiveService(base, env, stripe)
-        finally:
-            service.terminate()
-            await service.wait()
+    """One `billing-service serve` for every file, its Stripe calls answered by the fake Stripe;
+    tables are emptied between files, so no background work may hold them meanwhile."""
+    async with serve_live(database_url, BILLING_CORS_ORIGINS=f"https://{APP_HOST}") as service:
+        yield service
 
 
 async def reader_env(

@@ -7,7 +7,6 @@ import asyncio
 import functools
 import inspect
 import json
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,60 +20,24 @@ from pydantic import SecretStr
 
 from billing_service.config import Settings
 from billing_service.services.api_keys import Scope
-from tests.conftest import APP_HOST, WEBHOOK_SECRETS, issue_key
+from tests.conftest import issue_key
+from tests.live_service import LiveService
+from tests.live_service import live_service as serve_live
 from tests.stripe_server import (
-    StripeServer,
     _read_request,
     _reset,
-    stripe_server,
     sync_example_catalog,
 )
-from tests.support import free_port, start_service
 
 AnyClient = BillingClient | AsyncBillingClient
-
-
-@dataclass(frozen=True)
-class LiveService:
-    base: str
-    env: dict[str, str]
-    stripe: StripeServer
-
-
-def service_env(database_url: str, port: int, stripe: StripeServer, **extra: str) -> dict[str, str]:
-    """`serve`'s environment: this session's database, the fake Stripe, nothing from the shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-    return (
-        env
-        | {
-            "BILLING_DATABASE_URL": database_url,
-            "BILLING_ENV": "test",
-            "BILLING_PORT": str(port),
-            "BILLING_LOG_LEVEL": "warning",
-            "BILLING_WORKER_ENABLED": "false",
-            "BILLING_STRIPE_SECRET_KEY": "sk_test_fake",
-            "BILLING_STRIPE_API_BASE": stripe.url,
-            "BILLING_STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRETS[0],
-            "BILLING_ALLOWED_REDIRECT_HOSTS": APP_HOST,
-        }
-        | extra
-    )
 
 
 @pytest.fixture(scope="module")
 async def live_service(database_url: str) -> AsyncIterator[LiveService]:
     """One `billing-service serve` for the module; tables are emptied between tests, so no
     background worker runs in it."""
-    async with stripe_server() as stripe:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = service_env(database_url, port, stripe)
-        service = await start_service(env, base)
-        try:
-            yield LiveService(base, env, stripe)
-        finally:
-            service.terminate()
-            await service.wait()
+    async with serve_live(database_url) as service:
+        yield service
 
 
 async def apply_example_catalog(

@@ -22,12 +22,11 @@ from playwright.async_api import Browser, async_playwright
 from billing_service.config import Settings
 from tests.clients.typescript_support import (
     PACKAGE,
-    LiveService,
     build_package,
     client_env,
-    live_service,
     require_node,
 )
+from tests.live_service import LiveService, live_service
 from tests.support import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's (`apt-get install chromium`); .ci/run installs it

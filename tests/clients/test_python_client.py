@@ -34,10 +34,10 @@ from tests.clients.conftest import (
     Factory,
     FaultyProxy,
     Keys,
-    LiveService,
     run,
 )
 from tests.conftest import APP_HOST
+from tests.live_service import LiveService
 
 # Retries as fast as the tests can make them; `Retry-After` still rules when sent.
 QUICK = Retries(max_retries=3, backoff=0.01, max_backoff=0.05)

@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.clients.conftest import Keys, LiveService
+from tests.clients.conftest import Keys
+from tests.live_service import LiveService
 
 
 def user(request: Request) -> str:

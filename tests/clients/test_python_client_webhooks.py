@@ -27,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.clients.conftest import Keys, LiveService, service_env
+from tests.clients.conftest import Keys
+from tests.live_service import LiveService, service_env
 from tests.support import free_port, start_service
 
 

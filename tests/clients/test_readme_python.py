@@ -8,8 +8,9 @@ import sys
 
 import httpx
 
-from tests.clients.conftest import Keys, LiveService
+from tests.clients.conftest import Keys
 from tests.doc_examples import ROOT, fenced_blocks
+from tests.live_service import LiveService
 
 
 async def test_the_readme_python_block_checks_and_tracks(

@@ -15,14 +15,13 @@ import pytest
 from billing_service.config import Settings
 from tests.clients.typescript_support import (
     PACKAGE,
-    LiveService,
     build_package,
     client_env,
-    live_service,
     require_node,
     run,
 )
 from tests.doc_examples import ROOT, fenced_blocks
+from tests.live_service import LiveService, live_service
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -16,49 +13,14 @@ from pydantic import SecretStr
 
 from billing_service.config import Settings
 from billing_service.services.api_keys import Scope
-from tests.conftest import APP_HOST, WEBHOOK_SECRETS, issue_key
+from tests.conftest import issue_key
 from tests.doc_examples import ROOT
-from tests.stripe_server import StripeServer, stripe_server, sync_example_catalog
-from tests.support import CommandRun, free_port, start_service
+from tests.live_service import LiveService
+from tests.stripe_server import sync_example_catalog
+from tests.support import CommandRun
 
 PACKAGE = ROOT / "clients" / "typescript"
 NODE_SECONDS = 300
-
-
-@dataclass(frozen=True)
-class LiveService:
-    """The running service: its URL, its process environment and its fake Stripe."""
-
-    base: str
-    env: dict[str, str]
-    stripe: StripeServer
-
-
-@asynccontextmanager
-async def live_service(database_url: str, **extra: str) -> AsyncIterator[LiveService]:
-    """One `billing-service serve` whose Stripe calls the fake Stripe answers; `extra` adds
-    settings (`BILLING_CORS_ORIGINS=…`)."""
-    async with stripe_server() as stripe:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")} | {
-            "BILLING_DATABASE_URL": database_url,
-            "BILLING_ENV": "test",
-            "BILLING_PORT": str(port),
-            "BILLING_LOG_LEVEL": "warning",
-            "BILLING_WORKER_ENABLED": "false",
-            "BILLING_STRIPE_SECRET_KEY": "sk_test_fake",
-            "BILLING_STRIPE_API_BASE": stripe.url,
-            "BILLING_STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRETS[0],
-            "BILLING_ALLOWED_REDIRECT_HOSTS": APP_HOST,
-            **extra,
-        }
-        service = await start_service(env, base)
-        try:
-            yield LiveService(base, env, stripe)
-        finally:
-            service.terminate()
-            await service.wait()
 
 
 async def client_env(
