@@ -253,6 +253,10 @@ async def grow(url: str) -> None:
             """,
             GROWTH_MONTHS,
         )
+        # The months the events cover get their partitions first (migration 0026).
+        await conn.execute(
+            "SELECT ensure_month_partitions('usage_events', now() - interval '1 year', now())"
+        )
         await conn.execute(
             """
             CREATE TEMP TABLE seed_customers AS
@@ -294,9 +298,17 @@ async def grow(url: str) -> None:
                 _RESPONSE,
                 GROWTH_CUSTOMERS,
             )
+        await conn.execute(
+            """
+            INSERT INTO usage_event_keys (customer_id, idempotency_key, created_at, updated_at)
+            SELECT customer_id, idempotency_key, created_at, created_at FROM usage_events
+            ON CONFLICT DO NOTHING
+            """
+        )
         await conn.execute("VACUUM ANALYZE customers")
         await conn.execute("VACUUM ANALYZE usage_counters")
         await conn.execute("VACUUM ANALYZE usage_events")
+        await conn.execute("VACUUM ANALYZE usage_event_keys")
     finally:
         await conn.close()
 

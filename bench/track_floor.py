@@ -14,7 +14,8 @@ one call does the work of the service's track on the path the bench exercises:
   within the cap, saturating sums) and gets the new total;
 - builds the decision (the same fields as the service's answer) and, when a soft or hard limit
   is reached, emits the deduplicated outbox events with their webhook deliveries;
-- inserts the usage event under the idempotency key, with the request hash, metadata and answer.
+- inserts the idempotency key (usage_event_keys, migration 0026), then the usage event with the
+  request hash, metadata and answer.
 
 A taken idempotency key raises inside the function, which undoes the call, and the app answers
 with the stored response in a second query: the service's replay path, which the bench never
@@ -177,14 +178,15 @@ BEGIN
         END IF;
     END IF;
 
-    INSERT INTO usage_events (customer_id, feature_id, idempotency_key, request_hash, amount,
-                              cost, metadata, recorded, period_start, response)
-    VALUES (v_customer, ctx.feature_id, p_key, p_hash, p_amount, p_cost, p_metadata,
-            v_used IS NOT NULL, CASE WHEN v_used IS NOT NULL THEN v_start END, v_response)
-    ON CONFLICT (customer_id, idempotency_key) DO NOTHING;
+    INSERT INTO usage_event_keys (customer_id, idempotency_key) VALUES (v_customer, p_key)
+    ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'idempotency key already used';  -- undoes the call; the app replays
     END IF;
+    INSERT INTO usage_events (customer_id, feature_id, idempotency_key, request_hash, amount,
+                              cost, metadata, recorded, period_start, response)
+    VALUES (v_customer, ctx.feature_id, p_key, p_hash, p_amount, p_cost, p_metadata,
+            v_used IS NOT NULL, CASE WHEN v_used IS NOT NULL THEN v_start END, v_response);
     RETURN v_response::text;
 END
 $fn$;
@@ -192,8 +194,11 @@ $fn$;
 
 _CALL = "SELECT bench_floor.track($1, $2, $3, $4, $5, $6, $7::jsonb)"
 _REPLAY = """
-SELECT e.response::text FROM usage_events e JOIN customers c ON c.id = e.customer_id
-WHERE c.external_id = $1 AND e.idempotency_key = $2
+SELECT e.response::text FROM customers c
+JOIN usage_event_keys k ON k.customer_id = c.id AND k.idempotency_key = $2
+JOIN usage_events e ON e.customer_id = k.customer_id AND e.idempotency_key = k.idempotency_key
+                    AND e.created_at = k.created_at
+WHERE c.external_id = $1
 """
 _NOT_FOUND = b'{"title":"Not Found","status":404}'
 

@@ -71,6 +71,13 @@ async def seed(conn: Connection, volume: Volume) -> None:
         volume.customers,
         volume.days,
     )
+    # The ledgers' months get their partitions first, as the prune job would have made them.
+    for table in ("usage_events", "stripe_events"):
+        await conn.execute(
+            "SELECT ensure_month_partitions($1, now() - make_interval(days => $2), now())",
+            table,
+            volume.days,
+        )
     await _seed_usage(conn, volume)
     await _seed_ledgers(conn, volume)
     await conn.execute("ANALYZE")
@@ -141,6 +148,12 @@ async def _seed_usage(conn: Connection, volume: Volume) -> None:
         volume.usage_events,
         volume.days,
         volume.customers,
+    )
+    await conn.execute(
+        """
+        INSERT INTO usage_event_keys (customer_id, idempotency_key, created_at, updated_at)
+        SELECT customer_id, idempotency_key, created_at, created_at FROM usage_events
+        """
     )
 
 

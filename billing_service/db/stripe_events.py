@@ -1,4 +1,9 @@
-"""SQL for the `stripe_events` table: the webhook ledger and its processing state."""
+"""SQL for the `stripe_events` table: the webhook ledger and its processing state.
+
+The table is partitioned by month of `stripe_created_at` (migration 0026), which every copy of
+an event shares: intake's dedup key and the statements on one event name it, so each reads or
+writes one partition.
+"""
 
 from __future__ import annotations
 
@@ -63,14 +68,15 @@ async def insert_event(
     object_id: str | None,
     payload: dict[str, Any],
 ) -> bool:
-    """Store the event once; False when it was already in the ledger. Text PostgreSQL cannot
-    hold is made storable first (see `storable`)."""
+    """Store the event once; False when it was already in the ledger (its id and Stripe's
+    creation time, in the one partition of that time). Text PostgreSQL cannot hold is made
+    storable first (see `storable`)."""
     inserted = await conn.fetchval(
         """
         INSERT INTO stripe_events
             (stripe_event_id, type, livemode, api_version, stripe_created_at, object_id, payload)
         VALUES ($1, $2, $3, $4, $5, $6, $7)
-        ON CONFLICT (stripe_event_id) DO NOTHING
+        ON CONFLICT (stripe_event_id, stripe_created_at) DO NOTHING
         RETURNING true
         """,
         storable(stripe_event_id),
@@ -93,8 +99,8 @@ async def claim_due_events(
         UPDATE stripe_events SET
             attempts = attempts + 1,
             next_attempt_at = now() + make_interval(secs => $2)
-        WHERE id IN (
-            SELECT id FROM stripe_events
+        WHERE (id, stripe_created_at) IN (
+            SELECT id, stripe_created_at FROM stripe_events
             WHERE status = 'pending' AND next_attempt_at <= now()
             ORDER BY next_attempt_at, created_at
             LIMIT $1
@@ -108,21 +114,22 @@ async def claim_due_events(
     return sorted((_from_row(row) for row in rows), key=lambda e: e.stripe_created_at)
 
 
-async def mark_processed(conn: Executor, event_id: uuid.UUID) -> bool:
+async def mark_processed(conn: Executor, event: StoredEvent) -> bool:
     """Claim the event's effect; False when another worker already applied it."""
     updated = await conn.fetchval(
         """
         UPDATE stripe_events SET status = 'processed', processed_at = now(), last_error = NULL
-        WHERE id = $1 AND status = 'pending'
+        WHERE id = $1 AND stripe_created_at = $2 AND status = 'pending'
         RETURNING true
         """,
-        event_id,
+        event.id,
+        event.stripe_created_at,
     )
     return bool(updated)
 
 
 async def record_failure(
-    conn: Executor, event_id: uuid.UUID, *, error: str, retry_in_seconds: float | None
+    conn: Executor, event: StoredEvent, *, error: str, retry_in_seconds: float | None
 ) -> None:
     """Schedule a retry, or give up (status failed) when `retry_in_seconds` is None."""
     await conn.execute(
@@ -131,11 +138,12 @@ async def record_failure(
             last_error = $2,
             status = CASE WHEN $3::float8 IS NULL THEN 'failed' ELSE status END,
             next_attempt_at = now() + make_interval(secs => coalesce($3::float8, 0))
-        WHERE id = $1 AND status = 'pending'
+        WHERE id = $1 AND stripe_created_at = $4 AND status = 'pending'
         """,
-        event_id,
+        event.id,
         error[:2000],
         retry_in_seconds,
+        event.stripe_created_at,
     )
 
 

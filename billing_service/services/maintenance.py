@@ -6,6 +6,11 @@ webhook and email deliveries with their outbox events, usage idempotency records
 Idempotency-Key reservations (the table of `services/idempotency.py`), job runs, and expired
 customer tokens.
 
+The two ledgers partitioned by month (`usage_events`, `stripe_events`, migration 0026) lose a
+whole month at a time once it is past the retention (services/partitions.py, which also makes
+their partitions months ahead); only the rows of their default partitions are deleted one by
+one, by the same rules.
+
 Each table is pruned in batches (one index range scan and one short transaction each), so a
 large backlog never holds locks or builds WAL in one piece. A row is chosen by an inner SELECT
 and its condition checked again by the DELETE, so a row that changed meanwhile (an event
@@ -21,6 +26,7 @@ import structlog
 
 from billing_service.db import job_runs
 from billing_service.db.pool import Connection
+from billing_service.services import partitions
 
 logger = structlog.get_logger(__name__)
 
@@ -49,8 +55,9 @@ _OLD = "now() - make_interval(days => $2)"
 # the rule keeps, and it lets the index on the creation time find the rows. docs/query-plans.md
 # shows each plan.
 _PRUNE = {
+    # Of the ledgers, only the default partitions: the months go whole (services/partitions.py).
     "stripe_events": _by_age(  # through stripe_events_status (status, created_at)
-        "stripe_events",
+        "stripe_events_default",
         f"status = 'processed' AND created_at < {_OLD} AND processed_at < {_OLD}",
         oldest_first="created_at",
     ),
@@ -83,7 +90,16 @@ _PRUNE = {
         "WHERE e.event_id = outbox_events.id OFFSET 0)",
         oldest_first="created_at",
     ),
-    "usage_events": _by_age("usage_events", f"created_at < {_OLD}", oldest_first="created_at"),
+    # With each usage event its idempotency key goes (usage_event_keys), in the same statement.
+    "usage_events": (
+        "WITH gone AS ("  # noqa: S608
+        + _by_age("usage_events_default", f"created_at < {_OLD}", oldest_first="created_at")
+        + " RETURNING customer_id, idempotency_key, created_at), "
+        "forgotten AS (DELETE FROM usage_event_keys k USING gone "
+        "WHERE k.customer_id = gone.customer_id AND k.idempotency_key = gone.idempotency_key "
+        "AND k.created_at = gone.created_at) "
+        "SELECT count(*) FROM gone"
+    ),
     # A reservation is kept while its request may still be running (its lease).
     "idempotent_requests": _by_age(
         "idempotent_requests",
@@ -102,23 +118,34 @@ _PRUNE = {
 @dataclass
 class PruneReport:
     deleted: dict[str, int] = field(default_factory=dict)
+    # Month partitions made and dropped, and ledger rows moved to a default partition.
+    partitions: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        return dict(self.deleted)
+        return self.deleted | self.partitions
 
 
 async def prune(
     pool: asyncpg.Pool, *, retention_days: int, batch_size: int = BATCH_SIZE
 ) -> PruneReport:
-    """Delete what has outlived the retention, table by table and batch by batch; the run is
-    logged in job_runs. A table that fails is reported and the others are still pruned."""
+    """Make the ledgers' partitions ahead and drop their months past the retention, then delete
+    what else has outlived it, table by table and batch by batch; the run is logged in job_runs.
+    A table that fails is reported and the others are still pruned."""
     report = PruneReport()
     async with pool.acquire() as conn:
         run_id = await job_runs.start_run(conn, JOB)
+        months = await partitions.maintain(
+            conn, retention_days=retention_days, batch_size=batch_size
+        )
+        report.errors += months.errors
+        report.deleted |= months.rows
+        report.deleted["usage_event_keys"] = months.keys_forgotten
+        report.partitions = {"partitions_made": months.made, "partitions_dropped": months.dropped}
+        report.partitions |= {f"{table}_moved": moved for table, moved in months.moved.items()}
         for table, statement in _PRUNE.items():
             try:
-                report.deleted[table] = await _prune_table(
+                report.deleted[table] = report.deleted.get(table, 0) + await _prune_table(
                     conn, statement, retention_days, batch_size
                 )
             except asyncpg.PostgresError as exc:
@@ -137,8 +164,11 @@ async def _prune_table(
     args = (batch_size, retention_days) if "$2" in statement else (batch_size,)
     deleted = 0
     while True:
-        result: str = await conn.execute(statement, *args)
-        count = int(result.rsplit(maxsplit=1)[-1])
+        if statement.startswith("WITH"):  # counts what it deleted itself
+            count: int = await conn.fetchval(statement, *args)
+        else:
+            result: str = await conn.execute(statement, *args)
+            count = int(result.rsplit(maxsplit=1)[-1])
         deleted += count
         if count < batch_size:
             return deleted

@@ -137,16 +137,22 @@ def _parse_event(body: bytes) -> dict[str, Any]:
     return event  # type: ignore[no-any-return]
 
 
+# Where a `created` beyond the calendar is stored: the nearest moment a datetime can hold.
+_FIRST_MOMENT = datetime(1, 1, 1, tzinfo=UTC)
+_LAST_MOMENT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
 def _created_at(event: Mapping[str, Any]) -> datetime:
-    """When Stripe created the event; the time of receipt when `created` is no real time (a
-    datetime holds years 1 to 9999), which only orders the event among the others."""
+    """When Stripe created the event. A `created` that is no real time (a datetime holds years
+    1 to 9999) is held to the nearest end of that range: a function of the event alone, like a
+    real one, so every copy of the event lands in the same partition and meets its twin."""
     try:
         created = timestamp(event["created"])
     except (OverflowError, ValueError, OSError):
         created = None
     if created is None:
         logger.warning("webhook.created_out_of_range", stripe_event_id=event["id"])
-        return datetime.now(UTC)
+        return _FIRST_MOMENT if event["created"] < 0 else _LAST_MOMENT
     return created
 
 
@@ -168,7 +174,7 @@ class EventContext:
 
     async def claim(self, conn: Connection) -> bool:
         """Mark the event processed inside the caller's transaction; False if already done."""
-        return await stripe_events.mark_processed(conn, self.event.id)
+        return await stripe_events.mark_processed(conn, self.event)
 
     async def complete(self, effect: Callable[[Connection], Awaitable[Any]] | None = None) -> None:
         """Apply the effect and mark the event processed, atomically."""
@@ -434,7 +440,7 @@ class EventProcessor:
             give_up = event.attempts >= self.max_attempts
             await stripe_events.record_failure(
                 self.pool,
-                event.id,
+                event,
                 error=f"{type(exc).__name__}: {exc}",
                 retry_in_seconds=None if give_up else retry_delay(event.attempts),
             )

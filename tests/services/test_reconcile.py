@@ -125,6 +125,7 @@ async def test_the_prune_job_deletes_only_what_outlived_the_retention(
         await post_event(stripe_client, stripe_event("customer.updated", {"id": f"cus_{n}"}))
     await pool.execute(
         "UPDATE stripe_events SET status = 'processed', created_at = now() - interval '101 days', "
+        "stripe_created_at = now() - interval '101 days', "
         "processed_at = now() - interval '100 days' "
         "WHERE stripe_event_id = (SELECT min(stripe_event_id) FROM stripe_events)"
     )
