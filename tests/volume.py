@@ -4,12 +4,16 @@ a year of hourly counters for one customer, a busy Stripe ledger and delivery lo
 `seed(conn, Volume(...))` fills an empty, migrated database in a few statements (generate_series)
 and ANALYZEs it, so the planner sees the sizes production would. Rows are written in time order,
 as the service writes them, so physical order follows `created_at` as it does in production.
+The ledgers' months get their partitions as the prune job would have made them;
+`reset_partitions` takes a test database back to the partitions a fresh migration leaves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from billing_service.db import partitions
 from billing_service.db.pool import Connection
 
 # The customer whose hourly feature has a year of periods (8,772 hourly counters, as measured).
@@ -81,6 +85,18 @@ async def seed(conn: Connection, volume: Volume) -> None:
     await _seed_usage(conn, volume)
     await _seed_ledgers(conn, volume)
     await conn.execute("ANALYZE")
+
+
+async def reset_partitions(conn: Connection) -> None:
+    """The ledgers' partitions as a fresh migration leaves them: the months before this one
+    dropped (their rows with them), this month and the three after it present."""
+    for table in ("usage_events", "stripe_events"):
+        for month in await partitions.month_partitions(conn, table):
+            if month.end <= datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0):
+                await conn.execute(f'DROP TABLE "{month.name}"')
+        await conn.execute(
+            "SELECT ensure_month_partitions($1, now(), now() + interval '3 months')", table
+        )
 
 
 async def _seed_usage(conn: Connection, volume: Volume) -> None:
