@@ -13,6 +13,7 @@ import asyncio
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -46,6 +47,7 @@ class Fixtures:
     events_midway: After
     deliveries_midway: After
     orders_midway: After
+    pending_event: stripe_events_db.StoredEvent
 
 
 async def fixtures(pool: asyncpg.Pool) -> Fixtures:
@@ -79,7 +81,18 @@ async def fixtures(pool: asyncpg.Pool) -> Fixtures:
             "OFFSET (SELECT count(*) / 2 FROM orders WHERE customer_id = $1) LIMIT 1",
             heavy,
         ),
+        pending_event=await _pending_event(pool),
     )
+
+
+async def _pending_event(pool: asyncpg.Pool) -> stripe_events_db.StoredEvent:
+    """A pending event, as the worker holds it once claimed (the claim rolled back)."""
+    claimed: list[stripe_events_db.StoredEvent] = []
+    with suppress(Discard):
+        async with pool.acquire() as conn, conn.transaction():
+            claimed += await stripe_events_db.claim_due_events(conn, limit=1, lease_seconds=0)
+            raise Discard
+    return claimed[0]
 
 
 Run = Callable[[asyncpg.Pool, Fixtures], Awaitable[object]]
@@ -124,6 +137,12 @@ async def _intake(pool: asyncpg.Pool, _: Fixtures) -> object:
     )
 
 
+async def _mark_processed(pool: asyncpg.Pool, found: Fixtures) -> object:
+    async with pool.acquire() as conn, conn.transaction():
+        await stripe_events_db.mark_processed(conn, found.pending_event)
+        raise Discard
+
+
 def _prune(table: str) -> Run:
     async def run(pool: asyncpg.Pool, _: Fixtures) -> object:
         # Planned and analysed like every statement here, in a transaction rolled back.
@@ -148,6 +167,7 @@ QUERIES: list[tuple[str, Run]] = [
     ("auth: API key lookup",
      lambda pool, _: api_keys_db.select_usable_key_touching_last_used(pool, hash_key("key7"))),
     ("webhook intake: store the event", _intake),
+    ("worker: mark an event processed", _mark_processed),
     ("worker: lease due events",
      lambda pool, _: stripe_events_db.claim_due_events(pool, limit=10, lease_seconds=0)),
     ("history: a year of an hourly feature, by month (default)",
