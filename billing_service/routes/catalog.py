@@ -150,15 +150,19 @@ PUBLIC_CACHE_CONTROL = "public, max-age=60"
 
 async def list_public_plans(request: Request) -> Response:
     """What a pricing page shows, with no credential: the active plans marked public, in
-    display order, with their active prices. Limited per client address."""
+    display order, with their active prices, a page at a time. Limited per client address."""
     limit_by_address(request)
+    page = page_request(request)
+    start = _after_plan(page)
     views = await lag_tolerant(request, catalog.plan_views)
     public = sorted(
         (v for v in views if v.plan.public), key=lambda v: (v.plan.display_order, v.plan.key)
     )
+    if start is not None:
+        public = [v for v in public if (v.plan.display_order, v.plan.key) > start]
     return conditional_json(
         request,
-        {"data": [serialize_plan(v) for v in public]},
+        page_body(public[: page.limit + 1], page, serialize=serialize_plan, cursor_of=_plan_cursor),
         cache_control=PUBLIC_CACHE_CONTROL,
     )
 
