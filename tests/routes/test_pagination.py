@@ -256,3 +256,26 @@ async def test_plans_page_through_the_catalog_in_display_order(
     assert bad.json()["errors"] == [
         {"field": "cursor", "message": "must be a next_cursor this list returned"}
     ]
+
+
+async def test_public_plans_page_through_the_pricing_list_in_display_order(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """The public list pages like the others: one plan a page, in display order, then no more;
+    a cursor it never gave is a 422."""
+    await apply(pool, None, example())
+    keys, cursor = [], None
+    while True:
+        params = {"limit": "1"} | ({"cursor": cursor} if cursor else {})
+        response = await client.get("/v1/public/plans", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert len(page["data"]) <= 1
+        keys += [plan["key"] for plan in page["data"]]
+        if not page["has_more"]:
+            break
+        cursor = page["next_cursor"]
+    assert keys == ["free", "pro", "credits"]
+    bad = await client.get("/v1/public/plans", params={"cursor": encode_cursor("x", 1)})
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "cursor"
