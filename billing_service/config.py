@@ -178,6 +178,14 @@ class Settings(BaseSettings):
                 )
         return [host.lower() for host in hosts]
 
+    @field_validator("database_read_url", mode="before")
+    @classmethod
+    def _empty_read_url_is_unset(cls, value: object) -> object:
+        """An empty value (a Secret's key left blank) means no replica."""
+        if value == "" or (isinstance(value, SecretStr) and not value.get_secret_value()):
+            return None
+        return value
+
     @field_validator("database_url", "database_read_url")
     @classmethod
     def _database_url_is_postgresql(cls, url: SecretStr | None) -> SecretStr | None:
