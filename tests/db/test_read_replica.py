@@ -339,6 +339,25 @@ async def test_lists_are_read_from_the_replica_and_see_writes_once_replayed(
     assert metric(text, "billing_db_read_fallbacks_total", reason="down") == 0
 
 
+async def test_a_primary_with_nothing_to_send_leaves_the_replica_in_use(
+    settings: Settings, pool: asyncpg.Pool, admin_key: str, standby: Standby
+) -> None:
+    """Seconds without a write to the app's database: the replica, caught up, is not taken as
+    behind (the time since its last replayed commit grows while nothing commits, and would be
+    the wrong measure), so every list is served by it and none falls back."""
+    await add_customer(pool, "last_write")
+    await standby.catch_up(pool)
+    max_lag = 2.0
+    async with app_client(replica_settings(settings, standby.url, max_lag=max_lag)) as client:
+        deadline = time.monotonic() + 2 * max_lag
+        while time.monotonic() < deadline:
+            assert await customer_ids(client, admin_key) == {"last_write"}
+            await asyncio.sleep(0.2)
+        text = (await client.get("/metrics")).text
+    assert metric(text, "billing_db_read_fallbacks_total", reason="lag") == 0
+    assert metric(text, "billing_db_replica_lag_seconds") < max_lag
+
+
 async def test_a_replica_further_behind_than_allowed_is_bypassed_and_counted(
     settings: Settings, pool: asyncpg.Pool, admin_key: str, standby: Standby
 ) -> None:
@@ -407,3 +426,18 @@ def test_probe_interval_follows_the_lag_allowed() -> None:
     assert probe_interval(5) == 1.0
     assert probe_interval(1) == 0.25
     assert probe_interval(0.01) == 0.05
+
+
+async def test_a_read_url_naming_a_primary_is_never_behind(
+    settings: Settings, pool: asyncpg.Pool, admin_key: str, database_url: str
+) -> None:
+    """A read URL that names a server not in recovery (the primary itself, say) holds all it
+    has: no lag, no fallback."""
+    await add_customer(pool, "same_server")
+    async with app_client(replica_settings(settings, database_url, max_lag=1)) as client:
+        assert await customer_ids(client, admin_key) == {"same_server"}
+        text = (await client.get("/metrics")).text
+    assert metric(text, "billing_db_replica_up") == 1
+    assert metric(text, "billing_db_replica_lag_seconds") < 1
+    assert metric(text, "billing_db_read_fallbacks_total", reason="lag") == 0
+    assert metric(text, "billing_db_read_fallbacks_total", reason="down") == 0
