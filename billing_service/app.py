@@ -60,8 +60,9 @@ from billing_service.worker import PollingWorker
 
 logger = structlog.get_logger(__name__)
 
-# A replica that does not answer within this long is taken as down for the read at hand.
-REPLICA_CONNECT_TIMEOUT = 2.0
+# A replica that does not accept a connection within this long is taken as down for the read at
+# hand (one refusing it, the usual case, is known at once).
+REPLICA_CONNECT_TIMEOUT = 5.0
 
 
 def utc_now() -> datetime:

@@ -66,7 +66,7 @@ class ReadRouting:
         max_lag: float,
         metrics: Metrics,
         probe_seconds: float | None = None,
-        probe_timeout: float = 2.0,
+        probe_timeout: float = 5.0,
     ) -> None:
         self._primary = primary
         self._replica = replica
@@ -75,8 +75,7 @@ class ReadRouting:
         self._interval = probe_interval(max_lag) if probe_seconds is None else probe_seconds
         self._timeout = probe_timeout
         self._up = False
-        self._lag: float | None = None  # None while down
-        self._caught_up_at = 0.0
+        self._caught_up_at: float | None = None  # monotonic; None until first caught up
         self._pending: deque[tuple[float, int]] = deque(maxlen=_PENDING_PROBES)
         self._task: asyncio.Task[None] | None = None
         if replica is not None:
@@ -92,8 +91,14 @@ class ReadRouting:
 
     @property
     def lag(self) -> float | None:
-        """Seconds the replica may be behind, as of the last probe; None while it is down."""
-        return self._lag
+        """Seconds the replica may be behind now: the time since the latest moment it is known
+        to hold all the primary had (infinite before the first); None while it is down. It grows
+        between probes, so a probe that stalls reads as lag, never as freshness."""
+        if not self._up:
+            return None
+        if self._caught_up_at is None:
+            return math.inf
+        return max(0.0, time.monotonic() - self._caught_up_at)
 
     async def start(self) -> None:
         """Probe once (so the first requests already know), then keep probing in the
@@ -101,6 +106,13 @@ class ReadRouting:
         if self._replica is None:
             return
         await self.probe()
+        # A replica a little behind a busy primary is known to have caught up only once a later
+        # probe sees it pass a noted position: probe again at once, for up to a second, rather
+        # than send the first reads to the primary.
+        deadline = time.monotonic() + 1.0
+        while self._up and self._caught_up_at is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            await self.probe()
         self._task = asyncio.create_task(self._probe_forever(), name="read-replica-probe")
 
     async def stop(self) -> None:
@@ -117,43 +129,47 @@ class ReadRouting:
             await self.probe()
 
     async def probe(self) -> None:
-        """Measure the replica's lag; mark it down when it does not answer in time."""
+        """Note the primary's position, then measure the replica against what it noted. The
+        primary not answering in time skips the probe (the lag grows meanwhile); the replica
+        not answering, or answering with an error, marks it down."""
         assert self._replica is not None
+        noted_at = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
-                noted_at = time.monotonic()
                 position: int = await self._primary.fetchval(_PRIMARY_POSITION)
-                self._pending.append((noted_at, position))
+        except (*_REPLICA_FAILURES, asyncpg.PostgresError) as exc:
+            logger.warning("read_replica.primary_unmeasured", error=type(exc).__name__)
+            return
+        self._pending.append((noted_at, position))
+        try:
+            async with asyncio.timeout(self._timeout):
                 replayed: int | None = await self._replica.fetchval(_REPLAYED_POSITION)
-        except _REPLICA_FAILURES as exc:
+        except (*_REPLICA_FAILURES, asyncpg.PostgresError) as exc:
             self._mark_down(type(exc).__name__)
             return
         if replayed is None:  # not a standby: it holds everything it has
             self._pending.clear()
-            self._caught_up_at = time.monotonic()
+            self._caught_up_at = noted_at
         while self._pending and replayed is not None and self._pending[0][1] <= replayed:
             self._caught_up_at = self._pending.popleft()[0]
         if not self._up:
             logger.info("read_replica.up")
         self._up = True
-        # Never caught up since start-up: how far behind is unknown, so too far.
-        since = time.monotonic() - self._caught_up_at if self._caught_up_at else math.inf
-        self._lag = max(0.0, since)
 
     def _mark_down(self, error: str) -> None:
         if self._up:
             logger.warning("read_replica.down", error=error)
         self._up = False
-        self._lag = None
 
     def _choose(self) -> asyncpg.Pool:
         """The replica when it is up and within the lag allowed; else the primary, counted."""
         if self._replica is None:
             return self._primary
-        if self._lag is None:
+        lag = self.lag
+        if lag is None:
             self._metrics.read_fallbacks.labels("down").inc()
             return self._primary
-        if self._lag > self._max_lag:
+        if lag > self._max_lag:
             self._metrics.read_fallbacks.labels("lag").inc()
             return self._primary
         return self._replica
