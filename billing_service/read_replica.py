@@ -82,10 +82,6 @@ class ReadRouting:
             metrics.registry.register(ReplicaCollector(self))
 
     @property
-    def configured(self) -> bool:
-        return self._replica is not None
-
-    @property
     def up(self) -> bool:
         return self._up
 
