@@ -31,12 +31,14 @@ logger = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 # What says the replica cannot answer now: it is unreachable, restarting or shutting down, its
-# connection broke, or it cancelled the query in a conflict with replay (40001). The read runs
-# again on the primary; any other error is the query's own and is raised.
+# connection broke (asyncpg's InternalClientError: a pooled connection handed out while the
+# server's goodbye was still arriving), or it cancelled the query in a conflict with replay
+# (40001). The read runs again on the primary; any other error is the query's own and is raised.
 _REPLICA_FAILURES = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
