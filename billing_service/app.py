@@ -28,6 +28,7 @@ from billing_service.middleware import RequestMiddleware, route_template_lookup
 from billing_service.outbound import OutboundPolicy, Resolver, system_resolver
 from billing_service.outbound_http import WebhookClient
 from billing_service.ratelimit import FailureWindows, TokenBuckets
+from billing_service.read_replica import ReadRouting
 from billing_service.resources import migrations_dir
 from billing_service.routes import (
     api_keys,
@@ -58,6 +59,10 @@ from billing_service.stripe_gateway import StripeGateway
 from billing_service.worker import PollingWorker
 
 logger = structlog.get_logger(__name__)
+
+# A replica that does not accept a connection within this long is taken as down for the read at
+# hand (one refusing it, the usual case, is known at once).
+REPLICA_CONNECT_TIMEOUT = 5.0
 
 
 def utc_now() -> datetime:
@@ -126,6 +131,7 @@ def create_app(
             raise
         await listening
         metrics.watch_pool(pool)
+        reads = await _read_routing(settings, pool, metrics)
         usage_publisher = UsagePublisher(pool, entitlement_cache.origin)
         usage_publisher.start()
         stripe = StripeGateway.from_settings(settings)
@@ -140,6 +146,7 @@ def create_app(
             yield AppState(
                 settings=settings,
                 pool=pool,
+                reads=reads,
                 metrics=metrics,
                 migrations=migrations,
                 stripe=stripe,
@@ -160,7 +167,7 @@ def create_app(
                 await stripe.close()
             await webhooks.aclose()
             await usage_publisher.stop()
-            await listener.stop()
+            await asyncio.gather(listener.stop(), reads.stop())
             await pool.close()
             logger.info("app.stopped")
 
@@ -183,6 +190,25 @@ def create_app(
     )
     app.add_middleware(CorsMiddleware, origins=settings.cors_origins, routes=cors_routes)
     return app
+
+
+async def _read_routing(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> ReadRouting:
+    """Lag-tolerant reads: on the replica when `BILLING_DATABASE_READ_URL` is set, else on the
+    primary. The replica's pool opens connections as reads need them, so a replica that is down
+    at start-up delays nothing: reads go to the primary until a probe finds it."""
+    replica = None
+    if settings.database_read_url is not None:
+        replica = await create_pool(
+            settings.database_read_url.get_secret_value(),
+            min_size=0,
+            max_size=settings.database_pool_max,
+            connect_timeout=REPLICA_CONNECT_TIMEOUT,
+        )
+    reads = ReadRouting(
+        pool, replica, max_lag=settings.read_replica_max_lag_seconds, metrics=metrics
+    )
+    await reads.start()
+    return reads
 
 
 def _limits(settings: Settings) -> Limits:

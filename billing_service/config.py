@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     database_pool_min: int = Field(default=2, ge=0)
     database_pool_max: int = Field(default=10, ge=1)
+    # A streaming replica for reads that tolerate lag (lists, reports, usage history), used while
+    # it is at most `read_replica_max_lag_seconds` behind; the primary serves them otherwise.
+    database_read_url: SecretStr | None = None
+    read_replica_max_lag_seconds: float = Field(default=5.0, gt=0, le=3600)
     data_dir: Path = Path(".data")
 
     stripe_secret_key: SecretStr | None = None
@@ -174,7 +178,15 @@ class Settings(BaseSettings):
                 )
         return [host.lower() for host in hosts]
 
-    @field_validator("database_url")
+    @field_validator("database_read_url", mode="before")
+    @classmethod
+    def _empty_read_url_is_unset(cls, value: object) -> object:
+        """An empty value (a Secret's key left blank) means no replica."""
+        if value == "" or (isinstance(value, SecretStr) and not value.get_secret_value()):
+            return None
+        return value
+
+    @field_validator("database_url", "database_read_url")
     @classmethod
     def _database_url_is_postgresql(cls, url: SecretStr | None) -> SecretStr | None:
         """Only PostgreSQL is supported; say so before any driver tries the URL."""

@@ -1,5 +1,5 @@
 """Prometheus metrics: requests by route and status, latency, database pool use, refused
-credentials, the cache-invalidation listener and the entitlement cache.
+credentials, the cache-invalidation listener, the entitlement cache and the read replica.
 
 Each app owns its registry, so several apps in one process (tests) never share counters.
 """
@@ -210,6 +210,15 @@ class Metrics:
         self.entitlement_cache_size = Gauge(
             "billing_entitlement_cache_size",
             "Customers whose entitlement snapshot this process holds.",
+            registry=self.registry,
+        )
+
+        self.read_fallbacks = Counter(
+            "billing_db_read_fallbacks",
+            "Lag-tolerant reads served by the primary although a read replica is configured, by "
+            "reason: `down` (it does not answer, or failed answering) or `lag` (it is further "
+            "behind than BILLING_READ_REPLICA_MAX_LAG_SECONDS).",
+            ["reason"],
             registry=self.registry,
         )
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypedDict, cast
+from typing import TypedDict, TypeVar, cast
 
 import asyncpg
 from starlette.requests import Request
@@ -15,6 +15,7 @@ from billing_service.db.migrations import Migration
 from billing_service.metrics import Metrics
 from billing_service.outbound import OutboundPolicy
 from billing_service.ratelimit import FailureWindows, TokenBuckets
+from billing_service.read_replica import ReadRouting
 from billing_service.services.entitlement_cache import EntitlementCache
 from billing_service.services.key_cache import KeyCache
 from billing_service.services.token_index import TokenIndex
@@ -36,6 +37,7 @@ class Limits:
 class AppState(TypedDict):
     settings: Settings
     pool: asyncpg.Pool
+    reads: ReadRouting
     metrics: Metrics
     migrations: list[Migration]
     stripe: StripeGateway | None
@@ -51,3 +53,14 @@ class AppState(TypedDict):
 
 def app_state(request: Request) -> AppState:
     return cast(AppState, request.scope["state"])
+
+
+T = TypeVar("T")
+
+
+async def lag_tolerant(request: Request, query: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Run `query`, a read whose answer may be a few seconds old (lists, reports, usage
+    history), on the read replica when one is configured, up and close enough behind; on the
+    primary otherwise. Never for what writes, nor for reads a decision rests on (checks,
+    tracks, checkout, webhook intake, the entitlement cache)."""
+    return await app_state(request)["reads"].read(query)

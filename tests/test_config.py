@@ -234,6 +234,24 @@ def test_a_database_url_that_is_not_postgresql_names_the_variable(
     assert url not in line
 
 
+def test_the_read_replica_url_is_postgresql_or_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BILLING_DATABASE_READ_URL is checked like the primary's URL; empty (a Secret's blank key)
+    means no replica."""
+    monkeypatch.setenv("BILLING_DATABASE_READ_URL", "")
+    assert load_settings().database_read_url is None
+    monkeypatch.setenv("BILLING_DATABASE_READ_URL", "mysql://reader:pw@replica/billing")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    [line] = str(raised.value).splitlines()
+    assert line.startswith("BILLING_DATABASE_READ_URL: must be a PostgreSQL URL")
+    assert "pw@replica" not in line
+    monkeypatch.setenv("BILLING_DATABASE_READ_URL", "postgresql://reader@replica:5432/billing")
+    monkeypatch.setenv("BILLING_READ_REPLICA_MAX_LAG_SECONDS", "0.5")
+    settings = load_settings()
+    assert settings.database_read_url is not None
+    assert settings.read_replica_max_lag_seconds == 0.5
+
+
 def test_a_setting_pydantic_settings_cannot_decode_is_named_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from billing_service.db.pages import OLDEST_FIRST, After
 from billing_service.db.pool import Executor
 
 
@@ -96,8 +97,18 @@ async def select_coupon(conn: Executor, key: str) -> Coupon | None:
     return None if row is None else _coupon(row)
 
 
-async def select_coupons(conn: Executor) -> list[Coupon]:
-    rows = await conn.fetch(f"SELECT {_COUPON} FROM coupons ORDER BY created_at, key")  # noqa: S608
+async def select_coupons(conn: Executor, *, after: After | None, limit: int) -> list[Coupon]:
+    """Coupons oldest first, after `after` (the first page when None)."""
+    start = after or OLDEST_FIRST
+    rows = await conn.fetch(
+        f"""
+        SELECT {_COUPON} FROM coupons WHERE (created_at, id) > ($1, $2)
+        ORDER BY created_at, id LIMIT $3
+        """,  # noqa: S608 - constant column list
+        start.created_at,
+        start.id,
+        limit,
+    )
     return [_coupon(row) for row in rows]
 
 
@@ -143,12 +154,20 @@ async def select_promotion_code(conn: Executor, code: str) -> PromotionCode | No
     return None if row is None else _code(row)
 
 
-async def select_promotion_codes(conn: Executor) -> list[PromotionCode]:
+async def select_promotion_codes(
+    conn: Executor, *, after: After | None, limit: int
+) -> list[PromotionCode]:
+    """Promotion codes oldest first, after `after` (the first page when None)."""
+    start = after or OLDEST_FIRST
     rows = await conn.fetch(
         f"""
         SELECT {_CODE} FROM promotion_codes p JOIN coupons c ON c.id = p.coupon_id
-        ORDER BY p.created_at, p.code
-        """  # noqa: S608 - constant column list
+        WHERE (p.created_at, p.id) > ($1, $2)
+        ORDER BY p.created_at, p.id LIMIT $3
+        """,  # noqa: S608 - constant column list
+        start.created_at,
+        start.id,
+        limit,
     )
     return [_code(row) for row in rows]
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from billing_service.db.pages import NEWEST_FIRST, After
 from billing_service.db.pool import Executor
 
 
@@ -136,8 +137,11 @@ async def insert_audit(
     )
 
 
-async def select_audit(conn: Executor, customer_key: str, *, limit: int) -> list[AuditEntry]:
-    """The customer's adjustments, newest first."""
+async def select_audit(
+    conn: Executor, customer_key: str, *, after: After | None, limit: int
+) -> list[AuditEntry]:
+    """The customer's adjustments, newest first, after `after` (the first page when None)."""
+    start = after or NEWEST_FIRST
     rows = await conn.fetch(
         """
         SELECT a.id, f.key AS feature_key, a.action, a.details, a.reason, a.actor_key_id,
@@ -145,11 +149,13 @@ async def select_audit(conn: Executor, customer_key: str, *, limit: int) -> list
         FROM grant_audit a
         JOIN customers c ON c.id = a.customer_id
         JOIN features f ON f.id = a.feature_id
-        WHERE c.external_id = $1
+        WHERE c.external_id = $1 AND (a.created_at, a.id) < ($2, $3)
         ORDER BY a.created_at DESC, a.id DESC
-        LIMIT $2
+        LIMIT $4
         """,
         customer_key,
+        start.created_at,
+        start.id,
         limit,
     )
     return [AuditEntry(**dict(row.items())) for row in rows]

@@ -79,9 +79,15 @@ class Pool(asyncpg.Pool):
 
 
 async def create_pool(
-    dsn: str, *, min_size: int, max_size: int, publishes_usage: bool = False
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    publishes_usage: bool = False,
+    connect_timeout: float = 60.0,
 ) -> asyncpg.Pool:
-    """The arguments are `asyncpg.create_pool`'s, whose defaults `Pool` does not have.
+    """The arguments are `asyncpg.create_pool`'s, whose defaults `Pool` does not have
+    (`connect_timeout` is `asyncpg.connect`'s `timeout`).
 
     With `publishes_usage`, a track's counter and credit moves on these connections do not
     notify in their transaction: whoever tracks publishes the customer after commit
@@ -102,6 +108,7 @@ async def create_pool(
         reset=_keep_session,
         command_timeout=30,
         server_settings=settings,
+        timeout=connect_timeout,
     )
     await pool
     return pool

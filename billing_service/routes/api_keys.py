@@ -16,7 +16,7 @@ from billing_service.routes._http import JSONResponse, Timestamp, parse_json
 from billing_service.routes._pagination import after, page_body, page_request, time_cursor
 from billing_service.services import api_keys
 from billing_service.services.api_keys import Scope
-from billing_service.state import app_state
+from billing_service.state import app_state, lag_tolerant
 
 
 class CreateApiKey(BaseModel):
@@ -44,8 +44,8 @@ def serialize(key: ApiKey) -> dict[str, object]:
 async def list_api_keys(request: Request) -> Response:
     """Keys oldest first, a page at a time."""
     page = page_request(request)
-    keys = await api_keys.list_keys(
-        app_state(request)["pool"], after=after(page), limit=page.limit + 1
+    keys = await lag_tolerant(
+        request, lambda pool: api_keys.list_keys(pool, after=after(page), limit=page.limit + 1)
     )
     return JSONResponse(page_body(keys, page, serialize=serialize, cursor_of=time_cursor))
 

@@ -22,7 +22,7 @@ from billing_service.routes._pagination import PageRequest, encode_cursor, page_
 from billing_service.services import catalog, catalog_sync
 from billing_service.services.api_keys import Scope
 from billing_service.services.catalog import ApplyResult, PlanView
-from billing_service.state import app_state
+from billing_service.state import app_state, lag_tolerant
 from billing_service.stripe_gateway import require_stripe
 
 
@@ -124,7 +124,7 @@ async def list_plans(request: Request) -> Response:
     start = _after_plan(page)
     # Sorted here, so the order is the one the cursor compares with (not the database's collation).
     views = sorted(
-        await catalog.plan_views(app_state(request)["pool"]),
+        await lag_tolerant(request, catalog.plan_views),
         key=lambda v: (v.plan.display_order, v.plan.key),
     )
     if start is not None:
@@ -150,15 +150,19 @@ PUBLIC_CACHE_CONTROL = "public, max-age=60"
 
 async def list_public_plans(request: Request) -> Response:
     """What a pricing page shows, with no credential: the active plans marked public, in
-    display order, with their active prices. Limited per client address."""
+    display order, with their active prices, a page at a time. Limited per client address."""
     limit_by_address(request)
-    views = await catalog.plan_views(app_state(request)["pool"])
+    page = page_request(request)
+    start = _after_plan(page)
+    views = await lag_tolerant(request, catalog.plan_views)
     public = sorted(
         (v for v in views if v.plan.public), key=lambda v: (v.plan.display_order, v.plan.key)
     )
+    if start is not None:
+        public = [v for v in public if (v.plan.display_order, v.plan.key) > start]
     return conditional_json(
         request,
-        {"data": [serialize_plan(v) for v in public]},
+        page_body(public[: page.limit + 1], page, serialize=serialize_plan, cursor_of=_plan_cursor),
         cache_control=PUBLIC_CACHE_CONTROL,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
+import asyncpg
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,7 +23,7 @@ from billing_service.routes._pagination import after, page_body, page_request, t
 from billing_service.services import customers, subscriptions
 from billing_service.services.api_keys import Scope
 from billing_service.services.customers import CustomerView
-from billing_service.state import app_state
+from billing_service.state import app_state, lag_tolerant
 from billing_service.stripe_gateway import require_stripe
 
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40)]
@@ -219,12 +220,16 @@ def serialize_order(order: Order) -> dict[str, object]:
 @requires(Scope.BILLING)
 async def list_orders(request: Request) -> Response:
     """The customer's one-time purchases, newest first, a page at a time."""
-    state = app_state(request)
     page = page_request(request)
-    customer = await customers.get_customer(state["pool"], customer_id_param(request))
-    orders = await orders_db.select_orders(
-        state["pool"], customer.id, after=after(page), limit=page.limit + 1
-    )
+    customer_key = customer_id_param(request)
+
+    async def read(pool: asyncpg.Pool) -> list[Order]:
+        customer = await customers.get_customer(pool, customer_key)
+        return await orders_db.select_orders(
+            pool, customer.id, after=after(page), limit=page.limit + 1
+        )
+
+    orders = await lag_tolerant(request, read)
     return JSONResponse(page_body(orders, page, serialize=serialize_order, cursor_of=time_cursor))
 
 
@@ -255,12 +260,15 @@ async def list_customers(request: Request) -> Response:
     it, or whose email does, ignoring case. The search text is never logged."""
     text = _search_param(request)
     page = page_request(request)
-    listed = await customers_db.select_customer_page(
-        app_state(request)["pool"],
-        found=None if text is None else customers_db.search(text),
-        after=after(page),
-        limit=page.limit + 1,
-        grace=_grace(request),
+    listed = await lag_tolerant(
+        request,
+        lambda pool: customers_db.select_customer_page(
+            pool,
+            found=None if text is None else customers_db.search(text),
+            after=after(page),
+            limit=page.limit + 1,
+            grace=_grace(request),
+        ),
     )
     return JSONResponse(page_body(listed, page, serialize=serialize_listed, cursor_of=time_cursor))
 

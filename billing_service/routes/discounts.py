@@ -13,10 +13,11 @@ from starlette.routing import Route
 from billing_service.auth import requires
 from billing_service.db.discounts import Coupon, PromotionCode
 from billing_service.routes._http import JSONResponse, Timestamp, parse_json
+from billing_service.routes._pagination import after, page_body, page_request, time_cursor
 from billing_service.services import discounts
 from billing_service.services.api_keys import Scope
 from billing_service.services.discounts import CouponRequest
-from billing_service.state import app_state
+from billing_service.state import app_state, lag_tolerant
 from billing_service.stripe_gateway import require_stripe
 
 
@@ -94,8 +95,13 @@ async def create_coupon(request: Request) -> Response:
 
 @requires(Scope.ADMIN)
 async def list_coupons(request: Request) -> Response:
-    found = await discounts.list_coupons(app_state(request)["pool"])
-    return JSONResponse({"data": [serialize_coupon(coupon) for coupon in found]})
+    """Coupons oldest first, a page at a time."""
+    page = page_request(request)
+    found = await lag_tolerant(
+        request,
+        lambda pool: discounts.list_coupons(pool, after=after(page), limit=page.limit + 1),
+    )
+    return JSONResponse(page_body(found, page, serialize=serialize_coupon, cursor_of=time_cursor))
 
 
 @requires(Scope.ADMIN)
@@ -111,8 +117,15 @@ async def create_promotion_code(request: Request) -> Response:
 
 @requires(Scope.ADMIN)
 async def list_promotion_codes(request: Request) -> Response:
-    found = await discounts.list_promotion_codes(app_state(request)["pool"])
-    return JSONResponse({"data": [serialize_promotion_code(code) for code in found]})
+    """Promotion codes oldest first, a page at a time."""
+    page = page_request(request)
+    found = await lag_tolerant(
+        request,
+        lambda pool: discounts.list_promotion_codes(pool, after=after(page), limit=page.limit + 1),
+    )
+    return JSONResponse(
+        page_body(found, page, serialize=serialize_promotion_code, cursor_of=time_cursor)
+    )
 
 
 routes = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,7 +18,7 @@ from billing_service.routes._pagination import after, page_body, page_request, t
 from billing_service.services import customers
 from billing_service.services import stripe_events as events_service
 from billing_service.services.api_keys import Scope
-from billing_service.state import app_state
+from billing_service.state import app_state, lag_tolerant
 
 
 async def receive_stripe_webhook(request: Request) -> Response:
@@ -74,21 +75,24 @@ async def list_events(request: Request) -> Response:
     if errors:
         raise ValidationFailed(errors)
     page = page_request(request)
-    pool = app_state(request)["pool"]
-    stripe_customer_id = None
-    if customer_id is not None:
-        customer = await customers.get_customer(pool, customer_id)
-        if customer.stripe_customer_id is None:  # never reached Stripe: no event is about them
-            return JSONResponse({"data": [], "has_more": False, "next_cursor": None})
-        stripe_customer_id = customer.stripe_customer_id
-    found = await stripe_events.select_events(
-        pool,
-        status=status,
-        type=event_type,
-        stripe_customer_id=stripe_customer_id,
-        after=after(page),
-        limit=page.limit + 1,
-    )
+
+    async def read(pool: asyncpg.Pool) -> list[LedgerEntry]:
+        stripe_customer_id = None
+        if customer_id is not None:
+            customer = await customers.get_customer(pool, customer_id)
+            if customer.stripe_customer_id is None:  # never reached Stripe: no event is theirs
+                return []
+            stripe_customer_id = customer.stripe_customer_id
+        return await stripe_events.select_events(
+            pool,
+            status=status,
+            type=event_type,
+            stripe_customer_id=stripe_customer_id,
+            after=after(page),
+            limit=page.limit + 1,
+        )
+
+    found = await lag_tolerant(request, read)
     return JSONResponse(page_body(found, page, serialize=serialize_event, cursor_of=time_cursor))
 
 

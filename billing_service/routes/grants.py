@@ -21,13 +21,13 @@ from billing_service.routes._http import (
     field_errors,
     parse_json,
 )
+from billing_service.routes._pagination import after, page_body, page_request, time_cursor
 from billing_service.services import grants
 from billing_service.services.api_keys import Scope
 from billing_service.services.grants import Change
-from billing_service.state import app_state
+from billing_service.state import app_state, lag_tolerant
 
 MAX_CREDITS = 1_000_000_000
-AUDIT_PAGE = 100
 
 
 class GrantCredits(BaseModel):
@@ -144,9 +144,14 @@ def _audit_entry(entry: AuditEntry) -> dict[str, object]:
 
 @requires(Scope.ADMIN)
 async def list_audit(request: Request) -> Response:
+    """The customer's adjustments, newest first, a page at a time."""
     customer_key = customer_id_param(request)
-    entries = await grants.audit(app_state(request)["pool"], customer_key, limit=AUDIT_PAGE)
-    return JSONResponse({"data": [_audit_entry(entry) for entry in entries]})
+    page = page_request(request)
+    entries = await lag_tolerant(
+        request,
+        lambda pool: grants.audit(pool, customer_key, after=after(page), limit=page.limit + 1),
+    )
+    return JSONResponse(page_body(entries, page, serialize=_audit_entry, cursor_of=time_cursor))
 
 
 routes = [

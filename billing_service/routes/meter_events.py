@@ -15,7 +15,7 @@ from billing_service.errors import FieldError, NotFound, ValidationFailed
 from billing_service.routes._http import JSONResponse
 from billing_service.routes._pagination import after, page_body, page_request, time_cursor
 from billing_service.services.api_keys import Scope
-from billing_service.state import app_state
+from billing_service.state import app_state, lag_tolerant
 
 
 def serialize_meter_event(event: MeterEvent) -> dict[str, object]:
@@ -43,8 +43,11 @@ async def list_meter_events(request: Request) -> Response:
     if status is not None and status not in STATUSES:
         raise ValidationFailed([FieldError("status", f"must be one of {', '.join(STATUSES)}")])
     page = page_request(request)
-    found = await meter_events.select_meter_events(
-        app_state(request)["pool"], status=status, after=after(page), limit=page.limit + 1
+    found = await lag_tolerant(
+        request,
+        lambda pool: meter_events.select_meter_events(
+            pool, status=status, after=after(page), limit=page.limit + 1
+        ),
     )
     return JSONResponse(
         page_body(found, page, serialize=serialize_meter_event, cursor_of=time_cursor)

@@ -10,7 +10,7 @@ from billing_service.auth import requires
 from billing_service.routes._http import JSONResponse
 from billing_service.services import revenue
 from billing_service.services.api_keys import Scope
-from billing_service.state import app_state
+from billing_service.state import app_state, lag_tolerant
 
 
 def serialize_report(report: revenue.RevenueReport) -> dict[str, object]:
@@ -42,8 +42,8 @@ def serialize_report(report: revenue.RevenueReport) -> dict[str, object]:
 
 @requires(Scope.ADMIN)
 async def revenue_report(request: Request) -> Response:
-    state = app_state(request)
-    report = await revenue.revenue_report(state["pool"], now=state["clock"]())
+    now = app_state(request)["clock"]()
+    report = await lag_tolerant(request, lambda pool: revenue.revenue_report(pool, now=now))
     return JSONResponse(serialize_report(report))
 
 

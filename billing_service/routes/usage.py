@@ -38,7 +38,7 @@ from billing_service.services import customer_tokens, usage
 from billing_service.services.api_keys import Scope
 from billing_service.services.overage_charges import OverageCharge, overage_charges
 from billing_service.services.usage import Entitlement, TrackRequest
-from billing_service.state import app_state
+from billing_service.state import app_state, lag_tolerant
 
 MAX_AMOUNT = 1_000_000_000
 CustomerKey = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
@@ -277,8 +277,11 @@ async def get_usage(request: Request) -> Response:
         query.granularity, since=query.since, until=query.until, now=_now(request)
     )
     state = app_state(request)
-    periods = await usage.usage_history(
-        state["pool"], customer_id, feature_key=query.feature, window=window
+    periods = await lag_tolerant(
+        request,
+        lambda pool: usage.usage_history(
+            pool, customer_id, feature_key=query.feature, window=window
+        ),
     )
     current = await usage.entitlements(
         state["pool"], customer_id, now=_now(request), grace=_grace(request),

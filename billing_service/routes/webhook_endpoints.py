@@ -17,7 +17,7 @@ from billing_service.routes._http import JSONResponse, parse_json
 from billing_service.routes._pagination import after, page_body, page_request, time_cursor
 from billing_service.services import outgoing_webhooks
 from billing_service.services.api_keys import Scope
-from billing_service.state import app_state
+from billing_service.state import app_state, lag_tolerant
 
 
 class CreateEndpoint(BaseModel):
@@ -78,8 +78,8 @@ async def create_endpoint(request: Request) -> Response:
 async def list_endpoints(request: Request) -> Response:
     """Registered endpoints, oldest first, a page at a time."""
     page = page_request(request)
-    endpoints = await outbox.select_endpoints(
-        app_state(request)["pool"], after=after(page), limit=page.limit + 1
+    endpoints = await lag_tolerant(
+        request, lambda pool: outbox.select_endpoints(pool, after=after(page), limit=page.limit + 1)
     )
     return JSONResponse(
         page_body(endpoints, page, serialize=serialize_endpoint, cursor_of=time_cursor)
@@ -119,8 +119,11 @@ async def list_deliveries(request: Request) -> Response:
     """The endpoint's delivery log, newest first, a page at a time."""
     endpoint_id = _uuid(request, "endpoint_id")
     page = page_request(request)
-    deliveries = await outbox.select_deliveries(
-        app_state(request)["pool"], endpoint_id, after=after(page), limit=page.limit + 1
+    deliveries = await lag_tolerant(
+        request,
+        lambda pool: outbox.select_deliveries(
+            pool, endpoint_id, after=after(page), limit=page.limit + 1
+        ),
     )
     return JSONResponse(
         page_body(deliveries, page, serialize=serialize_delivery, cursor_of=time_cursor)

@@ -15,6 +15,7 @@ import asyncpg
 
 from billing_service.db import discounts as db
 from billing_service.db.discounts import Coupon, PromotionCode
+from billing_service.db.pages import After
 from billing_service.errors import Conflict, FieldError, ValidationFailed
 from billing_service.services.stripe_keys import attempt_key
 from billing_service.stripe_gateway import StripeGateway
@@ -68,8 +69,8 @@ async def create_coupon(
     return coupon, created
 
 
-async def list_coupons(pool: asyncpg.Pool) -> list[Coupon]:
-    return await db.select_coupons(pool)
+async def list_coupons(pool: asyncpg.Pool, *, after: After | None, limit: int) -> list[Coupon]:
+    return await db.select_coupons(pool, after=after, limit=limit)
 
 
 async def create_promotion_code(
@@ -103,5 +104,7 @@ async def create_promotion_code(
     return found, created
 
 
-async def list_promotion_codes(pool: asyncpg.Pool) -> list[PromotionCode]:
-    return await db.select_promotion_codes(pool)
+async def list_promotion_codes(
+    pool: asyncpg.Pool, *, after: After | None, limit: int
+) -> list[PromotionCode]:
+    return await db.select_promotion_codes(pool, after=after, limit=limit)

@@ -13,6 +13,7 @@ import asyncpg
 from billing_service.db import grants as db
 from billing_service.db.api_keys import ApiKey
 from billing_service.db.grants import AuditEntry, CreditLot, Override
+from billing_service.db.pages import After
 from billing_service.db.pool import Executor
 from billing_service.db.usage import ensure_customer
 from billing_service.errors import FieldError, NotFound, ValidationFailed
@@ -120,6 +121,8 @@ async def remove_override(
         )  # fmt: skip
 
 
-async def audit(pool: asyncpg.Pool, customer_key: str, *, limit: int) -> list[AuditEntry]:
-    """The customer's grants and override changes, newest first."""
-    return await db.select_audit(pool, customer_key, limit=limit)
+async def audit(
+    pool: asyncpg.Pool, customer_key: str, *, after: After | None, limit: int
+) -> list[AuditEntry]:
+    """The customer's grants and override changes, newest first, a page at a time."""
+    return await db.select_audit(pool, customer_key, after=after, limit=limit)

@@ -23,30 +23,24 @@ EXCEPTIONS = {
     ("customers", "customers_stripe_customer_id_key"): (
         "webhooks name the Stripe customer only; Citus: the same lookup table, keyed by it"
     ),
-    ("subscriptions", "subscriptions_pkey"): "surrogate uuid id; Citus: (customer_id, id)",
     ("subscriptions", "subscriptions_stripe_subscription_id_key"): (
         "webhooks find a subscription by its Stripe id; Citus: (customer_id, "
         "stripe_subscription_id) once the event's Stripe customer is resolved first"
     ),
-    ("checkout_sessions", "checkout_sessions_pkey"): "surrogate id; Citus: (customer_id, id)",
     ("checkout_sessions", "checkout_sessions_stripe_session_id_key"): (
         "webhooks find a session by its Stripe id; Citus: (customer_id, stripe_session_id)"
     ),
-    ("orders", "orders_pkey"): "surrogate id, referenced by grants; Citus: (customer_id, id)",
     ("orders", "orders_stripe_checkout_session_id_key"): (
         "one order per Checkout session, found from the webhook; Citus: add customer_id"
     ),
-    ("credit_grants", "credit_grants_pkey"): "surrogate id; Citus: (customer_id, id)",
     ("credit_grants", "credit_grants_order_id_feature_id_key"): (
-        "one grant per order and feature; the order is the customer's, Citus: add customer_id"
+        "one grant per order and feature, named by ON CONFLICT in db/orders.py; Citus: add "
+        "customer_id, in two releases (a targetless ON CONFLICT first) so pods of the previous "
+        "release keep working during a rolling update"
     ),
-    ("credit_clawbacks", "credit_clawbacks_pkey"): "surrogate id; Citus: (customer_id, id)",
     ("credit_clawbacks", "credit_clawbacks_order_id_feature_id_key"): (
-        "one clawback per order and feature; Citus: add customer_id"
+        "one clawback per order and feature; the same two-release change as credit_grants"
     ),
-    ("credit_lots", "credit_lots_pkey"): "surrogate id; Citus: (customer_id, id)",
-    ("grant_audit", "grant_audit_pkey"): "surrogate id; Citus: (customer_id, id)",
-    ("customer_tokens", "customer_tokens_pkey"): "surrogate id; Citus: (customer_id, id)",
     ("customer_tokens", "customer_tokens_token_hash_key"): (
         "a browser token is looked up by its hash before the customer is known; Citus: a "
         "reference table token_hash -> customer_id, or a token that carries its customer"
@@ -119,3 +113,29 @@ async def test_hot_path_tables_are_already_keyed_by_customer(pool: asyncpg.Pool)
     assert keys[("credit_balances", "credit_balances_pkey")][0] == "customer_id"
     assert keys[("feature_overrides", "feature_overrides_pkey")][0] == "customer_id"
     assert "customer_id" in keys[("usage_events", "usage_events_customer_id_idempotency_key_key")]
+
+
+FOREIGN_KEYS = """
+SELECT conrelid::regclass::text AS table_name, confrelid::regclass::text AS referenced,
+       array(SELECT a.attname::text FROM unnest(conkey) AS k(attnum)
+             JOIN pg_attribute a ON a.attrelid = conrelid AND a.attnum = k.attnum) AS columns
+FROM pg_constraint
+WHERE contype = 'f' AND connamespace = current_schema()::regnamespace
+"""
+
+
+async def test_customer_scoped_tables_reference_each_other_with_the_customer(
+    pool: asyncpg.Pool,
+) -> None:
+    """A foreign key between two customer-scoped tables (a credit grant's order) holds the
+    customer, so under Citus both rows live on one shard and the key can be enforced there."""
+    scoped = {row["table_name"] for row in await customer_scoped_unique_keys(pool)}
+    keys = await pool.fetch(FOREIGN_KEYS)
+    between = [row for row in keys if {row["table_name"], row["referenced"]} <= scoped]
+    assert {(row["table_name"], row["referenced"]) for row in between} >= {
+        ("credit_grants", "orders"),
+        ("credit_clawbacks", "orders"),
+    }
+    for row in between:
+        if row["referenced"] != "customers":
+            assert "customer_id" in row["columns"], (row["table_name"], row["referenced"])

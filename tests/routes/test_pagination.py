@@ -31,6 +31,7 @@ class Listed:
     path: str
     scope: Scope
     insert: Insert
+    id_field: str = "id"
 
 
 async def _event(pool: asyncpg.Pool, at: datetime) -> str:
@@ -103,7 +104,56 @@ async def _api_key(pool: asyncpg.Pool, at: datetime) -> str:
     return str(key_id)
 
 
+async def _coupon(pool: asyncpg.Pool, at: datetime) -> str:
+    key: str = await pool.fetchval(
+        "INSERT INTO coupons (key, percent_off, duration, created_at) "
+        "VALUES ($1, 10, 'once', $2) RETURNING key",
+        f"c_{uuid.uuid4().hex}",
+        at,
+    )
+    return key
+
+
+async def _promotion_code(pool: asyncpg.Pool, at: datetime) -> str:
+    code: str = await pool.fetchval(
+        """
+        WITH coupon AS (
+            INSERT INTO coupons (key, percent_off, duration) VALUES ($1, 10, 'once') RETURNING id
+        )
+        INSERT INTO promotion_codes (code, coupon_id, created_at)
+        SELECT $2, coupon.id, $3 FROM coupon RETURNING code
+        """,
+        f"c_{uuid.uuid4().hex}",
+        f"CODE-{uuid.uuid4().hex}",
+        at,
+    )
+    return code
+
+
+async def _adjustment(pool: asyncpg.Pool, at: datetime) -> str:
+    audit_id = await pool.fetchval(
+        """
+        WITH c AS (
+            INSERT INTO customers (external_id) VALUES ('adjusted')
+            ON CONFLICT (external_id) DO UPDATE SET external_id = EXCLUDED.external_id
+            RETURNING id
+        ), f AS (
+            INSERT INTO features (key, name, kind) VALUES ('seats', 'Seats', 'metered')
+            ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
+            RETURNING id
+        )
+        INSERT INTO grant_audit (customer_id, feature_id, action, reason, actor_name, created_at)
+        SELECT c.id, f.id, 'credits.granted', 'goodwill', 'ops', $1 FROM c, f RETURNING id
+        """,
+        at,
+    )
+    return str(audit_id)
+
+
 LISTS = {
+    "coupons": Listed("/v1/coupons", Scope.ADMIN, _coupon),
+    "promotion-codes": Listed("/v1/promotion-codes", Scope.ADMIN, _promotion_code, "code"),
+    "adjustments": Listed("/v1/customers/adjusted/adjustments", Scope.ADMIN, _adjustment),
     "events": Listed("/v1/events", Scope.ADMIN, _event),
     "orders": Listed("/v1/customers/buyer/orders", Scope.BILLING, _order),
     "deliveries": Listed(f"/v1/webhook-endpoints/{ENDPOINT_ID}/deliveries", Scope.ADMIN, _delivery),
@@ -122,7 +172,7 @@ async def walk(client: httpx.AsyncClient, listed: Listed, key: str, limit: int) 
         assert response.status_code == 200, response.text
         page = response.json()
         assert len(page["data"]) <= limit
-        seen += [item["id"] for item in page["data"]]
+        seen += [item[listed.id_field] for item in page["data"]]
         if not page["has_more"]:
             assert page["next_cursor"] is None
             return seen
@@ -206,3 +256,26 @@ async def test_plans_page_through_the_catalog_in_display_order(
     assert bad.json()["errors"] == [
         {"field": "cursor", "message": "must be a next_cursor this list returned"}
     ]
+
+
+async def test_public_plans_page_through_the_pricing_list_in_display_order(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """The public list pages like the others: one plan a page, in display order, then no more;
+    a cursor it never gave is a 422."""
+    await apply(pool, None, example())
+    keys, cursor = [], None
+    while True:
+        params = {"limit": "1"} | ({"cursor": cursor} if cursor else {})
+        response = await client.get("/v1/public/plans", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert len(page["data"]) <= 1
+        keys += [plan["key"] for plan in page["data"]]
+        if not page["has_more"]:
+            break
+        cursor = page["next_cursor"]
+    assert keys == ["free", "pro", "credits"]
+    bad = await client.get("/v1/public/plans", params={"cursor": encode_cursor("x", 1)})
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "cursor"

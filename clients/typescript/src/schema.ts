@@ -121,6 +121,7 @@ export interface paths {
          *     `Cache-Control: public, max-age=60` and a strong `ETag`; `If-None-Match` with the
          *     ETag answers 304 with no body. Limited per client address
          *     (`BILLING_RATE_LIMIT_PUBLIC_PER_ADDRESS` requests a second, bursts of twice that).
+         *     A page at a time, like every list.
          */
         get: operations["listPublicPlans"];
         put?: never;
@@ -377,7 +378,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Every coupon, oldest first. */
+        /** Every coupon, oldest first, a page at a time. */
         get: operations["listCoupons"];
         put?: never;
         /**
@@ -400,7 +401,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Every promotion code, oldest first. */
+        /** Every promotion code, oldest first, a page at a time. */
         get: operations["listPromotionCodes"];
         put?: never;
         /**
@@ -847,7 +848,7 @@ export interface paths {
             };
             cookie?: never;
         };
-        /** The audit of the customer's grants and overrides, newest first (the last 100). */
+        /** The audit of the customer's grants and overrides, newest first, a page at a time. */
         get: operations["listAdjustments"];
         put?: never;
         post?: never;
@@ -1541,8 +1542,9 @@ export interface components {
             /** Format: date-time */
             updated_at: string;
         };
-        Adjustments: {
-            data: {
+        Adjustments: components["schemas"]["Page"] & components["schemas"]["AdjustmentList"];
+        AdjustmentList: {
+            data?: {
                 /** Format: uuid */
                 id: string;
                 feature: string;
@@ -1992,7 +1994,18 @@ export interface operations {
     };
     listPublicPlans: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Items per page. */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description The `next_cursor` of the previous page; without it, the first page. A page starts
+                 *     strictly after the last item of the previous one, so a walk from the first page to the
+                 *     last returns every item that existed when it began exactly once, whatever is added
+                 *     meanwhile (items added during the walk may or may not appear). Opaque: pass it back as
+                 *     it came.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
             header?: {
                 /**
                  * @description The `ETag` of a copy you hold (or several, comma-separated, or `*`): when it is still
@@ -2005,7 +2018,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The public catalog. */
+            /** @description A page of the public catalog. */
             200: {
                 headers: {
                     ETag: components["headers"]["ETag"];
@@ -2015,13 +2028,14 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        data: components["schemas"]["Plan"][];
+                    "application/json": components["schemas"]["Page"] & {
+                        data?: components["schemas"]["Plan"][];
                     };
                 };
             };
             304: components["responses"]["NotModified"];
             400: components["responses"]["MalformedRequest"];
+            422: components["responses"]["ValidationFailed"];
             429: components["responses"]["RateLimited"];
         };
     };
@@ -2489,27 +2503,39 @@ export interface operations {
     };
     listCoupons: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Items per page. */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description The `next_cursor` of the previous page; without it, the first page. A page starts
+                 *     strictly after the last item of the previous one, so a walk from the first page to the
+                 *     last returns every item that existed when it began exactly once, whatever is added
+                 *     meanwhile (items added during the walk may or may not appear). Opaque: pass it back as
+                 *     it came.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
             header?: never;
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description The coupons. */
+            /** @description A page of coupons, oldest first. */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        data: components["schemas"]["Coupon"][];
+                    "application/json": components["schemas"]["Page"] & {
+                        data?: components["schemas"]["Coupon"][];
                     };
                 };
             };
             400: components["responses"]["MalformedRequest"];
             401: components["responses"]["Unauthenticated"];
             403: components["responses"]["Forbidden"];
+            422: components["responses"]["ValidationFailed"];
             429: components["responses"]["RateLimited"];
         };
     };
@@ -2557,27 +2583,39 @@ export interface operations {
     };
     listPromotionCodes: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Items per page. */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description The `next_cursor` of the previous page; without it, the first page. A page starts
+                 *     strictly after the last item of the previous one, so a walk from the first page to the
+                 *     last returns every item that existed when it began exactly once, whatever is added
+                 *     meanwhile (items added during the walk may or may not appear). Opaque: pass it back as
+                 *     it came.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
             header?: never;
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description The promotion codes. */
+            /** @description A page of promotion codes, oldest first. */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        data: components["schemas"]["PromotionCode"][];
+                    "application/json": components["schemas"]["Page"] & {
+                        data?: components["schemas"]["PromotionCode"][];
                     };
                 };
             };
             400: components["responses"]["MalformedRequest"];
             401: components["responses"]["Unauthenticated"];
             403: components["responses"]["Forbidden"];
+            422: components["responses"]["ValidationFailed"];
             429: components["responses"]["RateLimited"];
         };
     };
@@ -3356,7 +3394,18 @@ export interface operations {
     };
     listAdjustments: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Items per page. */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description The `next_cursor` of the previous page; without it, the first page. A page starts
+                 *     strictly after the last item of the previous one, so a walk from the first page to the
+                 *     last returns every item that existed when it began exactly once, whatever is added
+                 *     meanwhile (items added during the walk may or may not appear). Opaque: pass it back as
+                 *     it came.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
             header?: never;
             path: {
                 /** @description The calling app's own id for the customer. */
