@@ -41,6 +41,7 @@ from billing_service.routes import (
     invoices,
     meter_events,
     reports,
+    teams,
     usage,
     webhook_endpoints,
 )
@@ -96,6 +97,7 @@ def create_app(
         *discounts.routes,
         *events.routes,
         *reports.routes,
+        *teams.routes,
         *usage.routes,
         *grants.routes,
         *webhook_endpoints.routes,

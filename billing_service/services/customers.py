@@ -12,7 +12,7 @@ import orjson
 import structlog
 
 from billing_service.db import customers as db
-from billing_service.db import outbox, plans, subscriptions
+from billing_service.db import members, outbox, plans, subscriptions
 from billing_service.db.customers import Customer
 from billing_service.db.plans import Plan
 from billing_service.db.pool import Connection, session_lock
@@ -35,6 +35,7 @@ class CustomerView:
     plan: Plan | None
     subscription: Subscription | None
     as_of: datetime
+    seats_in_use: int | None = None  # members holding seats, when the subscription sells seats
 
 
 async def upsert_customer(
@@ -104,10 +105,17 @@ async def customer_view(
             conn, customer.id, now=now, grace=grace
         )
         all_plans = await plans.select_plans(conn)
+        in_use = (
+            await members.count_members(conn, customer.id)
+            if subscription is not None and subscription.per_seat
+            else None
+        )
     entitled = grants_plan(subscription, now=now, grace=grace)
     plan_id = subscription.plan_id if entitled and subscription is not None else None
     plan = next((p for p in all_plans if (p.id == plan_id if plan_id else p.is_default)), None)
-    return CustomerView(customer=customer, plan=plan, subscription=subscription, as_of=now)
+    return CustomerView(
+        customer=customer, plan=plan, subscription=subscription, as_of=now, seats_in_use=in_use
+    )
 
 
 async def ensure_stripe_customer(
