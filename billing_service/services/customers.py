@@ -235,7 +235,7 @@ def _facts(subscription: Subscription | None) -> tuple[object, ...] | None:
     return (
         subscription.stripe_subscription_id, subscription.status, subscription.plan_key,
         subscription.price_key, subscription.cancel_at_period_end, subscription.cancel_at,
-        subscription.current_period_end, subscription.scheduled_price_key,
+        subscription.current_period_end, subscription.scheduled_price_key, subscription.quantity,
     )  # fmt: skip
 
 
@@ -285,6 +285,24 @@ async def _announce_subscription_change(
         },
         emails=emails,
     )
+    if (
+        before is not None
+        and after.per_seat
+        and before.stripe_subscription_id == after.stripe_subscription_id
+        and before.quantity != after.quantity
+    ):  # seats changed in Stripe (the portal, the dashboard, a scheduled removal)
+        await outbox.emit(
+            conn,
+            "subscription.seats_changed",
+            {
+                "customer_id": customer.external_id,
+                "previous_seats": before.quantity,
+                "seats": after.quantity,
+                "scheduled_seats": after.scheduled_quantity,
+                "effective": "now",
+                "effective_at": None,
+            },
+        )
     if _paid_plan(before) != _paid_plan(after):
         await outbox.emit(
             conn,
