@@ -61,6 +61,34 @@ async def seats_of(client: httpx.AsyncClient, key: str) -> dict[str, Any]:
     return seats
 
 
+async def add_two_seats(
+    client: httpx.AsyncClient, fake_stripe: FakeStripe, subscription: dict[str, Any], key: str
+) -> None:
+    """3 → 5 seats: one quantity change, prorated and invoiced at once; a retry with the same
+    Idempotency-Key replays the answer without asking Stripe again."""
+    billing_key = key
+    calls_before = len(fake_stripe.calls)
+    added = await set_seats(client, billing_key, 5, "add-two")
+    assert added.status_code == 200, added.text
+    assert added.json()["change"] == {"direction": "add", "effective": "now"}
+    assert added.json()["seats"]["purchased"] == 5
+    [update] = fake_stripe.calls_to("POST", f"/v1/subscriptions/{subscription['id']}")
+    item_id = subscription["items"]["data"][0]["id"]
+    assert update.form == {
+        "items[0][id]": item_id,
+        "items[0][quantity]": "5",
+        "proration_behavior": "always_invoice",
+        "payment_behavior": "error_if_incomplete",
+    }
+    invoice = fake_stripe.invoices[fake_stripe.subscriptions[subscription["id"]]["latest_invoice"]]
+    assert invoice["billing_reason"] == "subscription_update"
+    assert invoice["status"] == "paid"
+    assert 0 < invoice["amount_due"] <= 2 * 2500  # two seats for what is left of the period
+    replay = await set_seats(client, billing_key, 5, "add-two")
+    assert replay.json() == added.json()
+    assert len(fake_stripe.calls) == calls_before + 1  # the replay asked Stripe nothing
+
+
 async def test_buy_three_seats_assign_members_add_two_then_remove_one_at_period_end(
     stripe_client: httpx.AsyncClient,
     pool: asyncpg.Pool,
@@ -93,26 +121,7 @@ async def test_buy_three_seats_assign_members_add_two_then_remove_one_at_period_
                             "WHERE o.type = 'team.seats_full'")  # fmt: skip
     assert [(r["type"], r["template"]) for r in full] == [("team.seats_full", "owner_seats_full")]
 
-    calls_before = len(fake_stripe.calls)
-    added = await set_seats(client, billing_key, 5, "add-two")
-    assert added.status_code == 200, added.text
-    assert added.json()["change"] == {"direction": "add", "effective": "now"}
-    assert added.json()["seats"]["purchased"] == 5
-    [update] = fake_stripe.calls_to("POST", f"/v1/subscriptions/{subscription['id']}")
-    item_id = subscription["items"]["data"][0]["id"]
-    assert update.form == {
-        "items[0][id]": item_id,
-        "items[0][quantity]": "5",
-        "proration_behavior": "always_invoice",
-        "payment_behavior": "error_if_incomplete",
-    }
-    invoice = fake_stripe.invoices[fake_stripe.subscriptions[subscription["id"]]["latest_invoice"]]
-    assert invoice["billing_reason"] == "subscription_update"
-    assert invoice["status"] == "paid"
-    assert 0 < invoice["amount_due"] <= 2 * 2500  # two seats for what is left of the period
-    replay = await set_seats(client, billing_key, 5, "add-two")
-    assert replay.json() == added.json()
-    assert len(fake_stripe.calls) == calls_before + 1  # the replay asked Stripe nothing
+    await add_two_seats(client, fake_stripe, subscription, billing_key)
 
     for member in ("dee", "eve"):
         assert (await put_member(client, billing_key, member)).status_code == 201
