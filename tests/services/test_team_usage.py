@@ -15,6 +15,7 @@ from asyncpg.connection import LoggedQuery
 
 from billing_service.catalog_spec import load_catalog_yaml
 from billing_service.db.pool import create_pool
+from billing_service.errors import NotFound
 from billing_service.services import customers, teams, usage
 from billing_service.services.api_keys import Scope
 from billing_service.services.usage import TrackRequest
@@ -165,7 +166,7 @@ async def test_a_members_track_is_one_statement_too(
         await asyncio.sleep(0)
         assert len(sent) == 1, sent
     sent.clear()
-    with pytest.raises(usage.NotFound):
+    with pytest.raises(NotFound):
         await usage.track(single, request("c", 1, "nobody"), now=now, grace=GRACE)
     await asyncio.sleep(0)
     assert len(sent) == 1, sent
