@@ -15,6 +15,7 @@ from tests.conftest import issue_key
 from tests.routes.test_checkout import bearer, checkout_body, seeded
 from tests.routes.tiers import mirrored
 from tests.stripe_fakes import FakeStripe
+from tests.test_openapi import assert_matches_schema
 
 PROBLEM = "urn:billing-service:problem:"
 
@@ -55,9 +56,11 @@ async def set_seats(
 
 
 async def seats_of(client: httpx.AsyncClient, key: str) -> dict[str, Any]:
-    seats: dict[str, Any] = (await client.get("/v1/customers/acme", headers=bearer(key))).json()[
-        "seats"
-    ]
+    """The customer's seats, as GET /v1/customers/{id} shows them (checked against the
+    contract's schema)."""
+    body = (await client.get("/v1/customers/acme", headers=bearer(key))).json()
+    assert_matches_schema(body, "Customer")
+    seats: dict[str, Any] = body["seats"]
     return seats
 
 
@@ -271,6 +274,7 @@ async def test_members_are_counted_against_their_own_limit_and_the_teams(
     assert first.status_code == 200, first.text
     assert first.json()["allowed"] is True
     assert first.json()["member"] == {"id": "ann", "used": 500, "limit": 500, "remaining": 0}
+    assert_matches_schema(first.json(), "TrackedUsage")
     over_member = await track("ann", 1, "a2")
     assert over_member.json()["allowed"] is False
     assert over_member.json()["reason"] == "member_limit_reached"
@@ -298,6 +302,7 @@ async def test_members_are_counted_against_their_own_limit_and_the_teams(
         "/v1/customers/acme/members/ann/entitlements", headers=bearer(usage_key)
     )
     assert ann.status_code == 200, ann.text
+    assert_matches_schema(ann.json(), "MemberEntitlements")
     ai_calls = next(f for f in ann.json()["features"] if f["feature"] == "ai_calls")
     assert (ai_calls["used"], ai_calls["limit"]) == (750, 800)  # the team's
     assert ai_calls["member"] == {"used": 400, "limit": 500, "remaining": 100}
