@@ -24,6 +24,7 @@ from billing_service.db.members import Member
 from billing_service.db.pool import Connection, Executor
 from billing_service.db.subscriptions import Subscription
 from billing_service.errors import (
+    Conflict,
     FieldError,
     NoActiveSubscription,
     NoSeats,
@@ -194,6 +195,11 @@ async def change_seats(
     subscription = await _seat_subscription(pool, customer, grace=grace)
     _check_quantity(subscription, quantity)
     assert subscription.stripe_item_id is not None
+    if subscription.scheduled_price_key is not None:
+        raise Conflict(
+            f"A change to price '{subscription.scheduled_price_key}' is scheduled for the end of "
+            "the period; change the seats once it has happened, or change the plan now."
+        )
     before = subscription.quantity
     if quantity == before and subscription.scheduled_quantity is None:
         return SeatChange(direction="none", effective="now")

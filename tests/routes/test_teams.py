@@ -9,9 +9,10 @@ from typing import Any
 import asyncpg
 import httpx
 
+from billing_service.config import Settings
 from billing_service.services.api_keys import Scope
 from billing_service.stripe_gateway import StripeGateway
-from tests.conftest import issue_key
+from tests.conftest import app_client, issue_key
 from tests.routes.test_checkout import bearer, checkout_body, seeded
 from tests.routes.tiers import mirrored
 from tests.stripe_fakes import FakeStripe
@@ -350,3 +351,47 @@ async def test_a_members_token_reaches_only_that_members_entitlements(
         "/v1/customers/acme/tokens", headers=bearer(usage_key), json={"member": "zed"}
     )
     assert nobody.status_code == 404
+
+
+async def test_a_pending_removal_is_dropped_by_asking_for_the_current_seats(
+    stripe_client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    fake_stripe: FakeStripe,
+    billing_key: str,
+) -> None:
+    """5 → 4 seats waits for the period end; asking for 5 again releases the schedule, and the
+    seat on its way out may be taken again."""
+    await bought(stripe_client, pool, gateway, fake_stripe, billing_key, 5)
+    assert (await set_seats(stripe_client, billing_key, 4)).status_code == 200
+    [schedule] = fake_stripe.schedules.values()
+    kept = await set_seats(stripe_client, billing_key, 5)
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["change"] == {"direction": "none", "effective": "now"}
+    assert schedule["status"] == "released"
+    assert kept.json()["seats"]["scheduled"] is None
+    assert kept.json()["subscription"]["scheduled_quantity"] is None
+    for member in ("a", "b", "c", "d", "e"):
+        assert (await put_member(stripe_client, billing_key, member)).status_code == 201
+
+
+async def test_with_seat_reduction_now_removed_seats_go_at_once_with_a_credit(
+    stripe_settings: Settings,
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    fake_stripe: FakeStripe,
+    billing_key: str,
+) -> None:
+    """`BILLING_SEAT_REDUCTION_AT=now`: the quantity drops now with create_prorations, and no
+    invoice is charged."""
+    settings = stripe_settings.model_copy(update={"seat_reduction_at": "now"})
+    async with app_client(settings) as client:
+        subscription = await bought(client, pool, gateway, fake_stripe, billing_key, 3)
+        removed = await set_seats(client, billing_key, 2)
+        assert removed.status_code == 200, removed.text
+        assert removed.json()["change"] == {"direction": "remove", "effective": "now"}
+        assert removed.json()["seats"]["purchased"] == 2
+    [update] = fake_stripe.calls_to("POST", f"/v1/subscriptions/{subscription['id']}")
+    assert update.form["proration_behavior"] == "create_prorations"
+    assert "payment_behavior" not in update.form
+    assert fake_stripe.subscriptions[subscription["id"]]["latest_invoice"] is None
