@@ -3528,7 +3528,7 @@ export interface operations {
                     feature: string;
                     /** @default 1 */
                     amount?: number;
-                    member?: components["schemas"]["MemberKey"];
+                    member?: components["schemas"]["MemberKey"] | null;
                 };
             };
         };
@@ -3587,7 +3587,7 @@ export interface operations {
                     metadata?: {
                         [key: string]: string | number | boolean | null;
                     };
-                    member?: components["schemas"]["MemberKey"];
+                    member?: components["schemas"]["MemberKey"] | null;
                 };
             };
         };
@@ -3871,7 +3871,7 @@ export interface operations {
                      * @description A member holding a seat: the token then reads only that member's
                      *     entitlements (404 for a member without a seat).
                      */
-                    member?: components["schemas"]["MemberKey"];
+                    member?: components["schemas"]["MemberKey"] | null;
                 };
             };
         };
