@@ -42,6 +42,7 @@ from billing_service.routes import (
     invoices,
     meter_events,
     reports,
+    teams,
     usage,
     webhook_endpoints,
 )
@@ -101,6 +102,7 @@ def create_app(
         *discounts.routes,
         *events.routes,
         *reports.routes,
+        *teams.routes,
         *usage.routes,
         *grants.routes,
         *webhook_endpoints.routes,

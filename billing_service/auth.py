@@ -135,13 +135,15 @@ async def authenticated_key(request: Request) -> ApiKey:
 async def _admit_customer_token(request: Request, token: str, *, allowed: bool) -> None:
     """A customer token passes only where allowed, and only for its own customer."""
     state = app_state(request)
-    customer = await _verified_within_limit(
+    holder = await _verified_within_limit(
         request,
         state["token_index"].recognises(customer_tokens.hash_token(token)),
         functools.partial(customer_tokens.token_customer, state["pool"], token),
     )
-    if not allowed or request.path_params.get("customer_id") != customer:
+    if not allowed or request.path_params.get("customer_id") != holder.customer:
         raise Forbidden("A customer token can only read its own customer's entitlements.")
+    if holder.member is not None and request.path_params.get("member_id") != holder.member:
+        raise Forbidden("A member's token can only read that member's entitlements.")
     structlog.contextvars.bind_contextvars(caller="customer-token")
 
 

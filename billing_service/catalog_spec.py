@@ -37,6 +37,7 @@ MAX_AMOUNT = 99_999_999
 # Allowances and grants: far beyond any real quota, and exact in every JSON reader (< 2**53).
 MAX_UNITS = 10**15
 MAX_DISPLAY_ORDER = 1_000_000
+MAX_SEATS = 100_000
 
 
 def _minor_units(value: object) -> object:
@@ -91,9 +92,16 @@ class OveragePrice(_Strict):
         return value.lower() if isinstance(value, str) else value
 
 
+class MemberLimit(_Strict):
+    """Each member's own allowance of a feature, within the team's."""
+
+    limit: int = Field(ge=0, le=MAX_UNITS)
+
+
 class MeteredLimit(_Strict):
     """A metered feature's allowance in a plan. `limit: null` means unlimited. With
-    `overage: bill`, units past the limit are allowed and billed at `overage_price`."""
+    `overage: bill`, units past the limit are allowed and billed at `overage_price`. With
+    `per_seat`, the limits are per seat (times the seats bought); `per_member` caps each member."""
 
     enabled: bool = True
     limit: int | None = Field(default=None, ge=0, le=MAX_UNITS)
@@ -101,6 +109,8 @@ class MeteredLimit(_Strict):
     reset: Reset = "month"
     overage: Overage = "deny"
     overage_price: OveragePrice | None = None
+    per_seat: bool = False
+    per_member: MemberLimit | None = None
 
 
 class PriceSpec(_Strict):
@@ -109,6 +119,8 @@ class PriceSpec(_Strict):
     type: Literal["recurring", "one_time"] = "recurring"
     interval: Literal["month", "year"] | None = None
     grants: dict[Key, Annotated[int, Field(gt=0, le=MAX_UNITS)]] = Field(default_factory=dict)
+    # Sold per seat: the quantity bought is the team's seats.
+    per_seat: bool = False
 
     @field_validator("currency", mode="before")
     @classmethod
@@ -124,6 +136,8 @@ class PlanSpec(_Strict):
     display_order: int = Field(default=0, ge=-MAX_DISPLAY_ORDER, le=MAX_DISPLAY_ORDER)
     # Listed by the public pricing route; false for plans sold by hand (still usable everywhere).
     public: bool = True
+    # The most seats one subscription may hold (per-seat plans only); None: no bound.
+    max_seats: int | None = Field(default=None, ge=1, le=MAX_SEATS)
     features: dict[Key, StrictBool | MeteredLimit] = Field(default_factory=dict)
     prices: dict[Key, PriceSpec] = Field(default_factory=dict)
 
@@ -148,6 +162,7 @@ def cross_check(catalog: CatalogSpec) -> list[FieldError]:
     owner_of_lookup_key: dict[str, str] = {}
     for plan_key, plan in catalog.plans.items():
         errors += _check_allowances(catalog, plan_key, plan)
+        errors += _check_seats(plan_key, plan)
         for lookup_key, price in plan.prices.items():
             path = f"plans.{plan_key}.prices.{lookup_key}"
             if lookup_key in owner_of_lookup_key:
@@ -171,6 +186,27 @@ def _check_allowances(catalog: CatalogSpec, plan_key: str, plan: PlanSpec) -> li
             errors.append(FieldError(f"{path}.soft_limit", "must not exceed limit"))
         elif isinstance(allowance, MeteredLimit):
             errors += _check_billing(plan, path, allowance)
+    return errors
+
+
+def _check_seats(plan_key: str, plan: PlanSpec) -> list[FieldError]:
+    """Seats are sold by a recurring per-seat price: limits per seat or per member, and a
+    maximum of seats, need one."""
+    errors = []
+    path = f"plans.{plan_key}"
+    for lookup_key, price in plan.prices.items():
+        if price.per_seat and price.type != "recurring":
+            errors.append(FieldError(f"{path}.prices.{lookup_key}.per_seat",
+                                     "only recurring prices are sold per seat"))  # fmt: skip
+    if any(p.per_seat and p.type == "recurring" for p in plan.prices.values()):
+        return errors
+    if plan.max_seats is not None:
+        errors.append(FieldError(f"{path}.max_seats", "needs a per-seat price in the plan"))
+    for feature_key, allowance in plan.features.items():
+        if isinstance(allowance, MeteredLimit) and (allowance.per_seat or allowance.per_member):
+            field = "per_seat" if allowance.per_seat else "per_member"
+            errors.append(FieldError(f"{path}.features.{feature_key}.{field}",
+                                     "needs a per-seat price in the plan"))  # fmt: skip
     return errors
 
 
@@ -273,6 +309,10 @@ def _allowance_document(allowance: bool | MeteredLimit) -> object:
     document["reset"] = allowance.reset
     if allowance.overage != "deny":
         document["overage"] = allowance.overage
+    if allowance.per_seat:
+        document["per_seat"] = True
+    if allowance.per_member is not None:
+        document["per_member"] = {"limit": allowance.per_member.limit}
     if allowance.overage_price is not None:
         amount = allowance.overage_price.amount_per_unit
         whole = amount == amount.to_integral_value()

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     # Browser origins that may read a customer's entitlements with a customer token (cors.py).
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     downgrade_at: Literal["period_end", "now"] = "period_end"
+    # When removed seats go: at the end of the paid period (no refund), or now with a credit.
+    seat_reduction_at: Literal["period_end", "now"] = "period_end"
     trial_repeats: bool = False
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)
     worker_enabled: bool = True

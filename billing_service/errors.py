@@ -19,7 +19,10 @@ the stable problem `type` slug that `problems.py` renders as RFC 9457 problem+js
     │   ├── NoActiveSubscription      409 no-active-subscription
     │   ├── SubscriptionPaused        409 subscription-paused
     │   ├── NoBillingAccount          409 no-billing-account
-    │   └── PriceNotSynced            409 price-not-synced
+    │   ├── PriceNotSynced            409 price-not-synced
+    │   ├── NoSeats                   409 no-seats
+    │   ├── SeatsTaken                409 seats-taken
+    │   └── SeatsInUse                409 seats-in-use
     ├── PayloadTooLarge               413 payload-too-large
     ├── UnsupportedMediaType          415 unsupported-media-type
     ├── ValidationFailed              422 validation-failed
@@ -184,6 +187,38 @@ class PriceNotSynced(Conflict):
     """The price exists in the catalog but has not reached Stripe yet."""
 
     slug, title = "price-not-synced", "Price not synced to Stripe"
+
+
+class NoSeats(Conflict):
+    """Members need seats: the customer's plan is not sold per seat."""
+
+    slug, title = "no-seats", "No per-seat plan"
+
+
+class SeatsTaken(Conflict):
+    """Every seat bought is assigned; add seats or free one first."""
+
+    slug, title = "seats-taken", "All seats are taken"
+
+    def __init__(self, detail: str, *, seats: int, assigned: int) -> None:
+        super().__init__(detail)
+        self.seats, self.assigned = seats, assigned
+
+    def extensions(self) -> dict[str, object]:
+        return {"seats": self.seats, "assigned": self.assigned}
+
+
+class SeatsInUse(Conflict):
+    """Fewer seats than members hold: free seats before removing them."""
+
+    slug, title = "seats-in-use", "Seats in use"
+
+    def __init__(self, detail: str, *, assigned: int) -> None:
+        super().__init__(detail)
+        self.assigned = assigned
+
+    def extensions(self) -> dict[str, object]:
+        return {"assigned": self.assigned}
 
 
 class PayloadTooLarge(BillingError):

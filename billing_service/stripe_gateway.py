@@ -546,6 +546,27 @@ class StripeGateway:
             params["automatic_tax"] = {"enabled": True}
         return await self._update_subscription(subscription_id, params, idempotency_key)
 
+    async def change_subscription_quantity(
+        self,
+        subscription_id: str,
+        *,
+        item_id: str,
+        quantity: int,
+        proration_behavior: str,
+        idempotency_key: str,
+    ) -> StripeSubscription:
+        """Set one item's quantity (the seats) now. With `always_invoice` the prorated
+        difference is invoiced at once and must be paid, or nothing changes."""
+        params: dict[str, Any] = {
+            "items": [{"id": item_id, "quantity": quantity}],
+            "proration_behavior": proration_behavior,
+        }
+        if proration_behavior == "always_invoice":
+            params["payment_behavior"] = "error_if_incomplete"
+        if self._automatic_tax:
+            params["automatic_tax"] = {"enabled": True}
+        return await self._update_subscription(subscription_id, params, idempotency_key)
+
     async def set_cancel_at_period_end(
         self, subscription_id: str, *, cancel: bool, idempotency_key: str
     ) -> StripeSubscription:
@@ -607,10 +628,12 @@ class StripeGateway:
         idempotency_key: str,
         drop_prices: Collection[str] = (),
         add_prices: Sequence[str] = (),
+        quantity: int | None = None,
     ) -> tuple[str, datetime | None]:
         """Keep the subscription as it is until the item's period ends, then switch that item
-        to `new_price` without proration, leave out the items priced in `drop_prices` and add
-        `add_prices`; returns the schedule's id and when the switch comes.
+        to `new_price` (and `quantity`, when given) without proration, leave out the items
+        priced in `drop_prices` and add `add_prices`; returns the schedule's id and when the
+        switch comes. A change of seats alone passes the item's own price as `new_price`.
 
         The phases are built from the subscription as Stripe has it now (every item, its
         discounts, a running trial), never from an earlier phase: the phase in effect keeps its
@@ -643,6 +666,7 @@ class StripeGateway:
             new_price=new_price,
             drop_prices=drop_prices,
             add_prices=add_prices,
+            quantity=quantity,
         )
         if self._automatic_tax:  # each phase's own setting, else Stripe's account default
             for phase in phases:
@@ -735,14 +759,21 @@ class StripeGateway:
 
 
 def _phase_items(
-    items: tuple[StripeSubscriptionItem, ...], *, item_id: str, price: str | None = None
+    items: tuple[StripeSubscriptionItem, ...],
+    *,
+    item_id: str,
+    price: str | None = None,
+    quantity: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every item for a schedule phase: the one being changed gets `price`; metered items
-    carry no quantity (Stripe refuses one)."""
+    """Every item for a schedule phase: the one being changed gets `price` (and `quantity`);
+    metered items carry no quantity (Stripe refuses one)."""
     phase_items: list[dict[str, Any]] = []
     for item in items:
-        entry: dict[str, Any] = {"price": price if price and item.id == item_id else item.price_id}
-        if item.quantity is not None:
+        changed = item.id == item_id
+        entry: dict[str, Any] = {"price": price if price and changed else item.price_id}
+        if changed and quantity is not None:
+            entry["quantity"] = quantity
+        elif item.quantity is not None:
             entry["quantity"] = item.quantity
         if item.discounts:
             entry["discounts"] = [{"discount": discount} for discount in item.discounts]
@@ -759,6 +790,7 @@ def price_change_phases(
     new_price: str,
     drop_prices: Collection[str] = (),
     add_prices: Sequence[str] = (),
+    quantity: int | None = None,
 ) -> list[dict[str, Any]]:
     """The phase in effect (the subscription as it is, until `end`) and the one after it
     (the same with one item's price changed, the items priced in `drop_prices` left out and
@@ -775,7 +807,7 @@ def price_change_phases(
     kept = tuple(item for item in subscription.items if item.price_id not in drop_prices)
     following: dict[str, Any] = {
         "items": [
-            *_phase_items(kept, item_id=item_id, price=new_price),
+            *_phase_items(kept, item_id=item_id, price=new_price, quantity=quantity),
             *({"price": added} for added in add_prices),
         ],
         "proration_behavior": "none",

@@ -102,6 +102,8 @@ class FakeStripe:
         self.coupons: dict[str, dict[str, Any]] = {}
         self.promotion_codes: dict[str, dict[str, Any]] = {}
         self.undelivered_events: list[dict[str, Any]] = []
+        # Customers whose card is declined (`decline_card`): an invoice they must pay fails.
+        self.declining_customers: set[str] = set()
         # Invoices: metered usage per subscription item so far, and the tax a preview adds.
         self.metered_usage: dict[str, int] = {}
         self.preview_tax_percent = 0
@@ -630,11 +632,19 @@ class FakeStripe:
         expand = [e for k, e in request.url.params.multi_items() if k.startswith("expand")]
         return httpx.Response(200, json=self._expanded(subscription, expand))
 
+    def decline_card(self, customer: str, *, declined: bool = True) -> None:
+        """Play the customer's card being declined (or fixed again): every invoice Stripe
+        tries to charge them fails with `card_declined`."""
+        (self.declining_customers.add if declined else self.declining_customers.discard)(customer)
+
     def _update_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
         """Items are changed or deleted (`deleted`) by id, or added (no id); the others stay.
         All in the subscription's currency, a metered item without a quantity, and in classic
         billing mode every item on one interval, or nothing changes. `cancel_at_period_end`
-        and `cancel_at` set or clear a pending cancellation."""
+        and `cancel_at` set or clear a pending cancellation. With
+        `proration_behavior=always_invoice`, the prorated difference of the licensed items is
+        invoiced and charged at once; under `payment_behavior=error_if_incomplete`, a declined
+        card answers 402 `card_declined` and the subscription stays as it was."""
         fields, key = self._record(request)
         subscription = self.subscriptions[object_id]
         if key is not None and self._replayable(key):
@@ -644,6 +654,14 @@ class FakeStripe:
             return stripe_error(400, "invalid_request_error", None, refusal)
         if refusal is not None:
             return stripe_error(400, "invalid_request_error", refusal)
+        if fields.get("proration_behavior") == "always_invoice":
+            lines = self._proration_lines(subscription, items)
+            if sum(line["amount"] for line in lines) > 0:
+                declined = subscription["customer"] in self.declining_customers
+                if declined and fields.get("payment_behavior") == "error_if_incomplete":
+                    return stripe_error(402, "card_error", "card_declined")
+                invoice = self._proration_invoice(subscription, lines, paid=not declined)
+                subscription["latest_invoice"] = invoice["id"]
         subscription["items"]["data"] = items
         if "cancel_at_period_end" in fields:
             cancel = fields["cancel_at_period_end"] == "true"
@@ -696,6 +714,47 @@ class FakeStripe:
         if _interval_refused(subscription, [i["price"] for i in items]):
             return items, MIXED_INTERVALS
         return items, None
+
+    def _proration_lines(
+        self, subscription: dict[str, Any], items: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """What changing the licensed items to `items` costs for the rest of the period: the
+        unused time of each old item credited, the remaining time of each new one charged."""
+        now = int(time.time())
+        lines = []
+        old = {i["id"]: i for i in subscription["items"]["data"]}
+        for item in items:
+            before = old.get(item["id"])
+            start, end = int(item["current_period_start"]), int(item["current_period_end"])
+            left = max(0.0, (end - now) / max(1, end - start))
+            for side, sign in ((before, -1), (item, 1)):
+                if side is None or side["price"]["recurring"]["usage_type"] == "metered":
+                    continue
+                amount = sign * round((side["price"]["unit_amount"] or 0)
+                                      * side.get("quantity", 1) * left)  # fmt: skip
+                lines.append({"amount": amount, "price": side["price"]["id"],
+                              "quantity": side.get("quantity", 1), "proration": True})  # fmt: skip
+        changed = [line for line in lines if line["amount"]]
+        return changed if sum(line["amount"] for line in changed) else []
+
+    def _proration_invoice(
+        self, subscription: dict[str, Any], lines: list[dict[str, Any]], *, paid: bool
+    ) -> dict[str, Any]:
+        """An invoice of the proration lines, finalized and charged now."""
+        invoice_id = self._new_id("in")
+        total = sum(line["amount"] for line in lines)
+        invoice = stripe_object(
+            "invoice", id=invoice_id, customer=subscription["customer"],
+            status="paid" if paid else "open", billing_reason="subscription_update",
+            amount_due=total, amount_paid=total if paid else 0, total=total, subtotal=total,
+            currency=subscription["currency"], attempted=True, attempt_count=1,
+            parent={"type": "subscription_details", "quote_details": None,
+                    "subscription_details": {"metadata": {},
+                                             "subscription": subscription["id"]}},
+        )  # fmt: skip
+        invoice["lines"] = {"object": "list", "data": lines, "has_more": False}
+        self.invoices[invoice_id] = invoice
+        return invoice
 
     def _resume_subscription(self, request: httpx.Request, object_id: str) -> httpx.Response:
         """Only a paused subscription resumes: a new period starts now (the default billing

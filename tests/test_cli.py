@@ -87,7 +87,7 @@ async def test_catalog_dry_run_then_apply_then_export(
     applied = await billing_service(cli_env, "catalog", "apply", example)
     assert applied.code == 0, applied.err
     assert "Stripe (pending; no Stripe key):" in applied.out
-    assert await pool.fetchval("SELECT count(*) FROM plans") == 3
+    assert await pool.fetchval("SELECT count(*) FROM plans") == 4
 
     exported = tmp_path / "exported.yaml"
     run = await billing_service(cli_env, "catalog", "export", "--output", str(exported))
@@ -114,7 +114,7 @@ async def test_catalog_dry_run_of_an_empty_file_fails_as_the_apply_would(
         assert f"{empty}: plans: " in run.err
         assert "default: true" in run.err
         assert "Traceback" not in run.err
-    assert await pool.fetchval("SELECT count(*) FROM plans WHERE active") == 3
+    assert await pool.fetchval("SELECT count(*) FROM plans WHERE active") == 4
 
 
 async def test_catalog_sync_without_a_stripe_key_fails_clearly(cli_env: dict[str, str]) -> None:
@@ -144,7 +144,8 @@ async def test_dev_migrates_mints_a_key_loads_the_example_catalog_and_serves(
             assert b"Admin API key (shown once" in printed
             key = "bsk_" + (await process.stdout.readline()).decode().strip()
             plans = await http.get("/v1/plans", headers={"Authorization": f"Bearer {key}"})
-            assert [plan["key"] for plan in plans.json()["data"]] == ["free", "pro", "credits"]
+            keys = [plan["key"] for plan in plans.json()["data"]]
+            assert keys == ["free", "pro", "credits", "team"]
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 10)

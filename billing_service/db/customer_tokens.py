@@ -9,26 +9,31 @@ from billing_service.db.pool import Executor
 
 
 async def insert_token(
-    conn: Executor, customer_id: uuid.UUID, token_hash: bytes, expires_at: datetime
-) -> None:
+    conn: Executor, customer_id: uuid.UUID, token_hash: bytes, expires_at: datetime,
+    member_id: str | None = None,
+) -> None:  # fmt: skip
     await conn.execute(
-        "INSERT INTO customer_tokens (customer_id, token_hash, expires_at) VALUES ($1, $2, $3)",
+        "INSERT INTO customer_tokens (customer_id, token_hash, expires_at, member_id) "
+        "VALUES ($1, $2, $3, $4)",
         customer_id,
         token_hash,
         expires_at,
+        member_id,
     )
 
 
-async def select_token_customer(conn: Executor, token_hash: bytes) -> str | None:
-    """The customer (their external id) an unexpired token belongs to."""
-    customer_key: str | None = await conn.fetchval(
+async def select_token_customer(conn: Executor, token_hash: bytes) -> tuple[str, str | None] | None:
+    """The customer (their external id) an unexpired token belongs to, and the member it is
+    limited to (None: the whole customer)."""
+    row = await conn.fetchrow(
         """
-        SELECT c.external_id FROM customer_tokens t JOIN customers c ON c.id = t.customer_id
+        SELECT c.external_id, t.member_id
+        FROM customer_tokens t JOIN customers c ON c.id = t.customer_id
         WHERE t.token_hash = $1 AND t.expires_at > now()
         """,
         token_hash,
     )
-    return customer_key
+    return None if row is None else (row["external_id"], row["member_id"])
 
 
 async def select_live_token_hashes(conn: Executor, limit: int) -> list[tuple[bytes, datetime]]:

@@ -21,6 +21,10 @@ class Allowance:
     # With overage 'bill': the price of a unit past the limit, in minor units.
     overage_unit_amount: Decimal | None = None
     overage_currency: str | None = None
+    # The limits are per seat (times the subscription's quantity).
+    per_seat: bool = False
+    # Each member's own limit; None: members are not limited apart from the team.
+    member_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +37,7 @@ class PlanFeature:
 async def select_plan_features(conn: Executor) -> list[PlanFeature]:
     rows = await conn.fetch(
         'SELECT plan_id, feature_id, enabled, "limit", soft_limit, reset, overage, '
-        "overage_unit_amount, overage_currency FROM plan_features"
+        "overage_unit_amount, overage_currency, per_seat, member_limit FROM plan_features"
     )
     return [
         PlanFeature(
@@ -47,6 +51,8 @@ async def select_plan_features(conn: Executor) -> list[PlanFeature]:
                 overage=row["overage"],
                 overage_unit_amount=row["overage_unit_amount"],
                 overage_currency=row["overage_currency"],
+                per_seat=row["per_seat"],
+                member_limit=row["member_limit"],
             ),
         )
         for row in rows
@@ -66,13 +72,14 @@ async def replace_plan_features(
         """
         INSERT INTO plan_features
             (plan_id, feature_id, enabled, "limit", soft_limit, reset, overage,
-             overage_unit_amount, overage_currency)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             overage_unit_amount, overage_currency, per_seat, member_limit)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
         ON CONFLICT (plan_id, feature_id) DO UPDATE
         SET enabled = EXCLUDED.enabled, "limit" = EXCLUDED."limit",
             soft_limit = EXCLUDED.soft_limit, reset = EXCLUDED.reset, overage = EXCLUDED.overage,
             overage_unit_amount = EXCLUDED.overage_unit_amount,
-            overage_currency = EXCLUDED.overage_currency
+            overage_currency = EXCLUDED.overage_currency, per_seat = EXCLUDED.per_seat,
+            member_limit = EXCLUDED.member_limit
         """,
         [(plan_id, feature_id, *_allowance_columns(a)) for feature_id, a in allowances.items()],
     )
@@ -81,5 +88,5 @@ async def replace_plan_features(
 def _allowance_columns(a: Allowance) -> tuple[object, ...]:
     return (
         a.enabled, a.limit, a.soft_limit, a.reset, a.overage, a.overage_unit_amount,
-        a.overage_currency,
+        a.overage_currency, a.per_seat, a.member_limit,
     )  # fmt: skip

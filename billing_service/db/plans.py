@@ -11,7 +11,7 @@ from billing_service.db.pool import Executor
 
 _COLUMNS = (
     "id, key, name, description, is_default, active, trial_days, display_order, public, "
-    "stripe_product_id, sync_generation, synced_generation"
+    "max_seats, stripe_product_id, sync_generation, synced_generation"
 )
 
 
@@ -26,6 +26,7 @@ class Plan:
     trial_days: int
     display_order: int
     public: bool
+    max_seats: int | None
     stripe_product_id: str | None
     sync_generation: int
     synced_generation: int
@@ -41,6 +42,7 @@ class PlanFields:
     trial_days: int
     display_order: int
     public: bool = True
+    max_seats: int | None = None
 
 
 def _from_row(row: asyncpg.Record) -> Plan:
@@ -57,8 +59,9 @@ async def select_plans(conn: Executor) -> list[Plan]:
 async def insert_plan(conn: Executor, key: str, fields: PlanFields) -> Plan:
     row = await conn.fetchrow(
         f"""
-        INSERT INTO plans (key, name, description, is_default, trial_days, display_order, public)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        INSERT INTO plans (key, name, description, is_default, trial_days, display_order, public,
+                           max_seats)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         RETURNING {_COLUMNS}
         """,  # noqa: S608 - constant column list
         key,
@@ -68,6 +71,7 @@ async def insert_plan(conn: Executor, key: str, fields: PlanFields) -> Plan:
         fields.trial_days,
         fields.display_order,
         fields.public,
+        fields.max_seats,
     )
     assert row is not None
     return _from_row(row)
@@ -81,7 +85,7 @@ async def update_plan(
         """
         UPDATE plans
         SET name = $2, description = $3, is_default = $4, trial_days = $5, display_order = $6,
-            active = $7, public = $8,
+            active = $7, public = $8, max_seats = $9,
             sync_generation = sync_generation
                 + CASE WHEN (name, description, active) IS DISTINCT FROM ($2, $3, $7)
                        THEN 1 ELSE 0 END
@@ -95,6 +99,7 @@ async def update_plan(
         fields.display_order,
         active,
         fields.public,
+        fields.max_seats,
     )
 
 

@@ -11,7 +11,7 @@ from billing_service.db.pool import Executor
 
 _COLUMNS = (
     "id, plan_id, lookup_key, amount, currency, type, recurring_interval, stripe_price_id, "
-    "active, sync_generation, synced_generation"
+    "active, sync_generation, synced_generation, per_seat"
 )
 
 
@@ -28,6 +28,7 @@ class Price:
     active: bool
     sync_generation: int
     synced_generation: int
+    per_seat: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +60,13 @@ async def insert_price(
     currency: str,
     type: str,
     recurring_interval: str | None,
+    per_seat: bool = False,
 ) -> Price:
     row = await conn.fetchrow(
         f"""
-        INSERT INTO prices (plan_id, lookup_key, amount, currency, type, recurring_interval)
-        VALUES ($1, $2, $3, $4, $5, $6)
+        INSERT INTO prices (plan_id, lookup_key, amount, currency, type, recurring_interval,
+                            per_seat)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
         RETURNING {_COLUMNS}
         """,  # noqa: S608 - constant column list
         plan_id,
@@ -72,6 +75,7 @@ async def insert_price(
         currency,
         type,
         recurring_interval,
+        per_seat,
     )
     assert row is not None
     return _from_row(row)
@@ -83,6 +87,11 @@ async def archive_price(conn: Executor, price_id: uuid.UUID) -> None:
         "WHERE id = $1 AND active",
         price_id,
     )
+
+
+async def set_per_seat(conn: Executor, price_id: uuid.UUID, per_seat: bool) -> None:
+    """Whether the price sells seats: ours alone (Stripe bills any quantity the same way)."""
+    await conn.execute("UPDATE prices SET per_seat = $2 WHERE id = $1", price_id, per_seat)
 
 
 async def mark_price_for_sync(conn: Executor, price_id: uuid.UUID) -> None:

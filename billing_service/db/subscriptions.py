@@ -54,7 +54,7 @@ _COLUMNS = """
     s.quantity, s.current_period_start, s.current_period_end, s.cancel_at_period_end,
     s.cancel_at, s.canceled_at, s.ended_at, s.trial_end, s.stripe_schedule_id,
     sp.lookup_key AS scheduled_price_key, s.scheduled_change_at, s.past_due_since,
-    s.stripe_created_at, s.updated_at,
+    s.stripe_created_at, s.updated_at, s.scheduled_quantity, p.per_seat, pl.max_seats,
     (SELECT coalesce(jsonb_agg(jsonb_build_object(
                 'price', ip.lookup_key, 'quantity', e.item -> 'quantity',
                 'metered', coalesce(e.item -> 'metered', 'false'::jsonb)) ORDER BY e.n),
@@ -96,6 +96,11 @@ class Subscription:
     past_due_since: datetime | None
     stripe_created_at: datetime
     updated_at: datetime
+    # Seats: the quantity removed seats leave at the end of the period, whether the plan item's
+    # price is sold per seat, and the plan's most seats.
+    scheduled_quantity: int | None
+    per_seat: bool | None
+    max_seats: int | None
     # Every item as callers may see it: the price's lookup key (None outside the catalog),
     # the quantity (None for metered prices) and whether it is metered.
     items: list[dict[str, Any]]
@@ -177,6 +182,13 @@ async def upsert_subscription(
                 WHEN EXCLUDED.stripe_schedule_id IS NULL
                      OR EXCLUDED.price_id IS NOT DISTINCT FROM subscriptions.scheduled_price_id
                 THEN NULL ELSE subscriptions.scheduled_change_at END,
+            -- Removed seats are pending until the quantity is down to them, or the schedule
+            -- that would bring it there is gone.
+            scheduled_quantity = CASE
+                WHEN EXCLUDED.quantity <= subscriptions.scheduled_quantity
+                     OR (subscriptions.stripe_schedule_id IS NOT NULL
+                         AND EXCLUDED.stripe_schedule_id IS NULL)
+                THEN NULL ELSE subscriptions.scheduled_quantity END,
             past_due_since = CASE
                 WHEN EXCLUDED.status <> 'past_due' THEN NULL
                 ELSE least(subscriptions.past_due_since, EXCLUDED.past_due_since) END
@@ -251,11 +263,36 @@ async def set_scheduled_change(
     )
 
 
+async def set_scheduled_quantity(
+    conn: Executor, subscription_id: uuid.UUID, quantity: int | None
+) -> None:
+    """Seats going at the end of the period (None: no removal pending). Written before Stripe
+    is asked, so no member takes a seat that is on its way out."""
+    await conn.execute(
+        "UPDATE subscriptions SET scheduled_quantity = $2 WHERE id = $1", subscription_id, quantity
+    )
+
+
+async def set_scheduled_seats(
+    conn: Executor, stripe_subscription_id: str, *, schedule_id: str,
+    effective_at: datetime | None,
+) -> None:  # fmt: skip
+    """The schedule that removes seats at `effective_at`."""
+    await conn.execute(
+        "UPDATE subscriptions SET stripe_schedule_id = $2, scheduled_change_at = $3 "
+        "WHERE stripe_subscription_id = $1",
+        stripe_subscription_id,
+        schedule_id,
+        effective_at,
+    )
+
+
 async def forget_schedule(conn: Executor, stripe_subscription_id: str) -> None:
     """The schedule was released in Stripe: no change is pending any more."""
     await conn.execute(
         "UPDATE subscriptions SET stripe_schedule_id = NULL, scheduled_price_id = NULL, "
-        "scheduled_change_at = NULL WHERE stripe_subscription_id = $1",
+        "scheduled_change_at = NULL, scheduled_quantity = NULL "
+        "WHERE stripe_subscription_id = $1",
         stripe_subscription_id,
     )
 

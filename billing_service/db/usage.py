@@ -14,7 +14,7 @@ from billing_service.db.pool import Executor
 from billing_service.db.subscriptions import ranking_sql
 from billing_service.periods import BEGINNING
 
-_ALLOWANCE = 'enabled, "limit", soft_limit, reset, overage'
+_ALLOWANCE = 'enabled, "limit", soft_limit, reset, overage, per_seat, member_limit'
 
 # Everything an entitlement decision needs, for one feature or all, in one round trip.
 _CONTEXT = f"""
@@ -26,7 +26,7 @@ WITH f AS (
     -- Of all the customer's subscriptions, the one granting the best plan now ($3, grace $4);
     -- a pending cancellation ends its billing period early, and a period that will not renew
     -- has no interval to be advanced by (see periods.renewed_period).
-    SELECT s.status, p.plan_id, pl.key AS plan_key, s.past_due_since,
+    SELECT s.status, p.plan_id, pl.key AS plan_key, s.past_due_since, s.quantity,
            s.current_period_start, least(s.current_period_end, s.cancel_at) AS current_period_end,
            CASE WHEN s.cancel_at_period_end OR s.cancel_at <= s.current_period_end THEN NULL
                 ELSE p.recurring_interval END AS billing_interval
@@ -43,6 +43,7 @@ SELECT f.id AS feature_id, f.key AS feature_key, f.kind, f.unit,
        c.id AS customer_id,
        s.status, s.plan_id AS subscribed_plan_id, s.plan_key AS subscribed_plan_key,
        s.past_due_since, s.current_period_start, s.current_period_end, s.billing_interval,
+       coalesce(s.quantity, 1) AS seats,
        d.id AS default_plan_id, d.key AS default_plan_key,
        to_jsonb(sp) AS subscribed_allowance, to_jsonb(dp) AS default_allowance,
        coalesce(cb.granted - cb.spent, 0) + coalesce(cl.available, 0) AS credits,
@@ -111,6 +112,7 @@ class FeatureContext:
     current_period_start: datetime | None
     current_period_end: datetime | None
     billing_interval: str | None  # the price's, while the subscription renews
+    seats: int  # the subscription's quantity (per-seat allowances count it)
     default_plan_id: uuid.UUID | None
     default_plan_key: str | None
     subscribed_allowance: dict[str, Any] | None
@@ -173,7 +175,8 @@ _USAGE_EVENT_EXISTS = "BS001"
 class Tracked:
     """What usage_track (migration 0016) did: `answered` (response is the new answer),
     `replayed` (the key's stored response), `reused` (the key holds a different request),
-    `no_feature`, or `raced` (a concurrent call with the key committed first: call again)."""
+    `no_feature`, `no_member` (the member holds no seat of the customer), or `raced` (a
+    concurrent call with the key committed first: call again)."""
 
     outcome: str
     response: dict[str, Any] | None
@@ -191,13 +194,14 @@ async def track(
     metadata: dict[str, Any],
     now: datetime,
     grace: timedelta,
+    member: str | None = None,
 ) -> Tracked:
     """Check, count and record one track call in one statement, its own transaction: the
     context, the replay, the counter (credits and overage under row locks), the usage event
     and the threshold outbox events all commit together, or none does."""
     try:
         row = await conn.fetchrow(
-            "SELECT outcome, response FROM usage_track($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "SELECT outcome, response FROM usage_track($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             customer_key,
             feature_key,
             amount,
@@ -207,6 +211,7 @@ async def track(
             metadata,
             now,
             grace,
+            member,
         )
     except asyncpg.PostgresError as error:
         if error.sqlstate == _USAGE_EVENT_EXISTS:

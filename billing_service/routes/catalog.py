@@ -37,6 +37,7 @@ def serialize_plan(view: PlanView) -> dict[str, object]:
         "trial_days": plan.trial_days,
         "display_order": plan.display_order,
         "public": plan.public,
+        "max_seats": plan.max_seats,
         "prices": [
             {
                 "lookup_key": price.lookup_key,
@@ -45,6 +46,7 @@ def serialize_plan(view: PlanView) -> dict[str, object]:
                 "type": price.type,
                 "interval": price.recurring_interval,
                 "grants": grants,
+                "per_seat": price.per_seat,
             }
             for price, grants in view.prices
         ],
@@ -61,6 +63,10 @@ def serialize_plan(view: PlanView) -> dict[str, object]:
                 "reset": allowance.reset,
                 "overage": allowance.overage,
                 "overage_price": _overage_price(allowance),
+                "per_seat": allowance.per_seat,
+                "per_member": (
+                    None if allowance.member_limit is None else {"limit": allowance.member_limit}
+                ),
             }
             for feature, allowance in view.features
         ],

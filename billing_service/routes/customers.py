@@ -77,6 +77,25 @@ def serialize_subscription(
         "scheduled_change": (
             {"price": scheduled, "effective_at": effective_at} if upcoming else None
         ),
+        "scheduled_quantity": subscription.scheduled_quantity,
+    }
+
+
+def serialize_seats(view: CustomerView) -> dict[str, object] | None:
+    """Seats bought and held by members, when the subscription is sold per seat."""
+    subscription = view.subscription
+    if subscription is None or view.seats_in_use is None:
+        return None
+    return {
+        "purchased": subscription.quantity,
+        "in_use": view.seats_in_use,
+        "available": max(
+            0,
+            min(subscription.quantity, subscription.scheduled_quantity or subscription.quantity)
+            - view.seats_in_use,
+        ),
+        "scheduled": subscription.scheduled_quantity,
+        "max_seats": subscription.max_seats,
     }
 
 
@@ -90,6 +109,7 @@ def serialize_customer(view: CustomerView) -> dict[str, object]:
         "metadata": customer.metadata,
         "plan": None if view.plan is None else {"key": view.plan.key, "name": view.plan.name},
         "subscription": serialize_subscription(view.subscription, now=view.as_of),
+        "seats": serialize_seats(view),
         "created_at": customer.created_at,
     }
 

@@ -42,6 +42,7 @@ from billing_service.state import app_state, lag_tolerant
 
 MAX_AMOUNT = 1_000_000_000
 CustomerKey = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
+MemberKey = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
 FeatureKey = Annotated[str, Field(min_length=1, max_length=63)]
 
 # Usage metadata labels a call (a model, a request id) and is kept as long as the usage event:
@@ -103,6 +104,7 @@ class CheckUsage(BaseModel):
     customer_id: CustomerKey
     feature: FeatureKey
     amount: int = Field(default=1, ge=1, le=MAX_AMOUNT)
+    member: MemberKey | None = None
 
 
 class TrackUsage(BaseModel):
@@ -114,6 +116,7 @@ class TrackUsage(BaseModel):
     cost: Cost | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=50)
+    member: MemberKey | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -129,6 +132,7 @@ class IssueToken(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ttl_seconds: int = Field(default=900, ge=60, le=86_400)
+    member: MemberKey | None = None
 
 
 class UsageQuery(BaseModel):
@@ -155,6 +159,7 @@ async def check_usage(request: Request) -> Response:
     decision = await usage.check(
         state["pool"], body.customer_id, body.feature, body.amount,
         now=_now(request), grace=_grace(request), cache=state["entitlement_cache"],
+        member=body.member,
     )  # fmt: skip
     return JSONResponse(decision)
 
@@ -194,6 +199,7 @@ async def track_usage(request: Request) -> Response:
                 cost=body.cost,
                 idempotency_key=idempotency_key,
                 metadata=body.metadata,
+                member=body.member,
             ),
             now=_now(request),
             grace=_grace(request),
@@ -326,9 +332,11 @@ async def issue_customer_token(request: Request) -> Response:
     body = await parse_json(request, IssueToken) if await request.body() else IssueToken()
     token, expires_at = await customer_tokens.issue_token(
         app_state(request)["pool"], customer_id, now=_now(request),
-        ttl=timedelta(seconds=body.ttl_seconds),
+        ttl=timedelta(seconds=body.ttl_seconds), member=body.member,
     )  # fmt: skip
-    return JSONResponse({"token": token, "expires_at": expires_at}, status_code=201)
+    return JSONResponse(
+        {"token": token, "expires_at": expires_at, "member_id": body.member}, status_code=201
+    )
 
 
 routes = [

@@ -75,6 +75,7 @@ def export_spec(state: CatalogState) -> CatalogSpec:
                     feature_by_id[feature_id].key: units
                     for feature_id, units in state.grants.get(price.id, {}).items()
                 },
+                per_seat=price.per_seat,
             )
     return CatalogSpec(
         features={
@@ -90,6 +91,7 @@ def export_spec(state: CatalogState) -> CatalogSpec:
                 trial_days=plan.trial_days,
                 display_order=plan.display_order,
                 public=plan.public,
+                max_seats=plan.max_seats,
                 features={
                     feature_by_id[feature_id].key: allowance_spec(
                         feature_by_id[feature_id].kind, allowance

@@ -8,7 +8,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from billing_service.catalog_spec import CatalogSpec, MeteredLimit, OveragePrice, PriceSpec
+from billing_service.catalog_spec import (
+    CatalogSpec,
+    MemberLimit,
+    MeteredLimit,
+    OveragePrice,
+    PriceSpec,
+)
 from billing_service.db import features as features_db
 from billing_service.db import plan_features, plans, prices
 from billing_service.db.features import Feature
@@ -81,6 +87,8 @@ def allowance_from_spec(kind: str, value: bool | MeteredLimit) -> Allowance:
         overage=value.overage,
         overage_unit_amount=value.overage_price.amount_per_unit if value.overage_price else None,
         overage_currency=value.overage_price.currency if value.overage_price else None,
+        per_seat=value.per_seat,
+        member_limit=None if value.per_member is None else value.per_member.limit,
     )
 
 
@@ -100,6 +108,10 @@ def allowance_spec(kind: str, allowance: Allowance) -> bool | MeteredLimit:
                 currency=allowance.overage_currency,
             )
         ),
+        per_seat=allowance.per_seat,
+        per_member=(
+            None if allowance.member_limit is None else MemberLimit(limit=allowance.member_limit)
+        ),
     )
 
 
@@ -116,7 +128,9 @@ def describe_allowance(allowance: Allowance | None) -> str:
     if allowance.overage == "bill":
         price = f"{allowance.overage_unit_amount} {allowance.overage_currency}"
         overage = f", overage billed at {price}/unit"
-    return f"{amount}/{allowance.reset}{soft}{overage}"
+    seats = " per seat" if allowance.per_seat else ""
+    member = "" if allowance.member_limit is None else f", {allowance.member_limit} per member"
+    return f"{amount}{seats}/{allowance.reset}{soft}{overage}{member}"
 
 
 def describe_price(amount: int, currency: str, interval: str | None) -> str:
@@ -177,6 +191,7 @@ class _Reconciler:
                 trial_days=wanted.trial_days,
                 display_order=wanted.display_order,
                 public=wanted.public,
+                max_seats=wanted.max_seats,
             )
             current = self.state.plans.get(key)
             if current is None:
@@ -192,6 +207,7 @@ class _Reconciler:
                     "trial_days": (current.trial_days, fields.trial_days),
                     "display_order": (current.display_order, fields.display_order),
                     "public": (current.public, fields.public),
+                    "max_seats": (current.max_seats, fields.max_seats),
                     "active": (current.active, True),
                 }
             )
@@ -247,6 +263,11 @@ class _Reconciler:
             if self.state.grants.get(current.id, {}) != grants:
                 await prices.replace_grants(self.conn, current.id, grants)
                 self.changes.append(f"~ price {lookup_key}: grants {dict(wanted.grants)}")
+            if current.per_seat != wanted.per_seat:
+                await prices.set_per_seat(self.conn, current.id, wanted.per_seat)
+                self.changes.append(
+                    f"~ price {lookup_key}: per_seat {current.per_seat!r} → {wanted.per_seat!r}"
+                )
             return
         if current is not None:
             await prices.archive_price(self.conn, current.id)
@@ -258,6 +279,7 @@ class _Reconciler:
             currency=wanted.currency,
             type=wanted.type,
             recurring_interval=wanted.interval,
+            per_seat=wanted.per_seat,
         )
         if grants:
             await prices.replace_grants(self.conn, created.id, grants)

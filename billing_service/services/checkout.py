@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from billing_service.db import billing_meters, checkout_sessions, discounts, subscriptions
+from billing_service.db import billing_meters, checkout_sessions, discounts, plans, subscriptions
 from billing_service.db.customers import Customer
 from billing_service.db.prices import Price, select_live_price
 from billing_service.errors import (
@@ -72,6 +72,12 @@ async def create_checkout_session(
     customer = await customers.get_customer(pool, request.customer_id)
     price, plan_trial_days = await live_synced_price(pool, request.price)
     mode = "subscription" if price.type == "recurring" else "payment"
+    if price.per_seat:  # the quantity is the seats bought: within the plan's bound
+        max_seats = (await plans.select_plan(pool, price.plan_id)).max_seats
+        if max_seats is not None and request.quantity > max_seats:
+            raise ValidationFailed(
+                [FieldError("quantity", f"must be at most {max_seats}, the plan's max_seats")]
+            )
     if mode == "payment" and request.trial_days:
         raise ValidationFailed([FieldError("trial_days", "only subscriptions have trials")])
     trial_days = 0

@@ -12,7 +12,7 @@ import orjson
 import structlog
 
 from billing_service.db import customers as db
-from billing_service.db import outbox, plans, subscriptions
+from billing_service.db import members, outbox, plans, subscriptions
 from billing_service.db.customers import Customer
 from billing_service.db.plans import Plan
 from billing_service.db.pool import Connection, session_lock
@@ -35,6 +35,7 @@ class CustomerView:
     plan: Plan | None
     subscription: Subscription | None
     as_of: datetime
+    seats_in_use: int | None = None  # members holding seats, when the subscription sells seats
 
 
 async def upsert_customer(
@@ -104,10 +105,17 @@ async def customer_view(
             conn, customer.id, now=now, grace=grace
         )
         all_plans = await plans.select_plans(conn)
+        in_use = (
+            await members.count_members(conn, customer.id)
+            if subscription is not None and subscription.per_seat
+            else None
+        )
     entitled = grants_plan(subscription, now=now, grace=grace)
     plan_id = subscription.plan_id if entitled and subscription is not None else None
     plan = next((p for p in all_plans if (p.id == plan_id if plan_id else p.is_default)), None)
-    return CustomerView(customer=customer, plan=plan, subscription=subscription, as_of=now)
+    return CustomerView(
+        customer=customer, plan=plan, subscription=subscription, as_of=now, seats_in_use=in_use
+    )
 
 
 async def ensure_stripe_customer(
@@ -227,7 +235,7 @@ def _facts(subscription: Subscription | None) -> tuple[object, ...] | None:
     return (
         subscription.stripe_subscription_id, subscription.status, subscription.plan_key,
         subscription.price_key, subscription.cancel_at_period_end, subscription.cancel_at,
-        subscription.current_period_end, subscription.scheduled_price_key,
+        subscription.current_period_end, subscription.scheduled_price_key, subscription.quantity,
     )  # fmt: skip
 
 
@@ -277,6 +285,24 @@ async def _announce_subscription_change(
         },
         emails=emails,
     )
+    if (
+        before is not None
+        and after.per_seat
+        and before.stripe_subscription_id == after.stripe_subscription_id
+        and before.quantity != after.quantity
+    ):  # seats changed in Stripe (the portal, the dashboard, a scheduled removal)
+        await outbox.emit(
+            conn,
+            "subscription.seats_changed",
+            {
+                "customer_id": customer.external_id,
+                "previous_seats": before.quantity,
+                "seats": after.quantity,
+                "scheduled_seats": after.scheduled_quantity,
+                "effective": "now",
+                "effective_at": None,
+            },
+        )
     if _paid_plan(before) != _paid_plan(after):
         await outbox.emit(
             conn,

@@ -36,6 +36,9 @@ EVENT_TYPES = (
     "subscription.updated",
     "payment.failed",
     "dispute.updated",
+    "subscription.seats_changed",
+    "member.limit_reached",
+    "team.seats_full",
 )
 # Seconds before each retry: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (about a day in all).
 RETRY_DELAYS = (5, 300, 1800, 7200, 18000, 36000, 36000)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
+from billing_service.db import members as members_db
 from billing_service.db import usage as db
 from billing_service.db.pool import Connection
 from billing_service.db.usage import FeatureContext
@@ -46,6 +47,7 @@ class Entitlement:
     period: Period | None
     used: int
     cost: Decimal
+    member_limit: int | None = None  # each member's own limit (per-seat plans)
 
     @property
     def source(self) -> str:
@@ -116,18 +118,25 @@ def resolve(context: FeatureContext, *, now: datetime, grace: timedelta) -> Enti
         if counter[0] == period.start:  # the SQL found the same window's counter
             used = counter[1] or 0
             cost = counter[2] or Decimal(0)
+    # A per-seat allowance counts once per seat of the subscription that grants it.
+    seats = context.seats if subscribed and allowance.get("per_seat") else 1
     return Entitlement(
         context=context,
         plan_key=plan_key,
         enabled=True,
-        limit=allowance["limit"],
-        soft_limit=allowance["soft_limit"],
+        limit=allowance["limit"] if context.overridden else _times(allowance["limit"], seats),
+        soft_limit=_times(allowance["soft_limit"], seats),
         reset=reset,
         overage=allowance["overage"],
         period=period,
         used=used,
         cost=cost,
+        member_limit=allowance.get("member_limit"),
     )
+
+
+def _times(limit: int | None, seats: int) -> int | None:
+    return None if limit is None else min(limit * max(seats, 1), db.MAX_USED)
 
 
 async def entitlements(
@@ -198,19 +207,87 @@ async def _denial(
     return body
 
 
+@dataclass(frozen=True, slots=True)
+class MemberStanding:
+    """One member's use of one feature in the team's current window, and their own limit."""
+
+    member_id: str
+    used: int | None  # None for features that are not counted (off, or boolean)
+    limit: int | None
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - (self.used or 0))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.member_id, "used": self.used, "limit": self.limit,
+                "remaining": self.remaining}  # fmt: skip
+
+
+async def member_standings(
+    conn: Connection | asyncpg.Pool, found: list[Entitlement], member_id: str
+) -> list[MemberStanding]:
+    """The member's standing in each feature of `found` (one customer's entitlements); 404
+    when the member holds no seat of the customer."""
+    customer_id = found[0].context.customer_id if found else None
+    if customer_id is None or await members_db.select_member(conn, customer_id, member_id) is None:
+        raise NotFound("The customer has no such member.")
+    counted = {
+        e.context.feature_id: e.period.start
+        for e in found
+        if e.enabled and e.metered and e.period is not None
+    }
+    used = await members_db.select_member_usage(conn, customer_id, member_id, counted)
+    return [
+        MemberStanding(
+            member_id,
+            used.get(e.context.feature_id, 0) if e.context.feature_id in counted else None,
+            e.member_limit if e.enabled and e.metered else None,
+        )
+        for e in found
+    ]
+
+
+async def member_entitlements(
+    pool: asyncpg.Pool, customer_key: str, member_id: str, *, now: datetime, grace: timedelta
+) -> list[tuple[Entitlement, MemberStanding]]:
+    """Every live feature as the team may use it, with the member's own standing in it."""
+    contexts = await db.select_context(pool, customer_key, None, now=now, grace=grace)
+    found = [resolve(context, now=now, grace=grace) for context in contexts]
+    return list(zip(found, await member_standings(pool, found, member_id), strict=True))
+
+
 async def check(
     pool: asyncpg.Pool, customer_key: str, feature_key: str, amount: int, *, now: datetime,
-    grace: timedelta, cache: EntitlementCache | None = None,
+    grace: timedelta, cache: EntitlementCache | None = None, member: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """May the customer use `amount` of the feature now? Records nothing; with `cache`, the
     context comes from this process's snapshot when it holds a good one (a denial still asks
-    the database for upgrade options)."""
+    the database for upgrade options). With `member`, the member's own limit counts too."""
     entitlement = await _one(pool, customer_key, feature_key, now=now, grace=grace, cache=cache)
+    if member is not None:
+        [standing] = await member_standings(pool, [entitlement], member)
+        return await _check_member(pool, entitlement, standing, amount)
     if not entitlement.enabled:
         return await _denial(pool, entitlement, amount, "feature_not_in_plan")
     if not _fits(entitlement, amount):
         return await _denial(pool, entitlement, amount, "limit_reached")
     return _decision(entitlement, allowed=True, reason=None)
+
+
+async def _check_member(
+    pool: asyncpg.Pool, entitlement: Entitlement, standing: MemberStanding, amount: int
+) -> dict[str, Any]:
+    if not entitlement.enabled:
+        body = await _denial(pool, entitlement, amount, "feature_not_in_plan")
+    elif standing.remaining is not None and entitlement.metered and amount > standing.remaining:
+        body = _decision(entitlement, allowed=False, reason="member_limit_reached")
+        body["upgrade"] = None  # more seats or another plan would not raise a member's limit
+    elif not _fits(entitlement, amount):
+        body = await _denial(pool, entitlement, amount, "limit_reached")
+    else:
+        body = _decision(entitlement, allowed=True, reason=None)
+    return body | {"member": standing.as_json()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +298,7 @@ class TrackRequest:
     cost: Decimal | None
     idempotency_key: str
     metadata: dict[str, Any]
+    member: str | None = None
 
     def fingerprint(self) -> bytes:
         body = {
@@ -229,6 +307,8 @@ class TrackRequest:
             "cost": None if self.cost is None else str(self.cost),
             "metadata": self.metadata,
         }
+        if self.member is not None:  # calls without a member hash as they always did
+            body["member"] = self.member
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
 
 
@@ -250,9 +330,15 @@ async def track(
             metadata=request.metadata,
             now=now,
             grace=grace,
+            member=request.member,
         )
         if tracked.outcome == "no_feature":
             raise NotFound(f"No feature has key '{request.feature_key}'.")
+        if tracked.outcome == "no_member":
+            raise NotFound(
+                f"Customer '{request.customer_key}' has no member '{request.member}' holding a "
+                "seat; assign one with PUT /v1/customers/{customer_id}/members/{member_id}."
+            )
         if tracked.outcome == "reused":
             raise IdempotencyKeyReused(
                 "This idempotency_key was already used for a different usage record."

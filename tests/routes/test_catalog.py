@@ -11,12 +11,12 @@ from tests.conftest import issue_key
 from tests.services.test_catalog import apply, example
 from tests.stripe_fakes import FakeStripe
 
-TEAM_PLAN = {
-    "name": "Team",
-    "description": "For teams.",
+STUDIO_PLAN = {
+    "name": "Studio",
+    "description": "For studios.",
     "display_order": 5,
     "features": {"ai_calls": {"limit": 5000, "reset": "month"}, "export_csv": True},
-    "prices": {"team_monthly": {"amount": 4900, "currency": "USD", "interval": "month"}},
+    "prices": {"studio_monthly": {"amount": 4900, "currency": "USD", "interval": "month"}},
 }
 
 
@@ -32,8 +32,8 @@ async def test_plans_list_the_live_catalog_for_pricing_pages(
     response = await client.get("/v1/plans", headers=bearer(await issue_key(pool, Scope.USAGE)))
     assert response.status_code == 200
     plans = response.json()["data"]
-    assert [plan["key"] for plan in plans] == ["free", "pro", "credits"]
-    free, pro, credits = plans
+    assert [plan["key"] for plan in plans] == ["free", "pro", "credits", "team"]
+    free, pro, credits, team = plans
     assert free["default"] is True
     assert {f["feature"]: (f["enabled"], f["limit"], f["reset"]) for f in free["features"]} == {
         "ai_calls": (True, 5, "month"),
@@ -49,6 +49,15 @@ async def test_plans_list_the_live_catalog_for_pricing_pages(
         ("pro_yearly", 19000, "year"),
     ]
     assert credits["prices"][0]["grants"] == {"ai_calls": 1000}
+    assert team["max_seats"] == 50
+    assert [(p["lookup_key"], p["per_seat"]) for p in team["prices"]] == [("team_monthly", True)]
+    team_calls = next(f for f in team["features"] if f["feature"] == "ai_calls")
+    assert (team_calls["limit"], team_calls["per_seat"], team_calls["per_member"]) == (
+        400,
+        True,
+        {"limit": 500},
+    )
+    assert pro["prices"][0]["per_seat"] is False
     assert "stripe" not in response.text
 
 
@@ -88,20 +97,22 @@ async def test_put_plan_creates_then_updates_and_syncs_stripe(
 ) -> None:
     """PUT is an upsert through the catalog apply: 201 then 200, Stripe synced, idempotent."""
     await apply(pool, None, example())
-    created = await stripe_client.put("/v1/plans/team", headers=bearer(admin_key), json=TEAM_PLAN)
+    created = await stripe_client.put(
+        "/v1/plans/studio", headers=bearer(admin_key), json=STUDIO_PLAN
+    )
     assert created.status_code == 201, created.text
     body = created.json()
-    assert body["key"] == "team"
+    assert body["key"] == "studio"
     assert body["prices"][0]["currency"] == "usd"
-    assert "+ plan team" in body["changes"]
-    assert "create price team_monthly (plan team)" in body["stripe"]["synced"]
+    assert "+ plan studio" in body["changes"]
+    assert "create price studio_monthly (plan studio)" in body["stripe"]["synced"]
     assert body["stripe"]["pending"] == []
-    team_prices = [c for c in fake_stripe.calls_to("POST", "/v1/prices")
-                   if c.form["lookup_key"] == "team_monthly"]  # fmt: skip
-    assert len(team_prices) == 1
+    studio_prices = [c for c in fake_stripe.calls_to("POST", "/v1/prices")
+                   if c.form["lookup_key"] == "studio_monthly"]  # fmt: skip
+    assert len(studio_prices) == 1
 
     calls_before = len(fake_stripe.calls)
-    again = await stripe_client.put("/v1/plans/team", headers=bearer(admin_key), json=TEAM_PLAN)
+    again = await stripe_client.put("/v1/plans/studio", headers=bearer(admin_key), json=STUDIO_PLAN)
     assert again.status_code == 200
     assert again.json()["changes"] == []
     assert len(fake_stripe.calls) == calls_before
@@ -112,9 +123,9 @@ async def test_put_plan_without_stripe_saves_and_reports_pending_work(
 ) -> None:
     """With no Stripe key the plan is saved and the Stripe work is reported as pending."""
     await apply(pool, None, example())
-    response = await client.put("/v1/plans/team", headers=bearer(admin_key), json=TEAM_PLAN)
+    response = await client.put("/v1/plans/studio", headers=bearer(admin_key), json=STUDIO_PLAN)
     assert response.status_code == 201
-    assert "create price team_monthly (plan team)" in response.json()["stripe"]["pending"]
+    assert "create price studio_monthly (plan studio)" in response.json()["stripe"]["pending"]
 
 
 async def test_put_plan_default_moves_the_default(
@@ -123,20 +134,20 @@ async def test_put_plan_default_moves_the_default(
     """Making a plan the default takes the flag from the previous default."""
     await apply(pool, None, example())
     response = await client.put(
-        "/v1/plans/team", headers=bearer(admin_key), json=TEAM_PLAN | {"default": True}
+        "/v1/plans/studio", headers=bearer(admin_key), json=STUDIO_PLAN | {"default": True}
     )
     assert response.status_code == 201
-    assert await pool.fetchval("SELECT array_agg(key) FROM plans WHERE is_default") == ["team"]
+    assert await pool.fetchval("SELECT array_agg(key) FROM plans WHERE is_default") == ["studio"]
 
 
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        (TEAM_PLAN | {"prices": {"team_monthly": {"amount": 1, "currency": "usd"}}},
-         "prices.team_monthly.interval"),
-        (TEAM_PLAN | {"features": {"seats": True}}, "features.seats"),
-        (TEAM_PLAN | {"trial_days": -1}, "trial_days"),
-        (TEAM_PLAN | {"prices": {"pro_monthly": {"amount": 1, "currency": "usd",
+        (STUDIO_PLAN | {"prices": {"studio_monthly": {"amount": 1, "currency": "usd"}}},
+         "prices.studio_monthly.interval"),
+        (STUDIO_PLAN | {"features": {"seats": True}}, "features.seats"),
+        (STUDIO_PLAN | {"trial_days": -1}, "trial_days"),
+        (STUDIO_PLAN | {"prices": {"pro_monthly": {"amount": 1, "currency": "usd",
                                                  "interval": "month"}}}, "prices.pro_monthly"),
     ],
 )  # fmt: skip
@@ -149,19 +160,19 @@ async def test_invalid_plan_is_422_with_fields_relative_to_the_body(
 ) -> None:
     """Errors name the body's own fields, and nothing is saved."""
     await apply(pool, None, example())
-    response = await client.put("/v1/plans/team", headers=bearer(admin_key), json=body)
+    response = await client.put("/v1/plans/studio", headers=bearer(admin_key), json=body)
     assert response.status_code == 422
     assert field in [error["field"] for error in response.json()["errors"]]
-    assert await pool.fetchval("SELECT count(*) FROM plans WHERE key = 'team'") == 0
+    assert await pool.fetchval("SELECT count(*) FROM plans WHERE key = 'studio'") == 0
 
 
 async def test_put_plan_needs_admin_and_a_valid_key_in_the_path(
     client: httpx.AsyncClient, pool: asyncpg.Pool, admin_key: str, billing_key: str
 ) -> None:
     """Catalog edits are admin-only; plan keys follow the catalog's key rules."""
-    forbidden = await client.put("/v1/plans/team", headers=bearer(billing_key), json=TEAM_PLAN)
+    forbidden = await client.put("/v1/plans/studio", headers=bearer(billing_key), json=STUDIO_PLAN)
     assert forbidden.status_code == 403
-    bad_key = await client.put("/v1/plans/Team-1", headers=bearer(admin_key), json=TEAM_PLAN)
+    bad_key = await client.put("/v1/plans/Team-1", headers=bearer(admin_key), json=STUDIO_PLAN)
     assert bad_key.status_code == 422
     assert bad_key.json()["errors"][0]["field"] == "key"
 
@@ -203,9 +214,9 @@ async def test_catalog_sync_pushes_pending_work(
     await apply(pool, None, example())
     response = await stripe_client.post("/v1/catalog/sync", headers=bearer(admin_key))
     assert response.status_code == 200
-    assert len(response.json()["synced"]) == 8  # with Pro's meter and metered prices
+    assert len(response.json()["synced"]) == 10  # with Pro's meter and metered prices
     assert response.json()["pending"] == []
-    assert len(fake_stripe.prices) == 5
+    assert len(fake_stripe.prices) == 6
 
 
 @pytest.mark.parametrize(
@@ -220,15 +231,15 @@ async def test_price_amounts_must_be_integers_of_minor_units(
     await apply(pool, None, example())
     price = {"amount": amount, "currency": "usd", "interval": "month"}
     # Another field written as 5.0 (a JSON Schema integer) must not smuggle the amount through.
-    body = TEAM_PLAN | {"display_order": 5.0, "prices": {"team_monthly": price}}
-    response = await client.put("/v1/plans/team", headers=bearer(admin_key), json=body)
+    body = STUDIO_PLAN | {"display_order": 5.0, "prices": {"studio_monthly": price}}
+    response = await client.put("/v1/plans/studio", headers=bearer(admin_key), json=body)
     assert response.status_code == 422, response.text
     [error] = response.json()["errors"]
-    assert error["field"] == "prices.team_monthly.amount"
+    assert error["field"] == "prices.studio_monthly.amount"
     assert "integer number of the currency's minor units" in error["message"]
     assert error["message"].endswith(f"not {kind}")
-    assert await pool.fetchval("SELECT count(*) FROM plans WHERE key = 'team'") == 0
+    assert await pool.fetchval("SELECT count(*) FROM plans WHERE key = 'studio'") == 0
     integral = await client.put(
-        "/v1/plans/team", headers=bearer(admin_key), json=TEAM_PLAN | {"display_order": 5.0}
+        "/v1/plans/studio", headers=bearer(admin_key), json=STUDIO_PLAN | {"display_order": 5.0}
     )
     assert integral.status_code == 201, integral.text

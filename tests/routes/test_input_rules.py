@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.routes.test_catalog import TEAM_PLAN
+from tests.routes.test_catalog import STUDIO_PLAN
 from tests.routes.test_checkout import bearer
 from tests.routes.test_usage import catalog_with
 
@@ -86,9 +86,9 @@ async def test_costs_are_exact_as_strings_and_kept_to_12_places_as_numbers(
 @pytest.mark.parametrize(
     ("field", "change"),
     [
-        ("prices.team_monthly.amount", {"prices": {"team_monthly": {
+        ("prices.studio_monthly.amount", {"prices": {"studio_monthly": {
             "amount": 10**8, "currency": "usd", "interval": "month"}}}),
-        ("prices.team_monthly.grants.ai_calls", {"prices": {"team_monthly": {
+        ("prices.studio_monthly.grants.ai_calls", {"prices": {"studio_monthly": {
             "amount": 100, "currency": "usd", "type": "one_time",
             "grants": {"ai_calls": 10**19}}}}),
         ("features.ai_calls.MeteredLimit.limit", {"features": {"ai_calls": {"limit": 2**63}}}),
@@ -105,7 +105,7 @@ async def test_catalog_numbers_beyond_what_stripe_or_the_database_hold_are_refus
     """Once a 500 from an integer overflow in PostgreSQL; now a 422 naming the field."""
     await catalog_with(pool, limit=10, reset="month")
     response = await client.put(
-        "/v1/plans/team", headers=bearer(admin_key), json=TEAM_PLAN | change
+        "/v1/plans/studio", headers=bearer(admin_key), json=STUDIO_PLAN | change
     )
     assert field in _fields(response)
 

@@ -36,7 +36,7 @@ async def test_the_public_list_needs_no_key_and_fits_the_plan_schema(
     response = await client.get("/v1/public/plans")
     assert response.status_code == 200
     plans = response.json()["data"]
-    assert [p["key"] for p in plans] == ["free", "pro", "credits"]
+    assert [p["key"] for p in plans] == ["free", "pro", "credits", "team"]
     for plan in plans:
         assert_matches_schema(plan, "Plan")
     pro = plans[1]
@@ -56,10 +56,12 @@ async def test_hidden_archived_plans_and_archived_prices_are_left_out(
         k: p for k, p in spec.plans.items() if k != "free"
     } | {"pro": spec.plans["pro"].model_copy(update={"default": True})}}))  # fmt: skip
     public = (await client.get("/v1/public/plans")).json()["data"]
-    assert [p["key"] for p in public] == ["pro"]
+    assert [p["key"] for p in public] == ["pro", "team"]
     assert [p["lookup_key"] for p in public[0]["prices"]] == ["pro_monthly"]
     listed = (await client.get("/v1/plans", headers=bearer(admin_key))).json()["data"]
-    assert {p["key"]: p["public"] for p in listed} == {"pro": True, "credits": False}
+    assert {p["key"]: p["public"] for p in listed} == {
+        "pro": True, "credits": False, "team": True,
+    }  # fmt: skip
 
 
 async def test_a_hidden_plan_round_trips_through_the_catalog_and_its_put_route(

@@ -53,17 +53,25 @@ async def test_first_apply_creates_exactly_the_expected_products_and_prices(
             "metadata[billing_plan_key]": "credits",
             "metadata[billing_plan_id]": products[1].form["metadata[billing_plan_id]"],
         },
+        {
+            "name": "Team",
+            "description": "Per seat, for teams; every member gets their own share of AI calls.",
+            "metadata[billing_plan_key]": "team",
+            "metadata[billing_plan_id]": products[2].form["metadata[billing_plan_id]"],
+        },
     ]
-    pro_product, credits_product = fake_stripe.products
+    pro_product, credits_product, team_product = fake_stripe.products
     price_forms = {c.form["lookup_key"]: c.form for c in fake_stripe.calls_to("POST", "/v1/prices")}
     assert set(price_forms) == {
-        "pro_monthly", "pro_yearly", "ai_credits_1000",
+        "pro_monthly", "pro_yearly", "ai_credits_1000", "team_monthly",
         "pro:ai_calls:overage:month", "pro:ai_calls:overage:year",
     }  # fmt: skip
+    plan_of = {pro_product: "pro", credits_product: "credits", team_product: "team"}
     for lookup_key, amount, interval, product in (
         ("pro_monthly", "1900", "month", pro_product),
         ("pro_yearly", "19000", "year", pro_product),
         ("ai_credits_1000", "1000", None, credits_product),
+        ("team_monthly", "2500", "month", team_product),  # per seat: a plain licensed price
     ):
         sent = price_forms[lookup_key]
         expected = {
@@ -74,14 +82,14 @@ async def test_first_apply_creates_exactly_the_expected_products_and_prices(
             "transfer_lookup_key": "true",
             "metadata[billing_price_key]": lookup_key,
             "metadata[billing_price_id]": sent["metadata[billing_price_id]"],
-            "metadata[billing_plan_key]": "credits" if interval is None else "pro",
+            "metadata[billing_plan_key]": plan_of[product],
         }
         if interval is not None:
             expected["recurring[interval]"] = interval
         assert sent == expected
     mutations = [call for call in fake_stripe.calls if call.method == "POST"]
     assert all(call.idempotency_key for call in mutations)
-    assert len(mutations) == 8  # no product for the free plan: it has no price
+    assert len(mutations) == 10  # no product for the free plan: it has no price
     assert result.stripe_pending == []
 
     stored = await pool.fetch(
@@ -217,12 +225,12 @@ async def test_concurrent_applies_create_each_stripe_object_once(
     """Two applies racing (two operators, two replicas) leave one row and one Stripe object each."""
     await asyncio.gather(*(apply(pool, gateway, example()) for _ in range(3)))
 
-    assert len(fake_stripe.products) == 2
-    assert len(fake_stripe.prices) == 5  # with Pro's two metered prices
+    assert len(fake_stripe.products) == 3
+    assert len(fake_stripe.prices) == 6  # with Pro's two metered prices
     assert len(fake_stripe.meters) == 1
     assert await pool.fetchval("SELECT count(*) FROM metered_prices") == 2
-    assert await pool.fetchval("SELECT count(*) FROM plans") == 3
-    assert await pool.fetchval("SELECT count(*) FROM prices") == 3
+    assert await pool.fetchval("SELECT count(*) FROM plans") == 4
+    assert await pool.fetchval("SELECT count(*) FROM prices") == 4
     assert await pool.fetchval("SELECT count(*) FROM prices WHERE stripe_price_id IS NULL") == 0
 
 
@@ -255,12 +263,12 @@ async def test_without_stripe_the_catalog_is_saved_and_sync_waits(
     """No Stripe key: the database is updated and the Stripe work stays pending until a sync."""
     result = await apply(pool, None, example())
     assert result.changes
-    assert len(result.stripe_pending) == 8  # 2 products, 3 prices, a meter, 2 metered prices
+    assert len(result.stripe_pending) == 10  # 3 products, 4 prices, a meter, 2 metered prices
     assert fake_stripe.calls == []
 
     report = await catalog_sync.sync_catalog(pool, gateway)
-    assert len(report.done) == 8
-    assert len(fake_stripe.prices) == 5
+    assert len(report.done) == 10
+    assert len(fake_stripe.prices) == 6
 
 
 async def test_removed_plan_is_archived_with_its_prices_never_deleted(
@@ -282,7 +290,7 @@ async def test_removed_plan_is_archived_with_its_prices_never_deleted(
     assert row["active"] is False
     assert fake_stripe.products[row["stripe_product_id"]]["active"] is False
     price = await pool.fetchrow("SELECT active, stripe_price_id FROM prices")
-    assert await pool.fetchval("SELECT count(*) FROM prices") == 3
+    assert await pool.fetchval("SELECT count(*) FROM prices") == 4
     assert price is not None
     archived = await pool.fetchval(
         "SELECT stripe_price_id FROM prices WHERE lookup_key = 'ai_credits_1000'"
@@ -313,12 +321,12 @@ async def test_stripe_outage_leaves_only_unfinished_work_pending(
     failed = fake_stripe.calls_to("POST", "/v1/prices")
     assert len(failed) == 3  # the SDK's two bounded retries...
     assert len({call.idempotency_key for call in failed}) == 1  # ...reuse one idempotency key
-    assert len(fake_stripe.products) == 2  # products were created and recorded
+    assert len(fake_stripe.products) == 3  # products were created and recorded
     async with pool.acquire() as conn:
-        assert len(await catalog_sync.pending_work(conn)) == 6  # with the meter's work
+        assert len(await catalog_sync.pending_work(conn)) == 7  # with the meter's work
 
     fake_stripe.failures.clear()
     report = await catalog_sync.sync_catalog(pool, gateway)
-    assert len(report.done) == 6
-    assert len(fake_stripe.prices) == 5
-    assert len(fake_stripe.calls_to("POST", "/v1/products")) == 2
+    assert len(report.done) == 7
+    assert len(fake_stripe.prices) == 6
+    assert len(fake_stripe.calls_to("POST", "/v1/products")) == 3

@@ -34,9 +34,9 @@ async def test_a_sync_answered_with_a_500_succeeds_next_time_under_a_new_key(
     fake_stripe.failures.clear()  # Stripe is back, and still keeps the 500 under that key
     report = await catalog_sync.sync_catalog(pool, gateway)
 
-    assert len(report.done) == 8  # two products, three prices, a meter, two metered prices
-    assert len(fake_stripe.products) == 2
-    assert len(fake_stripe.prices) == 5
+    assert len(report.done) == 10  # three products, four prices, a meter, two metered prices
+    assert len(fake_stripe.products) == 3
+    assert len(fake_stripe.prices) == 6
     retried = fake_stripe.calls_to("POST", "/v1/products")[3]
     assert retried.idempotency_key == f"{first_key}:retry:1"
     assert await pool.fetchval(
@@ -84,7 +84,7 @@ async def test_a_sync_without_an_answer_keeps_its_key(
 
     calls = fake_stripe.calls_to("POST", "/v1/products")
     assert calls[0].idempotency_key == calls[3].idempotency_key
-    assert len(fake_stripe.products) == 2
+    assert len(fake_stripe.products) == 3
 
 
 async def test_a_customer_create_answered_with_a_500_is_retried_under_a_new_key(

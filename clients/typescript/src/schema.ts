@@ -301,6 +301,115 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/customers/{customer_id}/subscription/seats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Set the seats a per-seat subscription bought.
+         * @description Adding seats applies now and invoices the prorated difference at once (like an
+         *     upgrade); if that payment fails the answer is 402 and seats and members stay as they
+         *     were. Removing seats takes effect at the end of the paid period by default
+         *     (`BILLING_SEAT_REDUCTION_AT=period_end`, through a subscription schedule; no seat on
+         *     its way out is given to a new member meanwhile) or now with a proration credit
+         *     (`now`), and never below the seats members hold: that is a 409 `seats-in-use` saying
+         *     how many are assigned. Asking for the current seats while a removal is pending cancels
+         *     the removal. A quantity of 0 or above the plan's `max_seats` is a 422; a subscription
+         *     not sold per seat is a 409 `no-seats`. With an `Idempotency-Key`, a retry with the same
+         *     body replays the first answer.
+         */
+        post: operations["changeSeats"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/customers/{customer_id}/members": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        /** The members holding seats, by id, a page at a time, with the seats. */
+        get: operations["listMembers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/customers/{customer_id}/members/{member_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+                /** @description The calling app's own id for a member of the customer's team. */
+                member_id: components["parameters"]["MemberId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Give a member a seat.
+         * @description 201 when the member is new, 200 when they hold a seat already. With every seat taken
+         *     (or on its way out), a 409 `seats-taken` says how many seats there are and how many
+         *     are assigned; the member who takes the last seat makes a `team.seats_full` event and
+         *     an email to the owner. A customer without a live per-seat subscription is a 409
+         *     `no-seats`.
+         */
+        put: operations["putMember"];
+        post?: never;
+        /** Free a member's seat; their usage this period stays counted. */
+        delete: operations["deleteMember"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/customers/{customer_id}/members/{member_id}/entitlements": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+                /** @description The calling app's own id for a member of the customer's team. */
+                member_id: components["parameters"]["MemberId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Every feature as the team may use it, with the member's own use and limit.
+         * @description Needs the `usage` or `billing` scope, or a customer token for this customer, or a
+         *     member's token for this member (`POST /v1/customers/{customer_id}/tokens` with
+         *     `member`). A member without a seat is a 404.
+         */
+        get: operations["getMemberEntitlements"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/customers/{customer_id}/subscription/cancel": {
         parameters: {
             query?: never;
@@ -746,8 +855,10 @@ export interface paths {
          *     the same customer returns the first response and counts once; with a different body it
          *     is a 409 `idempotency-key-reused`. Send the key as the `Idempotency-Key` header (as for
          *     checkout) or as the body's `idempotency_key`; one of them is required, and when both
-         *     are sent they must be equal (else a 422 `idempotency-key-mismatch`). Needs the `usage`
-         *     or `billing` scope.
+         *     are sent they must be equal (else a 422 `idempotency-key-mismatch`). With `member`, the
+         *     member (who must hold a seat, else 404) is counted against their own limit and the
+         *     team's in the same statement: past either, nothing is recorded (`member_limit_reached`
+         *     or `limit_reached`). Needs the `usage` or `billing` scope.
          */
         post: operations["trackUsage"];
         delete?: never;
@@ -1039,6 +1150,8 @@ export interface components {
             display_order: number;
             /** @description Listed by `GET /v1/public/plans`. */
             public: boolean;
+            /** @description The most seats one subscription may hold (plans sold per seat). */
+            max_seats?: number | null;
             prices: {
                 /** @description What Checkout takes as `price`. */
                 lookup_key: string;
@@ -1053,6 +1166,8 @@ export interface components {
                 grants: {
                     [key: string]: number;
                 };
+                /** @description Sold per seat; the quantity bought is the team's seats. */
+                per_seat?: boolean;
             }[];
             features: {
                 feature: string;
@@ -1068,6 +1183,12 @@ export interface components {
                 /** @enum {string} */
                 overage: "deny" | "allow" | "bill";
                 overage_price?: components["schemas"]["OveragePrice"] | null;
+                /** @description The limits are per seat (times the seats bought). */
+                per_seat?: boolean;
+                /** @description Each member's own limit, within the team's. */
+                per_member?: null | {
+                    limit: number;
+                };
             }[];
         };
         /**
@@ -1094,6 +1215,16 @@ export interface components {
              */
             overage?: "deny" | "allow" | "bill";
             overage_price?: components["schemas"]["OveragePrice"];
+            /**
+             * @description The limit and soft limit are per seat: times the quantity of the subscription's
+             *     per-seat price. Needs a per-seat price in the plan.
+             * @default false
+             */
+            per_seat?: boolean;
+            /** @description Each member's own limit, within the team's. Needs a per-seat price. */
+            per_member?: {
+                limit: number;
+            };
         };
         PriceInput: {
             /**
@@ -1114,6 +1245,11 @@ export interface components {
             grants?: {
                 [key: string]: number;
             };
+            /**
+             * @description Sold per seat (recurring prices only); the quantity bought is the seats.
+             * @default false
+             */
+            per_seat?: boolean;
         };
         PlanInput: {
             name: string;
@@ -1122,6 +1258,8 @@ export interface components {
             default?: boolean;
             trial_days?: number;
             display_order?: number;
+            /** @description The most seats one subscription may hold; needs a per-seat price. */
+            max_seats?: number | null;
             /**
              * @description false leaves the plan out of the public pricing list (it still works).
              * @default true
@@ -1187,8 +1325,55 @@ export interface components {
                 name: string;
             };
             subscription: null | components["schemas"]["Subscription"];
+            /** @description Seats bought and held, when the subscription is sold per seat. */
+            seats: null | components["schemas"]["Seats"];
             /** Format: date-time */
             created_at: string;
+        };
+        Seats: {
+            /** @description The quantity of the per-seat price. */
+            purchased: number;
+            /** @description Seats members hold. */
+            in_use: number;
+            /** @description Seats a new member may take (seats being removed are not). */
+            available: number;
+            /** @description The seats left once a pending removal takes effect at the period end. */
+            scheduled: number | null;
+            max_seats: number | null;
+        };
+        Member: {
+            member_id: string;
+            /** Format: date-time */
+            created_at: string;
+        };
+        /** @description The calling app's own id for a member holding a seat of the customer. */
+        MemberKey: string;
+        MemberStanding: {
+            id: string;
+            /** @description The member's use this period. */
+            used: number | null;
+            /** @description The member's own limit; null is none. */
+            limit: number | null;
+            remaining: number | null;
+        };
+        MemberEntitlements: {
+            customer_id: string;
+            member_id: string;
+            plan: string | null;
+            features: {
+                feature: string;
+                /** @enum {string} */
+                kind: "boolean" | "metered";
+                enabled: boolean;
+                limit: number | null;
+                used: number | null;
+                remaining: number | null;
+                member: {
+                    used: number | null;
+                    limit: number | null;
+                    remaining: number | null;
+                };
+            }[];
         };
         Subscription: {
             /** @description The subscription in Stripe (`sub_…`), to find it in Stripe's dashboard. */
@@ -1230,6 +1415,8 @@ export interface components {
                 /** Format: date-time */
                 effective_at: string | null;
             };
+            /** @description Seats left at the end of the period, when some are being removed. */
+            scheduled_quantity?: number | null;
         };
         Order: {
             /** Format: uuid */
@@ -1452,7 +1639,9 @@ export interface components {
             /** Format: date-time */
             resets_at: string | null;
             /** @enum {string} */
-            reason?: "feature_not_in_plan" | "limit_reached";
+            reason?: "feature_not_in_plan" | "limit_reached" | "member_limit_reached";
+            /** @description With a `member` in the request, the member's own standing. */
+            member?: components["schemas"]["MemberStanding"];
             /** @description When denied, the cheapest plan that would allow the call. */
             upgrade?: null | {
                 plan: string;
@@ -1570,7 +1759,7 @@ export interface components {
             estimated_amount: string;
         };
         /** @enum {string} */
-        OutgoingEventType: "customer.entitlements_updated" | "usage.soft_limit_reached" | "usage.limit_reached" | "order.completed" | "subscription.updated" | "payment.failed" | "dispute.updated";
+        OutgoingEventType: "customer.entitlements_updated" | "usage.soft_limit_reached" | "usage.limit_reached" | "order.completed" | "subscription.updated" | "payment.failed" | "dispute.updated" | "subscription.seats_changed" | "member.limit_reached" | "team.seats_full";
         WebhookEndpoint: {
             /** Format: uuid */
             id: string;
@@ -1771,6 +1960,8 @@ export interface components {
         };
     };
     parameters: {
+        /** @description The calling app's own id for a member of the customer's team. */
+        MemberId: string;
         /** @description The calling app's own id for the customer. */
         CustomerId: string;
         CatalogKey: string;
@@ -2385,6 +2576,207 @@ export interface operations {
             429: components["responses"]["RateLimited"];
             502: components["responses"]["StripeRequestFailed"];
             503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    changeSeats: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the same key with the same body answers what the first request
+                 *     did, without doing it twice. 1 to 255 printable ASCII characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    quantity: number;
+                };
+            };
+        };
+        responses: {
+            /** @description The change, the seats and the subscription after it. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        change: {
+                            /** @enum {string} */
+                            direction: "add" | "remove" | "none";
+                            /** @enum {string} */
+                            effective: "now" | "period_end";
+                        };
+                        seats: components["schemas"]["Seats"];
+                        subscription: components["schemas"]["Subscription"];
+                    };
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            402: components["responses"]["PaymentFailed"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            502: components["responses"]["StripeRequestFailed"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listMembers: {
+        parameters: {
+            query?: {
+                /** @description Items per page. */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description The `next_cursor` of the previous page; without it, the first page. A page starts
+                 *     strictly after the last item of the previous one, so a walk from the first page to the
+                 *     last returns every item that existed when it began exactly once, whatever is added
+                 *     meanwhile (items added during the walk may or may not appear). Opaque: pass it back as
+                 *     it came.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of members. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        data: components["schemas"]["Member"][];
+                        has_more: boolean;
+                        next_cursor: string | null;
+                        seats: null | components["schemas"]["Seats"];
+                    };
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    putMember: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+                /** @description The calling app's own id for a member of the customer's team. */
+                member_id: components["parameters"]["MemberId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The member already held a seat. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Member"];
+                };
+            };
+            /** @description The member now holds a seat. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Member"];
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    deleteMember: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+                /** @description The calling app's own id for a member of the customer's team. */
+                member_id: components["parameters"]["MemberId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The seat is free. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    getMemberEntitlements: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The calling app's own id for the customer. */
+                customer_id: components["parameters"]["CustomerId"];
+                /** @description The calling app's own id for a member of the customer's team. */
+                member_id: components["parameters"]["MemberId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The team's entitlements with the member's standing in each feature. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemberEntitlements"];
+                };
+            };
+            400: components["responses"]["MalformedRequest"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
         };
     };
     cancelSubscription: {
@@ -3174,6 +3566,7 @@ export interface operations {
                     feature: string;
                     /** @default 1 */
                     amount?: number;
+                    member?: components["schemas"]["MemberKey"] | null;
                 };
             };
         };
@@ -3232,6 +3625,7 @@ export interface operations {
                     metadata?: {
                         [key: string]: string | number | boolean | null;
                     };
+                    member?: components["schemas"]["MemberKey"] | null;
                 };
             };
         };
@@ -3522,6 +3916,11 @@ export interface operations {
                 "application/json": {
                     /** @default 900 */
                     ttl_seconds?: number;
+                    /**
+                     * @description A member holding a seat: the token then reads only that member's
+                     *     entitlements (404 for a member without a seat).
+                     */
+                    member?: components["schemas"]["MemberKey"] | null;
                 };
             };
         };
@@ -3536,12 +3935,14 @@ export interface operations {
                         token: string;
                         /** Format: date-time */
                         expires_at: string;
+                        member_id: string | null;
                     };
                 };
             };
             400: components["responses"]["MalformedRequest"];
             401: components["responses"]["Unauthenticated"];
             403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
             429: components["responses"]["RateLimited"];
