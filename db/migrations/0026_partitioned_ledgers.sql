@@ -88,6 +88,7 @@ CREATE TABLE usage_events (
     recorded         boolean NOT NULL DEFAULT false,
     period_start     timestamptz,
     response         json,  -- json, not jsonb: replays keep the key order byte for byte
+    member_id        text,  -- the member a track is for (migration 0025)
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT usage_events_pkey PRIMARY KEY (id, created_at),
@@ -127,10 +128,10 @@ FROM (SELECT DISTINCT date_trunc('month', created_at, 'UTC') AS month
 SELECT ensure_month_partitions('usage_events', now(), now() + interval '3 months');
 
 INSERT INTO usage_events (id, customer_id, feature_id, idempotency_key, request_hash, amount,
-                          cost, metadata, recorded, period_start, response, created_at,
-                          updated_at)
+                          cost, metadata, recorded, period_start, response, member_id,
+                          created_at, updated_at)
 SELECT id, customer_id, feature_id, idempotency_key, request_hash, amount, cost, metadata,
-       recorded, period_start, response, created_at, updated_at
+       recorded, period_start, response, member_id, created_at, updated_at
 FROM usage_events_unpartitioned;
 
 INSERT INTO usage_event_keys (customer_id, idempotency_key, created_at, updated_at)
@@ -199,12 +200,12 @@ FROM stripe_events_unpartitioned;
 
 DROP TABLE stripe_events_unpartitioned;
 
--- Track as in migration 0022, with the idempotency key in usage_event_keys: the context reads
+-- Track as in migration 0025, with the idempotency key in usage_event_keys: the context reads
 -- the key (its moment) instead of the event; a replay then reads its event in that moment's
 -- partition; a new call inserts the key, then the event with the key's moment.
 CREATE OR REPLACE FUNCTION usage_track(
     p_customer text, p_feature text, p_amount bigint, p_cost numeric, p_key text,
-    p_hash bytea, p_metadata jsonb, p_now timestamptz, p_grace interval,
+    p_hash bytea, p_metadata jsonb, p_now timestamptz, p_grace interval, p_member text,
     OUT outcome text, OUT response json
 )
 LANGUAGE plpgsql
@@ -213,6 +214,9 @@ DECLARE
     max_used CONSTANT numeric := 9223372036854775807;
     max_cost CONSTANT numeric := 999999999999999999.999999999999;
     ctx record;
+    v_stored_hash bytea;
+    v_stored_response json;
+    v_created timestamptz;
     v_customer uuid;
     v_plan_key text;
     v_enabled boolean;
@@ -242,14 +246,17 @@ DECLARE
     v_balance bigint;
     v_balance_spent boolean := false;
     v_lot record;
-    v_stored_hash bytea;
-    v_stored_response json;
-    v_created timestamptz;
+    v_member_limit bigint;
+    v_member_used bigint;
+    v_member_counted boolean := false;
 BEGIN
     -- 1. The context (db/usage.py _CONTEXT for one feature).
     SELECT f.id AS feature_id, f.kind, c.id AS customer_id,
            CASE WHEN s.granted THEN s.plan_key ELSE d.key END AS plan_key,
            coalesce(a.enabled, false) AS enabled, a."limit", a.soft_limit, a.overage,
+           -- A per-seat allowance counts once per seat of the subscription granting it.
+           CASE WHEN a.per_seat AND s.granted THEN greatest(s.quantity, 1) ELSE 1 END AS seats,
+           a.member_limit,
            coalesce(cb.granted - cb.spent, 0) + coalesce(cl.available, 0) AS credits,
            o.present IS NOT NULL AS overridden, o."limit" AS override_limit,
            w.window_start, w.window_end,
@@ -264,7 +271,7 @@ BEGIN
         SELECT pl.id IS NOT NULL AND (s.status IN ('active', 'trialing')
                    OR (s.status = 'past_due'
                        AND coalesce(s.past_due_since, p_now) + p_grace > p_now)) AS granted,
-               p.plan_id, pl.key AS plan_key, s.current_period_start,
+               p.plan_id, pl.key AS plan_key, s.quantity, s.current_period_start,
                least(s.current_period_end, s.cancel_at) AS current_period_end,
                CASE WHEN s.cancel_at_period_end OR s.cancel_at <= s.current_period_end THEN NULL
                     ELSE p.recurring_interval END AS billing_interval
@@ -286,7 +293,8 @@ BEGIN
     LEFT JOIN plans d ON d.is_default
     -- The allowance of the plan granted now, else the default plan's.
     LEFT JOIN LATERAL (
-        SELECT enabled, "limit", soft_limit, reset, overage FROM plan_features
+        SELECT enabled, "limit", soft_limit, reset, overage, per_seat, member_limit
+        FROM plan_features
         WHERE plan_id = CASE WHEN s.granted THEN s.plan_id ELSE d.id END AND feature_id = f.id
         LIMIT 1
     ) a ON true
@@ -332,6 +340,10 @@ BEGIN
         outcome := CASE WHEN v_stored_hash = p_hash THEN 'replayed' ELSE 'reused' END;
         response := CASE WHEN outcome = 'replayed' THEN v_stored_response END;
         RETURN;
+    ELSIF p_member IS NOT NULL AND (v_customer IS NULL OR NOT EXISTS (
+              SELECT 1 FROM members WHERE customer_id = v_customer AND member_id = p_member)) THEN
+        outcome := 'no_member';  -- only a member holding a seat is counted
+        RETURN;
     ELSIF v_customer IS NULL THEN
         INSERT INTO customers (external_id) VALUES (p_customer)
         ON CONFLICT (external_id) DO NOTHING RETURNING id INTO v_customer;
@@ -342,8 +354,11 @@ BEGIN
 
     v_plan_key := ctx.plan_key;
     v_enabled := ctx.enabled OR ctx.overridden;
-    v_limit := CASE WHEN ctx.overridden THEN ctx.override_limit ELSE ctx."limit" END;
-    v_soft := ctx.soft_limit;
+    v_limit := CASE WHEN ctx.overridden THEN ctx.override_limit
+                    WHEN ctx.seats = 1 OR ctx."limit" IS NULL THEN ctx."limit"
+                    ELSE least(ctx."limit"::numeric * ctx.seats, max_used)::bigint END;
+    v_soft := CASE WHEN ctx.seats = 1 OR ctx.soft_limit IS NULL THEN ctx.soft_limit
+                   ELSE least(ctx.soft_limit::numeric * ctx.seats, max_used)::bigint END;
     v_overage_policy := ctx.overage;
     v_credits := ctx.credits;
     v_used := 0;
@@ -356,6 +371,32 @@ BEGIN
         v_start := ctx.window_start;
         v_end := ctx.window_end;
         v_used := NULL;
+        IF p_member IS NOT NULL THEN
+            -- The member's counter first, against the member's own limit, under its row lock.
+            v_member_limit := ctx.member_limit;
+            INSERT INTO member_usage_counters AS mc (customer_id, member_id, feature_id,
+                                                     period_start, period_end, used)
+            SELECT v_customer, p_member, ctx.feature_id, v_start, v_end, greatest(p_amount, 0)
+            WHERE v_member_limit IS NULL OR p_amount <= v_member_limit
+            ON CONFLICT (customer_id, member_id, feature_id, period_start) DO UPDATE
+            SET used = least(greatest(mc.used::numeric + p_amount, 0), max_used)::bigint
+            WHERE v_member_limit IS NULL OR p_amount <= 0
+               OR mc.used::numeric + p_amount <= v_member_limit
+            RETURNING mc.used INTO v_member_used;
+            v_member_counted := v_member_used IS NOT NULL;
+            IF NOT v_member_counted THEN
+                v_reason := 'member_limit_reached';
+                SELECT used INTO v_member_used FROM member_usage_counters
+                WHERE customer_id = v_customer AND member_id = p_member
+                  AND feature_id = ctx.feature_id AND period_start = v_start;
+                SELECT used INTO v_used FROM usage_counters
+                WHERE customer_id = v_customer AND feature_id = ctx.feature_id
+                  AND period_start = v_start;
+                v_used := coalesce(v_used, 0);
+            END IF;
+        END IF;
+    END IF;
+    IF v_reason IS NULL AND v_enabled AND ctx.kind = 'metered' THEN
         INSERT INTO usage_counters AS uc (customer_id, feature_id, period_start, period_end,
                                           used, cost)
         SELECT v_customer, ctx.feature_id, v_start, v_end, greatest(p_amount, 0),
@@ -435,11 +476,19 @@ BEGIN
                 v_credits := v_credits - v_spent;
             END IF;
         END IF;
-        v_recorded := v_reason IS NULL;
+        IF v_member_counted AND v_reason IS NOT NULL THEN
+            -- The team refused: the member's counter goes back, its lock held all along.
+            UPDATE member_usage_counters
+            SET used = least(greatest(used::numeric - p_amount, 0), max_used)::bigint
+            WHERE customer_id = v_customer AND member_id = p_member
+              AND feature_id = ctx.feature_id AND period_start = v_start
+            RETURNING used INTO v_member_used;
+        END IF;
     END IF;
+    v_recorded := v_enabled AND ctx.kind = 'metered' AND v_reason IS NULL;
 
     -- 4. The answer (services/usage.py _decision, key for key).
-    IF v_reason IS NOT NULL THEN
+    IF v_reason IS NOT NULL AND v_reason <> 'member_limit_reached' THEN
         SELECT json_build_object('plan', o.plan_key, 'price', o.price_key) INTO v_upgrade
         FROM usage_upgrade_options(ctx.feature_id,
                                    least(v_used::numeric + greatest(p_amount, 1), max_used)::bigint,
@@ -474,6 +523,15 @@ BEGIN
             'remaining', v_remaining, 'soft_limit_reached', v_soft_reached,
             'resets_at', v_resets_at, 'recorded', v_recorded);
     END IF;
+    IF p_member IS NOT NULL THEN  -- the member's own standing, last (the keys keep their order)
+        response := (left(response::text, -1) || ', "member" : ' || json_build_object(
+            'id', p_member, 'used', CASE WHEN ctx.kind = 'metered' AND v_enabled
+                                         THEN coalesce(v_member_used, 0) END,
+            'limit', v_member_limit,
+            'remaining', CASE WHEN v_member_limit IS NOT NULL
+                              THEN greatest(0, v_member_limit - coalesce(v_member_used, 0)) END
+        )::text || '}')::json;
+    END IF;
 
     -- The key first: its primary key is what makes a concurrent twin wait and then fail here,
     -- whichever month partition either event would land in (migration 0026).
@@ -484,9 +542,10 @@ BEGIN
         RAISE EXCEPTION 'usage event % exists', p_key USING ERRCODE = 'BS001';
     END IF;
     INSERT INTO usage_events (customer_id, feature_id, idempotency_key, request_hash, amount,
-                              cost, metadata, recorded, period_start, response, created_at)
+                              cost, metadata, recorded, period_start, response, member_id,
+                              created_at)
     VALUES (v_customer, ctx.feature_id, p_key, p_hash, p_amount, p_cost, p_metadata,
-            v_recorded, CASE WHEN v_recorded THEN v_start END, response, v_created);
+            v_recorded, CASE WHEN v_recorded THEN v_start END, response, p_member, v_created);
 
     -- Billed overage: the units past the allowance and the credits, for Stripe's meter, under
     -- an identifier derived from this usage event (customer and idempotency key).
@@ -521,6 +580,25 @@ BEGIN
             SELECT event.id, e.id FROM event, webhook_endpoints e
             WHERE e.enabled AND v_event_type = ANY (e.event_types);
         END LOOP;
+    END IF;
+
+    -- A member's own limit reached: told once per member and window.
+    IF v_recorded AND v_member_limit IS NOT NULL AND v_member_used >= v_member_limit THEN
+        WITH event AS (
+            INSERT INTO outbox_events (type, payload, dedupe_key)
+            VALUES ('member.limit_reached',
+                    jsonb_build_object('customer_id', p_customer, 'member_id', p_member,
+                                       'feature', p_feature, 'used', v_member_used,
+                                       'limit', v_member_limit, 'period_start', v_start_iso,
+                                       'resets_at', v_resets_at),
+                    'member.limit_reached:' || v_customer || ':' || p_member || ':'
+                    || ctx.feature_id || ':' || v_start_iso)
+            ON CONFLICT (dedupe_key) DO NOTHING
+            RETURNING id
+        )
+        INSERT INTO webhook_deliveries (event_id, endpoint_id)
+        SELECT event.id, e.id FROM event, webhook_endpoints e
+        WHERE e.enabled AND 'member.limit_reached' = ANY (e.event_types);
     END IF;
     outcome := 'answered';
 END
