@@ -260,7 +260,17 @@ class Standby:
             await conn.close()
 
     async def pause(self) -> None:
-        await self._execute("SELECT pg_wal_replay_pause()")
+        """Pause replay, and wait until it is paused (a request takes effect at the next
+        record replayed, or while waiting for WAL)."""
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute("SELECT pg_wal_replay_pause()")
+            deadline = time.monotonic() + CAUGHT_UP_TIMEOUT
+            while await conn.fetchval("SELECT pg_get_wal_replay_pause_state()") != "paused":
+                assert time.monotonic() < deadline, "replay did not pause"
+                await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
 
     async def resume(self) -> None:
         await self._execute("SELECT pg_wal_replay_resume()")
