@@ -90,6 +90,12 @@ def _redact_item(key: str, value: Any) -> Any:
     return _redact_value(value)
 
 
+def redact(value: Any) -> Any:
+    """`value` (text, or JSON-like data at any depth) masked as log lines are: for showing
+    stored data to an operator, such as a Stripe event's payload in the console."""
+    return _redact_value(value)
+
+
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Mask secret fields, text under token fields, and secret-looking strings anywhere in a
     line; numbers and flags under token-like names (counts of tokens) stay readable."""

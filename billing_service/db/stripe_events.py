@@ -265,3 +265,23 @@ async def requeue_failed(conn: Executor, stripe_event_id: str) -> int:
         stripe_event_id,
     )
     return int(result.rsplit(maxsplit=1)[-1])
+
+
+async def select_event(conn: Executor, stripe_event_id: str) -> StoredEvent | None:
+    """One event with its payload, by Stripe's id (the ledger's unique key)."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM stripe_events WHERE stripe_event_id = $1",  # noqa: S608
+        stripe_event_id,
+    )
+    return None if row is None else _from_row(row)
+
+
+async def count_with_status(conn: Executor, status: str, *, cap: int) -> int:
+    """How many events have `status`, counted up to `cap` (an index-only range scan of
+    stripe_events_status that stops there, however large the ledger grows)."""
+    count = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM stripe_events WHERE status = $1 LIMIT $2) AS s",
+        status,
+        cap,
+    )
+    return int(count)

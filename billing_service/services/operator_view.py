@@ -1,0 +1,128 @@
+"""What the operator console shows that no single API call returns: the health figures of the
+overview, everything about one customer on one page, and one ledger event with its payload.
+Each read is bounded (a page, a capped count, a bounded usage window) whatever the data's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from billing_service.db import catalog_drift, orders, outbox, stripe_events, subscriptions
+from billing_service.db.catalog_drift import Drift
+from billing_service.db.grants import AuditEntry
+from billing_service.db.orders import Order
+from billing_service.db.outbox import Backlog, Notification
+from billing_service.db.stripe_events import LedgerEntry, StoredEvent
+from billing_service.db.subscriptions import Subscription
+from billing_service.db.usage import UsagePeriod
+from billing_service.errors import NotFound
+from billing_service.history_window import HistoryWindow, history_window
+from billing_service.logs import redact
+from billing_service.services import catalog_sync, customers, grants, usage
+from billing_service.services.customers import CustomerView
+from billing_service.services.usage import Entitlement
+
+# Counts shown on the overview stop here ("10000+"): counting further costs time, not insight.
+COUNT_CAP = 10_000
+# Rows of each list on the customer page; the full lists are in the API.
+LIST_LIMIT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The overview's operational figures, each capped at `COUNT_CAP`."""
+
+    failed_events: int
+    pending_events: int
+    backlog: Backlog
+
+
+async def health(pool: asyncpg.Pool) -> Health:
+    async with pool.acquire() as conn:
+        failed = await stripe_events.count_with_status(conn, "failed", cap=COUNT_CAP)
+        pending = await stripe_events.count_with_status(conn, "pending", cap=COUNT_CAP)
+        backlog = await outbox.backlog(conn, cap=COUNT_CAP)
+    return Health(failed_events=failed, pending_events=pending, backlog=backlog)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerPage:
+    """One customer's whole billing picture as of `view.as_of`."""
+
+    view: CustomerView
+    subscriptions: list[Subscription]
+    entitlements: list[Entitlement]
+    usage_window: HistoryWindow
+    usage: list[UsagePeriod]
+    orders: list[Order]
+    notifications: list[Notification]
+    events: list[LedgerEntry]
+    adjustments: list[AuditEntry]
+
+
+async def customer_page(
+    pool: asyncpg.Pool, customer_key: str, *, now: datetime, grace: timedelta
+) -> CustomerPage:
+    """The customer's plan, subscriptions, entitlements, a year of usage by month, and the
+    newest orders, notifications, Stripe events and adjustments (404 for an unknown id)."""
+    customer = await customers.get_customer(pool, customer_key)
+    view = await customers.customer_view(pool, customer, grace=grace, now=now)
+    window = history_window("month", since=None, until=None, now=now)
+    found = await usage.entitlements(pool, customer_key, now=now, grace=grace)
+    periods = await usage.usage_history(pool, customer_key, feature_key=None, window=window)
+    adjustments = await grants.audit(pool, customer_key, limit=LIST_LIMIT)
+    async with pool.acquire() as conn:
+        subs = await subscriptions.select_subscriptions(conn, customer.id)
+        bought = await orders.select_orders(conn, customer.id, after=None, limit=LIST_LIMIT)
+        told = await outbox.select_customer_notifications(conn, customer_key, limit=LIST_LIMIT)
+        events = (
+            []
+            if customer.stripe_customer_id is None
+            else await stripe_events.select_events(
+                conn,
+                status=None,
+                after=None,
+                limit=LIST_LIMIT,
+                stripe_customer_id=customer.stripe_customer_id,
+            )
+        )
+    return CustomerPage(
+        view=view,
+        subscriptions=subs[:LIST_LIMIT],
+        entitlements=found,
+        usage_window=window,
+        usage=periods,
+        orders=bought,
+        notifications=told,
+        events=events,
+        adjustments=adjustments,
+    )
+
+
+async def event_with_payload(pool: asyncpg.Pool, stripe_event_id: str) -> StoredEvent:
+    """One ledger event with its payload masked as logs are (keys, signing secrets, client
+    secrets and the like never shown)."""
+    event = await stripe_events.select_event(pool, stripe_event_id)
+    if event is None:
+        raise NotFound(f"No Stripe event has id '{stripe_event_id}'.")
+    masked = redact(event.payload)
+    assert isinstance(masked, dict)
+    return replace(event, payload=masked)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogHealth:
+    """How the catalog stands against Stripe: open drift findings and pending sync work."""
+
+    drift: list[Drift]
+    pending: list[str]
+
+
+async def catalog_health(pool: asyncpg.Pool) -> CatalogHealth:
+    async with pool.acquire() as conn:
+        drift = await catalog_drift.select_open_drift(conn)
+        pending = await catalog_sync.pending_work(conn)
+    return CatalogHealth(drift=drift, pending=pending)
