@@ -129,12 +129,15 @@ def message(
 
 async def read_form(request: Request) -> dict[str, str]:
     """An urlencoded form body (the only kind the console's forms send): each field's first
-    value. Anything else is refused with the problem's status."""
+    value; no body is an empty form. Anything else is refused with the problem's status."""
+    body = await request.body()
+    if not body:
+        return {}
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType("The console's forms are sent urlencoded.")
     try:
-        text = (await request.body()).decode()
+        text = body.decode()
         fields = parse_qs(
             text, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_FORM_FIELDS
         )
