@@ -4,7 +4,7 @@ keeps cookies (over https, so `Secure` cookies are sent), sign-in, and seeded bi
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,9 +33,12 @@ TRACKED = 7
 
 
 @asynccontextmanager
-async def console_client(settings: Settings, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+async def console_client(
+    settings: Settings, *, clock: Callable[[], datetime] | None = None, **overrides: object
+) -> AsyncIterator[httpx.AsyncClient]:
     """The real app with the console on, spoken to over ASGI as `https://billing.test`."""
-    app = create_app(settings.model_copy(update={"console_enabled": True, **overrides}))
+    ready = settings.model_copy(update={"console_enabled": True, **overrides})
+    app = create_app(ready) if clock is None else create_app(ready, clock=clock)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="https://billing.test") as client:
@@ -47,6 +50,12 @@ def csrf_of(html: str) -> str:
     found = _CSRF.search(html)
     assert found is not None, "the page has no form with a CSRF token"
     return found[1]
+
+
+async def signed_in(client: httpx.AsyncClient, key: str) -> None:
+    """Sign the client in; it then carries the session cookie."""
+    response = await sign_in(client, key)
+    assert response.status_code == 303, response.text
 
 
 async def sign_in(client: httpx.AsyncClient, key: str) -> httpx.Response:
