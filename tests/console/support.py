@@ -22,6 +22,7 @@ from tests.conftest import issue_key
 from tests.routes.test_checkout import bearer
 from tests.services.test_catalog import apply, example
 
+CONSOLE_BASE = "https://billing.test"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 CUSTOMER = "ada_lovelace"
@@ -41,7 +42,7 @@ async def console_client(
     app = create_app(ready) if clock is None else create_app(ready, clock=clock)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="https://billing.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=CONSOLE_BASE) as client:
             yield client
 
 
