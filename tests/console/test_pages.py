@@ -33,6 +33,10 @@ def figure(html: str, name: str) -> str:
     return found[1]
 
 
+def customer_links(html: str) -> list[str]:
+    return re.findall(r'href="/console/customers/([^"]+)"', html)
+
+
 async def test_the_overview_shows_the_hand_computed_revenue_figures(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
@@ -103,10 +107,9 @@ async def test_customers_are_searched_by_id_or_email_prefix_and_paged(
     assert ">active<" in by_id.text
     assert f">{CUSTOMER}</a>" in by_email.text
     assert "No customer matches “nobody”." in none.text
-    rows = lambda html: re.findall(r'href="/console/customers/([^"]+)"', html)  # noqa: E731
-    assert len(rows(first.text)) == 50
-    assert len(rows(second.text)) == 11  # 61 customers in all
-    assert not set(rows(first.text)) & set(rows(second.text))
+    assert len(customer_links(first.text)) == 50
+    assert len(customer_links(second.text)) == 11  # 61 customers in all
+    assert not set(customer_links(first.text)) & set(customer_links(second.text))
 
 
 async def test_a_customer_page_shows_their_whole_billing_picture(
