@@ -161,3 +161,28 @@ async def seed(client: httpx.AsyncClient, pool: asyncpg.Pool) -> Seeded:
     )  # fmt: skip
     assert granted.status_code == 201, granted.text
     return Seeded(admin_key, usage_key, secret, str(endpoint.id))
+
+
+async def visit_every_page(client: httpx.AsyncClient, seeded: Seeded) -> dict[str, str]:
+    """Every page of the console (signed in), and the sign-in page, by path: their sources."""
+    paths = [
+        "/console",
+        "/console/customers",
+        f"/console/customers?q={CUSTOMER[:3]}",
+        f"/console/customers/{CUSTOMER}",
+        "/console/events",
+        "/console/events?status=failed",
+        f"/console/events/{FAILED_EVENT}",
+        "/console/catalog",
+        "/console/deliveries",
+        f"/console/deliveries?endpoint={seeded.endpoint_id}",
+        "/console/static/console.js",
+    ]
+    sources = {}
+    for path in paths:
+        response = await client.get(path)
+        assert response.status_code == 200, (path, response.text)
+        sources[path] = response.text
+    async with httpx.AsyncClient(transport=client._transport, base_url=CONSOLE_BASE) as fresh:
+        sources["/console/sign-in"] = (await fresh.get("/console/sign-in")).text
+    return sources
