@@ -47,28 +47,39 @@ def _page(request: Request) -> PageRequest:
     return PageRequest(PAGE_SIZE, page_request(request).cursor)
 
 
-def revenue_charts(report: RevenueReport) -> list[Markup]:
+Chart = tuple[str, Markup]
+
+
+def revenue_charts(report: RevenueReport) -> list[Chart]:
     """Subscriptions won and lost per week, and net revenue per week in each currency."""
     labels = [f"W{week.start.isocalendar().week:02d}" for week in report.weeks]
+    title = "New and churned subscriptions per week"
     drawn = [
-        charts.bar_chart(
-            "New and churned subscriptions per week",
-            labels,
-            [
-                ("new", [week.new_subscriptions for week in report.weeks]),
-                ("churned", [week.churned_subscriptions for week in report.weeks]),
-            ],
+        (
+            title,
+            charts.bar_chart(
+                title,
+                labels,
+                [
+                    ("new", [week.new_subscriptions for week in report.weeks]),
+                    ("churned", [week.churned_subscriptions for week in report.weeks]),
+                ],
+            ),
         )
     ]
     currencies = sorted({c for week in report.weeks for c in week.revenue} | set(report.mrr))
     for currency in currencies:
         net = [week.revenue.get(currency, {}).get("net", 0) for week in report.weeks]
+        title = f"Net revenue per week ({currency.upper()})"
         drawn.append(
-            charts.bar_chart(
-                f"Net revenue per week ({currency.upper()})",
-                labels,
-                [(f"net {currency.upper()}", net)],
-                shown=functools.partial(_money_in, currency),
+            (
+                title,
+                charts.bar_chart(
+                    title,
+                    labels,
+                    [(f"net {currency.upper()}", net)],
+                    shown=functools.partial(_money_in, currency),
+                ),
             )
         )
     return drawn
@@ -118,11 +129,12 @@ async def customer_list(request: Request, session: Session, _form: Form) -> Resp
     )
 
 
-def _usage_chart(page: operator_view.CustomerPage, feature: str) -> Markup:
+def _usage_chart(page: operator_view.CustomerPage, feature: str) -> Chart:
     points = [p for p in page.usage if p.feature_key == feature and p.period_end is not None]
-    return charts.bar_chart(
-        f"{feature}: units used per month",
-        [p.period_start.strftime("%b %y") for p in points],
+    title = f"{feature}: units used per month"
+    return title, charts.bar_chart(
+        title,
+        [p.period_start.strftime("%b %Y") for p in points],
         [("used", [p.used for p in points])],
     )
 
@@ -142,6 +154,7 @@ async def customer_detail(request: Request, session: Session, _form: Form) -> Re
         reader(request), customer_key, now=state["clock"](), grace=_grace(request)
     )
     metered = [e for e in page.entitlements if e.metered and e.enabled]
+    periodic = [e for e in metered if e.reset not in (None, "never")]
     settings = state["settings"]
     return render(
         request,
@@ -150,7 +163,7 @@ async def customer_detail(request: Request, session: Session, _form: Form) -> Re
             "page": page,
             "customer": page.view.customer,
             "metered": metered,
-            "usage_charts": [_usage_chart(page, e.context.feature_key) for e in metered],
+            "usage_charts": [_usage_chart(page, e.context.feature_key) for e in periodic],
             "dashboard": lambda kind, stripe_id: dashboard_url(
                 settings.stripe_livemode, kind, stripe_id
             ),
