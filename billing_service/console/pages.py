@@ -129,12 +129,17 @@ async def customer_list(request: Request, session: Session, _form: Form) -> Resp
     )
 
 
-def _usage_chart(page: operator_view.CustomerPage, feature: str) -> Chart:
-    points = [p for p in page.usage if p.feature_key == feature and p.period_end is not None]
-    title = f"{feature}: units used per month"
+_BUCKET_LABELS = {"day": "%d %b", "week": "%d %b", "month": "%b %Y"}
+
+
+def _usage_chart(feature: str, chart: operator_view.UsageChart) -> Chart:
+    granularity = chart.window.granularity.name
+    points = [p for p in chart.periods if p.period_end is not None]
+    title = f"{feature}: units used per {granularity}"
+    label = _BUCKET_LABELS.get(granularity, "%d %b")
     return title, charts.bar_chart(
         title,
-        [p.period_start.strftime("%b %Y") for p in points],
+        [p.period_start.strftime(label) for p in points],
         [("used", [p.used for p in points])],
     )
 
@@ -154,7 +159,6 @@ async def customer_detail(request: Request, session: Session, _form: Form) -> Re
         reader(request), customer_key, now=state["clock"](), grace=_grace(request)
     )
     metered = [e for e in page.entitlements if e.metered and e.enabled]
-    periodic = [e for e in metered if e.reset not in (None, "never")]
     settings = state["settings"]
     return render(
         request,
@@ -163,7 +167,7 @@ async def customer_detail(request: Request, session: Session, _form: Form) -> Re
             "page": page,
             "customer": page.view.customer,
             "metered": metered,
-            "usage_charts": [_usage_chart(page, e.context.feature_key) for e in periodic],
+            "usage_charts": [_usage_chart(f, chart) for f, chart in page.usage.items()],
             "dashboard": lambda kind, stripe_id: dashboard_url(
                 settings.stripe_livemode, kind, stripe_id
             ),

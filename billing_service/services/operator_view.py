@@ -49,14 +49,33 @@ async def health(pool: asyncpg.Pool) -> Health:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageChart:
+    """A feature's recent usage: the window and its buckets."""
+
+    window: HistoryWindow
+    periods: list[UsagePeriod]
+
+
+def chart_window(reset: str | None, now: datetime) -> HistoryWindow:
+    """The recent periods worth drawing for a feature that resets `reset`: the last 31 days by
+    day for hourly and daily features, the last 26 weeks by week for weekly ones, else the
+    last year by month. Each reads at most 744 counters of an hourly feature."""
+    if reset in ("hour", "day"):
+        return history_window("day", since=now - timedelta(days=30), until=None, now=now)
+    if reset == "week":
+        return history_window("week", since=now - timedelta(weeks=25), until=None, now=now)
+    return history_window("month", since=None, until=None, now=now)
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerPage:
     """One customer's whole billing picture as of `view.as_of`."""
 
     view: CustomerView
     subscriptions: list[Subscription]
     entitlements: list[Entitlement]
-    usage_window: HistoryWindow
-    usage: list[UsagePeriod]
+    # Per metered feature that resets: its recent usage, cut as `usage_window` says.
+    usage: dict[str, UsageChart]
     orders: list[Order]
     notifications: list[Notification]
     events: list[LedgerEntry]
@@ -66,13 +85,21 @@ class CustomerPage:
 async def customer_page(
     pool: asyncpg.Pool, customer_key: str, *, now: datetime, grace: timedelta
 ) -> CustomerPage:
-    """The customer's plan, subscriptions, entitlements, a year of usage by month, and the
-    newest orders, notifications, Stripe events and adjustments (404 for an unknown id)."""
+    """The customer's plan, subscriptions, entitlements, recent usage of each metered feature
+    that resets (see `chart_window`), and the newest orders, notifications, Stripe events and
+    adjustments (404 for an unknown id)."""
     customer = await customers.get_customer(pool, customer_key)
     view = await customers.customer_view(pool, customer, grace=grace, now=now)
-    window = history_window("month", since=None, until=None, now=now)
     found = await usage.entitlements(pool, customer_key, now=now, grace=grace)
-    periods = await usage.usage_history(pool, customer_key, feature_key=None, window=window)
+    charted = {}
+    for entitlement in found:
+        if entitlement.metered and entitlement.enabled and entitlement.reset not in (None, "never"):
+            feature = entitlement.context.feature_key
+            window = chart_window(entitlement.reset, now)
+            periods = await usage.usage_history(
+                pool, customer_key, feature_key=feature, window=window
+            )
+            charted[feature] = UsageChart(window, periods)
     adjustments = await grants.audit(pool, customer_key, limit=LIST_LIMIT)
     async with pool.acquire() as conn:
         subs = await subscriptions.select_subscriptions(conn, customer.id)
@@ -93,8 +120,7 @@ async def customer_page(
         view=view,
         subscriptions=subs[:LIST_LIMIT],
         entitlements=found,
-        usage_window=window,
-        usage=periods,
+        usage=charted,
         orders=bought,
         notifications=told,
         events=events,
