@@ -156,7 +156,11 @@ async def customer_detail(request: Request, session: Session, _form: Form) -> Re
         raise NotFound(f"No customer has id '{customer_key}'.")
     state = app_state(request)
     page = await operator_view.customer_page(
-        reader(request), customer_key, now=state["clock"](), grace=_grace(request)
+        reader(request),
+        customer_key,
+        now=state["clock"](),
+        grace=_grace(request),
+        cache=state["entitlement_cache"],
     )
     metered = [e for e in page.entitlements if e.metered and e.enabled]
     settings = state["settings"]

@@ -5,6 +5,7 @@ Each read is bounded (a page, a capped count, a bounded usage window) whatever t
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -12,6 +13,7 @@ import asyncpg
 
 from billing_service.db import catalog_drift, orders, outbox, stripe_events, subscriptions
 from billing_service.db.catalog_drift import Drift
+from billing_service.db.customers import Customer
 from billing_service.db.grants import AuditEntry
 from billing_service.db.orders import Order
 from billing_service.db.outbox import Backlog, Notification
@@ -23,6 +25,7 @@ from billing_service.history_window import HistoryWindow, history_window
 from billing_service.logs import redact
 from billing_service.services import catalog_sync, customers, grants, usage
 from billing_service.services.customers import CustomerView
+from billing_service.services.entitlement_cache import EntitlementCache
 from billing_service.services.usage import Entitlement
 
 # Counts shown on the overview stop here ("10000+"): counting further costs time, not insight.
@@ -83,49 +86,72 @@ class CustomerPage:
 
 
 async def customer_page(
-    pool: asyncpg.Pool, customer_key: str, *, now: datetime, grace: timedelta
+    pool: asyncpg.Pool,
+    customer_key: str,
+    *,
+    now: datetime,
+    grace: timedelta,
+    cache: EntitlementCache | None = None,
 ) -> CustomerPage:
     """The customer's plan, subscriptions, entitlements, recent usage of each metered feature
     that resets (see `chart_window`), and the newest orders, notifications, Stripe events and
-    adjustments (404 for an unknown id)."""
+    adjustments (404 for an unknown id). Entitlements come through `cache` when given, as
+    the API's entitlement route reads them. The independent reads run side by side, each on a
+    connection of its own, so the page waits for the slowest rather than for their sum."""
     customer = await customers.get_customer(pool, customer_key)
-    view = await customers.customer_view(pool, customer, grace=grace, now=now)
-    found = await usage.entitlements(pool, customer_key, now=now, grace=grace)
-    charted = {}
-    for entitlement in found:
-        if entitlement.metered and entitlement.enabled and entitlement.reset not in (None, "never"):
-            feature = entitlement.context.feature_key
-            window = chart_window(entitlement.reset, now)
-            periods = await usage.usage_history(
-                pool, customer_key, feature_key=feature, window=window
-            )
-            charted[feature] = UsageChart(window, periods)
-    adjustments = await grants.audit(pool, customer_key, limit=LIST_LIMIT)
+    view, found, adjustments, lists = await asyncio.gather(
+        customers.customer_view(pool, customer, grace=grace, now=now),
+        usage.entitlements(pool, customer_key, now=now, grace=grace, cache=cache),
+        grants.audit(pool, customer_key, limit=LIST_LIMIT),
+        _lists(pool, customer),
+    )
+    charted = [
+        (entitlement.context.feature_key, chart_window(entitlement.reset, now))
+        for entitlement in found
+        if entitlement.metered and entitlement.enabled and entitlement.reset not in (None, "never")
+    ]
+    histories = await asyncio.gather(
+        *(
+            usage.usage_history(pool, customer_key, feature_key=feature, window=window)
+            for feature, window in charted
+        )
+    )
+    subs, bought, told, events = lists
+    return CustomerPage(
+        view=view,
+        subscriptions=subs[:LIST_LIMIT],
+        entitlements=found,
+        usage={
+            feature: UsageChart(window, periods)
+            for (feature, window), periods in zip(charted, histories, strict=True)
+        },
+        orders=bought,
+        notifications=told,
+        events=events,
+        adjustments=adjustments,
+    )
+
+
+async def _lists(
+    pool: asyncpg.Pool, customer: Customer
+) -> tuple[list[Subscription], list[Order], list[Notification], list[LedgerEntry]]:
+    """The customer's subscriptions and newest orders, notifications and Stripe events."""
     async with pool.acquire() as conn:
         subs = await subscriptions.select_subscriptions(conn, customer.id)
         bought = await orders.select_orders(conn, customer.id, after=None, limit=LIST_LIMIT)
-        told = await outbox.select_customer_notifications(conn, customer_key, limit=LIST_LIMIT)
-        events = (
-            []
-            if customer.stripe_customer_id is None
-            else await stripe_events.select_events(
+        told = await outbox.select_customer_notifications(
+            conn, customer.external_id, limit=LIST_LIMIT
+        )
+        events = []
+        if customer.stripe_customer_id is not None:
+            events = await stripe_events.select_events(
                 conn,
                 status=None,
                 after=None,
                 limit=LIST_LIMIT,
                 stripe_customer_id=customer.stripe_customer_id,
             )
-        )
-    return CustomerPage(
-        view=view,
-        subscriptions=subs[:LIST_LIMIT],
-        entitlements=found,
-        usage=charted,
-        orders=bought,
-        notifications=told,
-        events=events,
-        adjustments=adjustments,
-    )
+    return subs, bought, told, events
 
 
 async def event_with_payload(pool: asyncpg.Pool, stripe_event_id: str) -> StoredEvent:
