@@ -217,3 +217,20 @@ async def test_the_console_is_off_outside_development_unless_enabled(
     async with app_client(settings) as client:
         response = await client.get("/console/sign-in")
     assert response.status_code == 404
+
+
+async def test_a_correctly_signed_session_of_a_non_admin_key_is_refused(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Even a session signed with the real secret for a usage key opens no page and runs no
+    action: every request checks that its key still holds the admin scope."""
+    issued = await api_keys.create_key(pool, name="svc", scopes=[Scope.USAGE])
+    found = await api_keys.usable_key_and_hash(pool, issued.key.id)
+    assert found is not None
+    value = sessions.cookie_value(settings, *found, now=time.time())
+    async with console_client(settings) as client:
+        client.cookies.set(sessions.COOKIE, value, domain="billing.test", path="/console")
+        page = await client.get("/console/events")
+        action = await client.post("/console/events/replay-failed", data={"csrf": "x" * 43})
+    assert page.status_code == 303
+    assert action.status_code == 403
