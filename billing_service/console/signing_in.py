@@ -91,7 +91,13 @@ async def sign_in(request: Request) -> Response:
         httponly=True,
         samesite="strict",
     )
-    response.delete_cookie(sessions.SIGN_IN_COOKIE, path=sessions.COOKIE_PATH)
+    response.delete_cookie(
+        sessions.SIGN_IN_COOKIE,
+        path=sessions.COOKIE_PATH,
+        secure=secure_cookies(request),
+        httponly=True,
+        samesite="strict",
+    )
     logger.info("console.signed_in", key_id=str(key.id))
     return response
 
