@@ -37,7 +37,7 @@ _SECRET_VALUES = re.compile(
     r"|whsec_[A-Za-z0-9+/=]+"  # Stripe webhook signing secrets
     r"|bsk_[A-Za-z0-9_-]+"  # our API keys
     r"|bct_[A-Za-z0-9_-]+"  # our customer tokens
-    r"|[A-Za-z0-9_]*_secret_[A-Za-z0-9]+"  # Stripe client secrets (pi_…_secret_…, seti_…)
+    r"|\b(?:pi|seti|src|cs)_[A-Za-z0-9_]+?_secret_[A-Za-z0-9]+"  # Stripe client secrets
     r"|(?i:bearer)\s+[^\s\"',]+"  # any bearer credential
     r"|postgres(?:ql)?://[^\s\"']*:[^\s\"'@]*@",  # database URLs with a password
 )

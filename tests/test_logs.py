@@ -107,6 +107,21 @@ def test_redaction_masks_secret_fields_and_secret_looking_values(
     assert "retrying with" in str(line["note"])
 
 
+def test_stripe_client_secrets_are_masked_but_names_that_mention_secrets_are_not(
+    captured_logs: io.StringIO,
+) -> None:
+    """A payment or setup intent's client secret anywhere in a value is masked (the console
+    shows stored payloads through the same masking); text that merely names a secret stays."""
+    structlog.get_logger("test").info(
+        "probe", note="confirm with pi_3Abc_secret_Xyz9", setup="seti_1Q_secret_Z",
+        hint="stripe_secret_key is unset",
+    )  # fmt: skip
+    [line] = _lines(captured_logs)
+    assert line["note"] == "confirm with " + REDACTED
+    assert line["setup"] == REDACTED
+    assert line["hint"] == "stripe_secret_key is unset"
+
+
 def test_redaction_applies_to_exception_text(captured_logs: io.StringIO) -> None:
     """A secret inside an exception message is masked in the rendered traceback."""
     logger = structlog.get_logger("test")

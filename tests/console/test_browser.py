@@ -65,10 +65,26 @@ async def more_revenue(pool: asyncpg.Pool) -> None:
             )  # fmt: skip
 
 
+async def earlier_usage(pool: asyncpg.Pool) -> None:
+    """The seeded customer's `ai_calls` counters of the six months before this one."""
+    await pool.execute(
+        """
+        INSERT INTO usage_counters (customer_id, feature_id, period_start, period_end, used)
+        SELECT c.id, f.id, m.start, m.start + interval '1 month', 120 + 37 * m.n % 90
+        FROM customers c, features f,
+             LATERAL (SELECT n, date_trunc('month', now(), 'UTC') - n * interval '1 month'
+                      FROM generate_series(1, 6) n) AS m (n, start)
+        WHERE c.external_id = $1 AND f.key = 'ai_calls'
+        """,
+        CUSTOMER,
+    )
+
+
 async def seeded(service: LiveService, pool: asyncpg.Pool) -> Seeded:
     async with httpx.AsyncClient(base_url=service.base) as http:
         data = await seed(http, pool)
     await more_revenue(pool)
+    await earlier_usage(pool)
     return data
 
 
