@@ -172,3 +172,23 @@ async def test_the_session_cookie_is_httponly_strict_and_expires(
     assert cookie["expires"] > datetime.now(UTC).timestamp() + 3600
     assert await page.evaluate("document.cookie") == ""
     await context.close()
+
+
+async def test_pages_fit_a_phone_screen(
+    service: LiveService, pool: asyncpg.Pool, browser: Browser
+) -> None:
+    """At a phone's width (390 px) no page scrolls sideways: wide tables scroll in their own
+    box, charts scale down."""
+    data = await seeded(service, pool)
+    context = await browser.new_context(viewport={"width": 390, "height": 844})
+    page = await context.new_page()
+    await sign_in(page, service.base, data.admin_key)
+    await expect(page).to_have_url(f"{service.base}/console")
+    for path in ("/console", "/console/customers", f"/console/customers/{CUSTOMER}",
+                 "/console/events", "/console/catalog", "/console/deliveries"):  # fmt: skip
+        await page.goto(f"{service.base}{path}")
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, (path, overflow)
+    await context.close()
