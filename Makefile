@@ -22,7 +22,7 @@ UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python
 TS_CLIENT := clients/typescript
 TS_STAMP := $(TS_CLIENT)/node_modules/.package-lock.json
 
-.PHONY: install install-runtime install-clients dev test test-faults test-clients lint typecheck format clean
+.PHONY: install install-runtime install-clients dev test test-faults test-clients console-screenshots lint typecheck format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv --without-pip $(VENV)
@@ -79,6 +79,11 @@ test-clients: $(DEV_STAMP) $(TS_STAMP)
 ## SIGKILL under load, and a slow, failing or resetting Stripe.
 test-faults: $(DEV_STAMP)
 	$(BIN)/pytest tests/test_faults.py tests/test_stripe_faults.py
+
+## The console's browser test (Chromium at /usr/bin/chromium), writing the screenshots
+## docs/console.md shows to docs/images/.
+console-screenshots: $(DEV_STAMP)
+	BILLING_CONSOLE_SCREENSHOTS=1 $(BIN)/pytest tests/console/test_browser.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

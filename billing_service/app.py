@@ -14,7 +14,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from billing_service import problems
+from billing_service import console, problems
 from billing_service.auth import accepts_customer_token
 from billing_service.config import ConfigurationError, Settings, load_settings
 from billing_service.cors import CorsMiddleware, CorsRoute
@@ -106,6 +106,7 @@ def create_app(
         *usage.routes,
         *grants.routes,
         *webhook_endpoints.routes,
+        *(console.routes if settings.console_on else []),
     ]
 
     @asynccontextmanager

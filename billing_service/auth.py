@@ -110,7 +110,12 @@ async def _verified_within_limit(
 
 
 async def authenticated_key(request: Request) -> ApiKey:
-    token = bearer_token(request)
+    return await verified_key(request, bearer_token(request))
+
+
+async def verified_key(request: Request, token: str | None) -> ApiKey:
+    """The usable key `token` is, under the failed-attempt limit of the caller's address and
+    the key's own rate: the Authorization header's, or a key typed into the console's sign-in."""
     if token is None or not api_keys.looks_like_key(token):
         raise _failed_attempt(request)
     state = app_state(request)

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     rate_limit_burst: float = Field(default=0.0, ge=0)
     rate_limit_public_per_address: float = Field(default=10.0, ge=0)
     auth_failures_per_minute: int = Field(default=30, ge=1)
+    # The operator console at /console (None: on in development only), and how long a sign-in
+    # lasts.
+    console_enabled: bool | None = None
+    console_session_minutes: int = Field(default=480, ge=5, le=10_080)
 
     # `serve`: which proxies may name the client, and how long and how many connections are held.
     forwarded_allow_ips: str | None = None
@@ -267,6 +271,13 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env is Environment.PRODUCTION
+
+    @property
+    def console_on(self) -> bool:
+        """Whether /console is served: as set, else only in development."""
+        if self.console_enabled is not None:
+            return self.console_enabled
+        return self.env is Environment.DEVELOPMENT
 
     @property
     def stripe_livemode(self) -> bool:

@@ -37,6 +37,7 @@ _SECRET_VALUES = re.compile(
     r"|whsec_[A-Za-z0-9+/=]+"  # Stripe webhook signing secrets
     r"|bsk_[A-Za-z0-9_-]+"  # our API keys
     r"|bct_[A-Za-z0-9_-]+"  # our customer tokens
+    r"|\b(?:pi|seti|src|cs)_[A-Za-z0-9_]+?_secret_[A-Za-z0-9]+"  # Stripe client secrets
     r"|(?i:bearer)\s+[^\s\"',]+"  # any bearer credential
     r"|postgres(?:ql)?://[^\s\"']*:[^\s\"'@]*@",  # database URLs with a password
 )
@@ -49,7 +50,7 @@ QUIET_LOGGERS = ("stripe", "httpx", "httpcore", "hpack", "h2", "h11", "uvicorn.a
 
 
 # Every secret pattern above contains one of these; most strings contain none, and skip the regex.
-_SECRET_MARKERS = ("_live_", "_test_", "whsec_", "bsk_", "bct_", "bearer", "://")
+_SECRET_MARKERS = ("_live_", "_test_", "whsec_", "bsk_", "bct_", "_secret_", "bearer", "://")
 
 
 def _redact_value(value: Any) -> Any:
@@ -87,6 +88,12 @@ def _redact_item(key: str, value: Any) -> Any:
         return REDACTED
     if kind == _TOKEN_NAME and isinstance(value, str | bytes):
         return REDACTED
+    return _redact_value(value)
+
+
+def redact(value: Any) -> Any:
+    """`value` (text, or JSON-like data at any depth) masked as log lines are: for showing
+    stored data to an operator, such as a Stripe event's payload in the console."""
     return _redact_value(value)
 
 

@@ -199,6 +199,14 @@ QUERIES: list[tuple[str, Run]] = [
     ("GET /v1/webhook-endpoints",
      lambda pool, _: outbox.select_endpoints(pool, after=None, limit=PAGE)),
     ("GET /v1/plans (the catalog, read whole)", lambda pool, _: catalog.plan_views(pool)),
+    ("console: a customer's notifications",
+     lambda pool, _: outbox.select_customer_notifications(pool, CUSTOMER, limit=20)),
+    ("console: failed events, counted up to 10,000",
+     lambda pool, _: stripe_events_db.count_with_status(pool, "failed", cap=10_000)),
+    ("console: outbox backlog, counted up to 10,000",
+     lambda pool, _: outbox.backlog(pool, cap=10_000)),
+    ("console: one event with its payload",
+     lambda pool, _: stripe_events_db.select_event(pool, "evt_plan")),
     *((f"prune {table}", _prune(table)) for table in maintenance._PRUNE),
 ]  # fmt: skip
 

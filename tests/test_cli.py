@@ -146,9 +146,29 @@ async def test_dev_migrates_mints_a_key_loads_the_example_catalog_and_serves(
             plans = await http.get("/v1/plans", headers={"Authorization": f"Bearer {key}"})
             keys = [plan["key"] for plan in plans.json()["data"]]
             assert keys == ["free", "pro", "credits", "team"]
+            console = await asyncio.wait_for(
+                process.stdout.readuntil(b"(sign in with this key)"), 5
+            )
+            assert f"Operator console: {base}/console".encode() in console
+            await _console_shows_the_example_catalog(http, key)
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 10)
+
+
+async def _console_shows_the_example_catalog(http: httpx.AsyncClient, key: str) -> None:
+    """Signing in to the console with the printed key (a plain-http cookie in development)
+    shows a working, empty overview and the example catalog."""
+    form = await http.get("/console/sign-in")
+    token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert token is not None
+    signed = await http.post("/console/sign-in", data={"csrf": token[1], "key": key})
+    assert signed.status_code == 303, signed.text
+    overview = await http.get("/console")
+    assert overview.status_code == 200
+    assert 'data-figure="active">0<' in overview.text
+    catalog = await http.get("/console/catalog")
+    assert all(f'data-plan="{plan}"' in catalog.text for plan in ("free", "pro", "credits"))
 
 
 async def _wait_ready(http: httpx.AsyncClient) -> httpx.Response:

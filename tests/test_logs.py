@@ -13,10 +13,22 @@ import httpx
 import orjson
 import structlog
 
+from billing_service.config import Settings
+from billing_service.console import session as sessions
 from billing_service.logs import QUIET_LOGGERS, REDACTED, configure_logging
 from billing_service.services import maintenance
 from billing_service.stripe_gateway import StripeGateway
 from tests.conftest import PII_CUSTOMER, PII_METADATA, PII_RENAMED, log_leaks
+from tests.console.support import (
+    CLIENT_SECRET,
+    FAILED_EVENT,
+    console_client,
+    csrf_of,
+    seed,
+    sign_in,
+    signed_in,
+    visit_every_page,
+)
 from tests.routes.test_checkout import bearer, checkout_body, seeded
 from tests.routes.test_webhooks import drain, post_event
 from tests.stripe_fakes import FakeStripe, stripe_event
@@ -93,6 +105,21 @@ def test_redaction_masks_secret_fields_and_secret_looking_values(
     assert line["nested"] == {"password": REDACTED, "list": [REDACTED, "fine"]}
     assert line["amount"] == 1900
     assert "retrying with" in str(line["note"])
+
+
+def test_stripe_client_secrets_are_masked_but_names_that_mention_secrets_are_not(
+    captured_logs: io.StringIO,
+) -> None:
+    """A payment or setup intent's client secret anywhere in a value is masked (the console
+    shows stored payloads through the same masking); text that merely names a secret stays."""
+    structlog.get_logger("test").info(
+        "probe", note="confirm with pi_3Abc_secret_Xyz9", setup="seti_1Q_secret_Z",
+        hint="stripe_secret_key is unset",
+    )  # fmt: skip
+    [line] = _lines(captured_logs)
+    assert line["note"] == "confirm with " + REDACTED
+    assert line["setup"] == REDACTED
+    assert line["hint"] == "stripe_secret_key is unset"
 
 
 def test_redaction_applies_to_exception_text(captured_logs: io.StringIO) -> None:
@@ -272,3 +299,43 @@ async def test_no_summary_line_is_written_when_the_level_drops_info(
     await client.get("/healthz", headers={"X-Request-ID": "console-7"})
     assert "http.request" in console.getvalue()
     assert "console-7" in console.getvalue()
+
+
+async def test_the_console_leaves_no_secret_or_customer_data_in_the_logs(
+    captured_logs: io.StringIO, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Signing in to the console (with a wrong key, a usage key and the admin key), reading
+    every page and acting logs one line per request by route and key id, and never a key,
+    the session cookie, a form's fields, a payload's client secret or customer data."""
+    async with console_client(settings) as client:
+        seeded = await seed(client, pool)
+        await client.put(
+            "/v1/customers/pii_console", headers=bearer(seeded.admin_key), json=PII_CUSTOMER
+        )
+        await sign_in(client, "bsk_" + "W" * 43)
+        await sign_in(client, seeded.usage_key)
+        await signed_in(client, seeded.admin_key)
+        sources = await visit_every_page(client, seeded)
+        await client.get("/console/customers/pii_console")
+        await client.get("/console/customers", params={"q": "zoe.quillfeather@pii"})
+        token = csrf_of(sources["/console"])
+        await client.post(
+            "/console/customers/pii_console/credits",
+            data={"csrf": token, "feature": "ai_calls", "amount": "5", "reason": "pii-canary"},
+        )
+        await client.post(f"/console/events/{FAILED_EVENT}/replay", data={"csrf": token})
+        cookie = client.cookies[sessions.COOKIE]
+    output = captured_logs.getvalue()
+    routes = {
+        line.get("route") for line in _lines(captured_logs) if line["event"] == "http.request"
+    }
+    assert {
+        "/console/sign-in",
+        "/console/customers/{customer_id}",
+        "/console/events/{event_id}",
+    } <= routes
+    assert log_leaks(output) == []
+    for secret in (seeded.admin_key, seeded.usage_key, cookie, token, CLIENT_SECRET):
+        assert secret not in output
+    signed = [line for line in _lines(captured_logs) if line["event"] == "console.signed_in"]
+    assert len(signed) == 1

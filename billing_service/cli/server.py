@@ -58,7 +58,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         warn_about_unsafe_settings(ready)
         applied = asyncio.run(migrate(ready))
         logger.info("migrations.applied", versions=applied)
-        asyncio.run(with_pool(ready, _print_bootstrap_admin_key))
+        asyncio.run(with_pool(ready, lambda pool: _print_bootstrap_admin_key(pool, ready)))
         asyncio.run(with_pool(ready, _load_example_catalog))
         if ready.stripe_secret_key is not None:
             asyncio.run(with_pool(ready, lambda pool: _sync_pending_catalog(pool, ready)))
@@ -96,12 +96,16 @@ async def _sync_pending_catalog(pool: asyncpg.Pool, settings: Settings) -> int:
     return 0
 
 
-async def _print_bootstrap_admin_key(pool: asyncpg.Pool) -> int:
+async def _print_bootstrap_admin_key(pool: asyncpg.Pool, settings: Settings) -> int:
+    """The first admin key, once, and where the console it signs in to is."""
     issued = await api_keys.ensure_bootstrap_admin_key(pool)
     if issued is not None:
         print(
             f"\nAdmin API key (shown once, store it now):\n\n    {issued.plaintext}\n", flush=True
         )
+        if settings.console_on:
+            console = f"http://{settings.host}:{settings.port}/console"
+            print(f"Operator console: {console} (sign in with this key)\n", flush=True)
     return 0
 
 

@@ -139,3 +139,18 @@ async def select_usable_key_hashes(conn: Executor) -> list[tuple[uuid.UUID, byte
         """
     )
     return [(row["id"], bytes(row["key_hash"])) for row in rows]
+
+
+async def select_usable_key_and_hash(
+    conn: Executor, key_id: uuid.UUID
+) -> tuple[ApiKey, bytes] | None:
+    """The unrevoked, unexpired key with this id and its stored hash (which console sessions
+    are signed with, so that a session ends with its key)."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT {_COLUMNS}, key_hash FROM api_keys
+        WHERE id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+        """,  # noqa: S608 - constant column list
+        key_id,
+    )
+    return None if row is None else (_from_row(row), bytes(row["key_hash"]))

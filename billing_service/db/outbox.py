@@ -318,3 +318,64 @@ async def finish_email(
         error,
         retry_in_seconds,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Outgoing work not done yet, each count capped (see `backlog`)."""
+
+    webhook_deliveries: int
+    emails: int
+
+
+async def backlog(conn: Executor, *, cap: int) -> Backlog:
+    """Pending webhook deliveries and emails, each counted up to `cap` along the partial
+    indexes of pending rows, so the count stays cheap when a backlog is large."""
+    row = await conn.fetchrow(
+        """
+        SELECT
+            (SELECT count(*) FROM (SELECT 1 FROM webhook_deliveries WHERE status = 'pending'
+                                   LIMIT $1) AS d) AS webhook_deliveries,
+            (SELECT count(*) FROM (SELECT 1 FROM email_deliveries WHERE status = 'pending'
+                                   LIMIT $1) AS e) AS emails
+        """,
+        cap,
+    )
+    assert row is not None
+    return Backlog(webhook_deliveries=int(row["webhook_deliveries"]), emails=int(row["emails"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """An outbox event about one customer, with how its webhook deliveries stand."""
+
+    id: uuid.UUID
+    type: str
+    created_at: datetime
+    delivered: int
+    pending: int
+    failed: int
+
+
+async def select_customer_notifications(
+    conn: Executor, customer_key: str, *, limit: int
+) -> list[Notification]:
+    """The newest outbox events whose payload names the customer (`customer_id`), newest
+    first: one range scan of outbox_events_customer (migration 0027)."""
+    rows = await conn.fetch(
+        """
+        SELECT o.id, o.type, o.created_at,
+               count(*) FILTER (WHERE d.status = 'delivered') AS delivered,
+               count(*) FILTER (WHERE d.status = 'pending') AS pending,
+               count(*) FILTER (WHERE d.status = 'failed') AS failed
+        FROM (SELECT id, type, created_at FROM outbox_events
+              WHERE payload ->> 'customer_id' = $1
+              ORDER BY created_at DESC, id DESC LIMIT $2) AS o
+        LEFT JOIN webhook_deliveries d ON d.event_id = o.id
+        GROUP BY o.id, o.type, o.created_at
+        ORDER BY o.created_at DESC, o.id DESC
+        """,
+        customer_key,
+        limit,
+    )
+    return [Notification(**dict(row.items())) for row in rows]

@@ -273,3 +273,28 @@ async def requeue_failed(conn: Executor, stripe_event_id: str) -> int:
         stripe_event_id,
     )
     return int(result.rsplit(maxsplit=1)[-1])
+
+
+async def select_event(conn: Executor, stripe_event_id: str) -> StoredEvent | None:
+    """One event with its payload, by Stripe's id (the ledger's unique key)."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM stripe_events WHERE stripe_event_id = $1",  # noqa: S608
+        stripe_event_id,
+    )
+    return None if row is None else _from_row(row)
+
+
+# One statement per status, the status written in: a generic plan for `status = $1` would
+# expect a third of the ledger and read it whole.
+_COUNT_WITH_STATUS = {
+    status: "SELECT count(*) FROM (SELECT 1 FROM stripe_events "  # noqa: S608 - constants only
+    f"WHERE status = '{status}' LIMIT $1) AS s"
+    for status in STATUSES
+}
+
+
+async def count_with_status(conn: Executor, status: str, *, cap: int) -> int:
+    """How many events have `status` (one of STATUSES), counted up to `cap`: a range scan of
+    stripe_events_status that stops there, however large the ledger grows."""
+    count = await conn.fetchval(_COUNT_WITH_STATUS[status], cap)
+    return int(count)

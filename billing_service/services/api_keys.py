@@ -139,3 +139,8 @@ async def _mint(
         expires_at=expires_at,
     )
     return IssuedKey(key=key, plaintext=plaintext)
+
+
+async def usable_key_and_hash(pool: asyncpg.Pool, key_id: uuid.UUID) -> tuple[ApiKey, bytes] | None:
+    """A usable key by id with its stored hash, or None once it is revoked or expired."""
+    return await db.select_usable_key_and_hash(pool, key_id)
