@@ -50,7 +50,10 @@ EXCEPTIONS = {
         "Stripe's meter event identifier, unique across the account; Citus: "
         "(customer_id, identifier), the identifier already being derived per customer"
     ),
-    ("usage_events", "usage_events_pkey"): "surrogate bigint id; Citus: (customer_id, id)",
+    ("usage_events", "usage_events_pkey"): (
+        "surrogate id with its month (the partition key, migration 0026); Citus: "
+        "(customer_id, id, created_at)"
+    ),
 }
 
 UNIQUE_KEYS = """
@@ -65,6 +68,7 @@ FROM pg_index i
 JOIN pg_class c ON c.oid = i.indrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE i.indisunique AND n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+  AND NOT c.relispartition  -- a partition's keys are its parent's
   AND (c.relname = ANY($1::text[]) OR EXISTS (
       SELECT 1 FROM pg_attribute a
       WHERE a.attrelid = c.oid AND a.attname = 'customer_id' AND NOT a.attisdropped))

@@ -29,6 +29,9 @@ BOUNDED_OTHERWISE = {
     ("/v1/plans/{key}", "prices"): "one plan's prices, the operator's catalog",
     ("/v1/plans/{key}", "features"): "one entry per feature of the catalog",
     ("/v1/customers/{customer_id}/entitlements", "features"): "one per feature of the catalog",
+    ("/v1/customers/{customer_id}/members/{member_id}/entitlements", "features"): (
+        "one per feature of the catalog"
+    ),
     ("/v1/customers/{customer_id}/usage", "data"): (
         "a window of at most 744 hours or 366 days per feature (history_window.py)"
     ),
@@ -158,6 +161,12 @@ async def _seed(pool: asyncpg.Pool) -> None:
             CUSTOMER,
             f"meter_{n}",
         )
+        await pool.execute(
+            "INSERT INTO members (customer_id, member_id) "
+            "SELECT id, $2 FROM customers WHERE external_id = $1",
+            CUSTOMER,
+            f"member_{n}",
+        )
         coupon = await pool.fetchval(
             "INSERT INTO coupons (key, percent_off, duration) VALUES ($1, 10, 'once') RETURNING id",
             f"coupon_{n}",
@@ -196,6 +205,7 @@ def _concrete(path: str) -> str:
         "endpoint_id": str(ENDPOINT_ID),
         "key": "pro",
         "id": "cs_unknown",
+        "member_id": "member_unknown",
     }
     return re.sub(r"{([a-z_]+)}", lambda m: values[m[1]], path)
 
