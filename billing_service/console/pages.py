@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from billing_service.console import charts
-from billing_service.console._data import reader
+from billing_service.console._data import lagging, reader
 from billing_service.console._web import Form, money, render, signed_in
 from billing_service.console.session import Session
 from billing_service.db import customers as customers_db
@@ -91,9 +91,9 @@ def _money_in(currency: str, amount: int) -> str:
 
 @signed_in
 async def overview(request: Request, session: Session, _form: Form) -> Response:
-    pool = reader(request)
-    report = await revenue.revenue_report(pool, now=app_state(request)["clock"]())
-    health = await operator_view.health(pool)
+    now = app_state(request)["clock"]()
+    report = await lagging(request, lambda pool: revenue.revenue_report(pool, now=now))
+    health = await lagging(request, operator_view.health)
     return render(
         request,
         "overview.html",
@@ -113,12 +113,16 @@ async def customer_list(request: Request, session: Session, _form: Form) -> Resp
     if len(text) > 255 or not text.isprintable():
         raise ValidationFailed([FieldError("q", "must be at most 255 printable characters")])
     page = _page(request)
-    listed = await customers_db.select_customer_page(
-        reader(request),
-        found=customers_db.search(text) if text else None,
-        after=after(page),
-        limit=page.limit + 1,
-        grace=_grace(request),
+    grace = _grace(request)
+    listed = await lagging(
+        request,
+        lambda pool: customers_db.select_customer_page(
+            pool,
+            found=customers_db.search(text) if text else None,
+            after=after(page),
+            limit=page.limit + 1,
+            grace=grace,
+        ),
     )
     body = page_body(listed, page, serialize=lambda row: row, cursor_of=time_cursor)
     return render(
@@ -198,8 +202,11 @@ async def event_list(request: Request, session: Session, _form: Form) -> Respons
     if errors:
         raise ValidationFailed(errors)
     page = _page(request)
-    found = await events_db.select_events(
-        reader(request), status=status, type=event_type, after=after(page), limit=page.limit + 1
+    found = await lagging(
+        request,
+        lambda pool: events_db.select_events(
+            pool, status=status, type=event_type, after=after(page), limit=page.limit + 1
+        ),
     )
     body = page_body(found, page, serialize=lambda row: row, cursor_of=time_cursor)
     return render(

@@ -102,7 +102,7 @@ async def customer_page(
     view, found, adjustments, lists = await asyncio.gather(
         customers.customer_view(pool, customer, grace=grace, now=now),
         usage.entitlements(pool, customer_key, now=now, grace=grace, cache=cache),
-        grants.audit(pool, customer_key, limit=LIST_LIMIT),
+        grants.audit(pool, customer_key, after=None, limit=LIST_LIMIT),
         _lists(pool, customer),
     )
     charted = [
