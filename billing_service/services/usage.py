@@ -7,6 +7,10 @@ transaction: the counter moves with one conditional upsert when the allowance co
 and under row locks on the counter and the credit balance when credits (or overage) come into
 play, so concurrent calls can never overspend. `check` and `entitlements` read the same context
 and decide in Python (`resolve`), by the same rules.
+
+Per-seat allowances count once per seat of the subscription granting them. A call for a member
+of a team also counts against the member's own limit, in the same statement (migration 0025):
+the member's counter first, then the team's, the member's put back when the team refuses.
 """
 
 from __future__ import annotations

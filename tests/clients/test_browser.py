@@ -143,7 +143,7 @@ async def test_a_page_on_another_origin_shows_entitlements_with_a_customer_token
     assert "ai_calls: 2 of 5" in (shown["features"] or "")
     assert "export_csv: off" in (shown["features"] or "")
     assert shown["plans"] == "shown"
-    assert shown["plan_names"] == "FreeProAI credit pack"
+    assert shown["plan_names"] == "FreeProAI credit packTeam"
     assert not [line for line in console if "CORS" in line], console
     assert f"GET {service.base}/v1/customers/browser-ada/entitlements" in fetched
 

@@ -79,7 +79,7 @@ async def test_check_track_entitlements_usage_and_plans(
     assert (denied.reason, denied.upgrade.plan) == ("limit_reached", "pro")
 
     plans = await run(billing.plans)
-    assert [p.key for p in plans] == ["free", "pro", "credits"]
+    assert [p.key for p in plans] == ["free", "pro", "credits", "team"]
     pro = plans[1]
     assert {p.lookup_key: p.amount for p in pro.prices} == {
         "pro_monthly": 1900,

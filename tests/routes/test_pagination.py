@@ -238,7 +238,7 @@ async def test_a_page_holds_100_items_by_default_and_limit_and_cursor_are_checke
 async def test_plans_page_through_the_catalog_in_display_order(
     client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
-    """The catalog's three live plans, one per page, in display order, then no more."""
+    """The catalog's four live plans, one per page, in display order, then no more."""
     await apply(pool, None, example())
     key = await issue_key(pool, Scope.USAGE)
     keys, cursor = [], None
@@ -249,7 +249,7 @@ async def test_plans_page_through_the_catalog_in_display_order(
         if not page["has_more"]:
             break
         cursor = page["next_cursor"]
-    assert keys == ["free", "pro", "credits"]
+    assert keys == ["free", "pro", "credits", "team"]
     bad = await client.get(
         "/v1/plans", headers=bearer(key), params={"cursor": encode_cursor("x", 1)}
     )

@@ -192,7 +192,7 @@ describe("customers and billing", () => {
     const plans = await usage.plans();
     assert.deepEqual(
       plans.map((plan) => plan.key),
-      ["free", "pro", "credits"],
+      ["free", "pro", "credits", "team"],
     );
     const pro = plans[1];
     assert.ok(
@@ -206,7 +206,7 @@ describe("public plans", () => {
     const plans = await publicPlans({ baseUrl: BILLING_URL });
     assert.deepEqual(
       plans.map((plan) => plan.key),
-      ["free", "pro", "credits"],
+      ["free", "pro", "credits", "team"],
     );
     assert.ok(plans.every((plan) => plan.public && plan.active));
   });
