@@ -352,7 +352,11 @@ async def test_lists_are_read_from_the_replica_and_see_writes_once_replayed(
         assert listed == {"replayed_before"}, fallbacks  # the replica has not replayed it yet
         await standby.resume()
         await standby.catch_up(pool)
-        assert await customer_ids(client, admin_key) == {"replayed_before", "written_while_paused"}
+        both = {"replayed_before", "written_while_paused"}
+        deadline = time.monotonic() + CAUGHT_UP_TIMEOUT
+        while (listed := await customer_ids(client, admin_key)) != both:
+            assert time.monotonic() < deadline, listed
+            await asyncio.sleep(0.05)
         text = (await client.get("/metrics")).text
     assert metric(text, "billing_db_replica_up") == 1
     assert metric(text, "billing_db_read_fallbacks_total", reason="lag") == 0
