@@ -44,7 +44,9 @@ async def services(
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             processes.append(await start_service(env | {"BILLING_PORT": str(port)}, base))
-            clients.append(httpx.AsyncClient(base_url=base, timeout=30))
+            # Each call may take 30 s; waiting for one of the client's connections is unbounded,
+            # since a thousand calls queue for a hundred connections on a slow machine.
+            clients.append(httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(30, pool=None)))
         yield clients
     finally:
         for client in clients:

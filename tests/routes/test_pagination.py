@@ -275,7 +275,7 @@ async def test_public_plans_page_through_the_pricing_list_in_display_order(
         if not page["has_more"]:
             break
         cursor = page["next_cursor"]
-    assert keys == ["free", "pro", "credits"]
+    assert keys == ["free", "pro", "credits", "team"]
     bad = await client.get("/v1/public/plans", params={"cursor": encode_cursor("x", 1)})
     assert bad.status_code == 422
     assert bad.json()["errors"][0]["field"] == "cursor"
